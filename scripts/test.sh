@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set up (system packages, .venv, package) and run the whole test suite.
+# Extra arguments go to pytest, e.g. `scripts/test.sh tests/unit -x`.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$ROOT/scripts/setup.sh"
+cd "$ROOT"
+exec .venv/bin/python -m pytest "$@"
