@@ -1,0 +1,408 @@
+"""The encrypted-object layer: what oss2's CryptoBucket is, but async, ranged and parallel.
+
+Readers fetch ciphertext with ranged GETs aligned down to 16 bytes and decrypt only what was
+asked for; the counter comes from the offset we *requested* (never from a response header).
+Writers encrypt under a fresh data key and upload with a single PUT or a parallel multipart
+upload whose layout every SDK accepts (SPEC A.4, A.10). Anything that blocks (unwrapping a
+key, which may call KMS; AES over large buffers) runs in a worker thread.
+"""
+from __future__ import annotations
+
+import base64
+import functools
+import logging
+from typing import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, NoReturn
+
+import trio
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding
+
+from .envelope import format as fmt
+from .envelope.ctr import crypt_at
+from .envelope.keys import ContentMaterial, KeyRing, MasterKey
+from .errors import ConflictError, FormatError, NotFoundError, OssEncError, WrongKeyError
+from .store import ObjectInfo, ObjectStore
+
+log = logging.getLogger(__name__)
+
+MIN_PART_SIZE = 100 * 1024          # oss2 CryptoBucket minimum (SPEC A.4)
+MAX_PARTS = 10000
+BLOCK = 16
+_THREAD_CRYPT_MIN = 256 * 1024      # below this, AES in the loop is cheaper than a thread hop
+
+# Headers of an object that CopyObject REPLACE must re-send to keep it as it was.
+_KEPT_STANDARD = ("content-type", "cache-control", "content-disposition", "content-encoding",
+                  "content-language", "expires", "x-oss-server-side-encryption",
+                  "x-oss-server-side-encryption-key-id", "x-oss-server-side-data-encryption")
+
+
+def plan_part_size(size: int, part_size: int) -> int:
+    """The part size to use for ``size`` bytes: a multiple of 16, >= 100 KiB, <= 10000 parts.
+
+    Starts from the configured size (rounded up to 16) and doubles, like oss2, until the
+    object fits in 10000 parts.
+    """
+    p = max(MIN_PART_SIZE, part_size)
+    p = (p + BLOCK - 1) // BLOCK * BLOCK
+    while (size + p - 1) // p > MAX_PARTS:
+        p *= 2
+    return p
+
+
+async def crypt_async(key: bytes, counter0: int, offset: int, data: bytes) -> bytes:
+    """crypt_at, in a worker thread when the buffer is large enough to stall the loop."""
+    if len(data) < _THREAD_CRYPT_MIN:
+        return crypt_at(key, counter0, offset, data)
+    return await trio.to_thread.run_sync(crypt_at, key, counter0, offset, data)
+
+
+def raise_first(eg: BaseExceptionGroup) -> NoReturn:
+    """Re-raise a nursery's first real error alone; a pure cancellation stays as it was."""
+    exc = first_error(eg)
+    if isinstance(exc, trio.Cancelled):
+        raise eg
+    raise exc from None
+
+
+def first_error(exc: BaseException) -> BaseException:
+    """The first real error inside (nested) exception groups, so callers see one cause."""
+    while isinstance(exc, BaseExceptionGroup):
+        inner = [e for e in exc.exceptions if not isinstance(e, trio.Cancelled)]
+        preferred = [e for e in inner if isinstance(e, OssEncError)]
+        exc = (preferred or inner or list(exc.exceptions))[0]
+    return exc
+
+
+class ObjectReader:
+    """Random access to one object version (pinned by ETag: a change surfaces as ConflictError)."""
+
+    def __init__(self, store: ObjectStore, info: ObjectInfo,
+                 material: ContentMaterial | None) -> None:
+        self.store = store
+        self.info = info
+        self.key = info.key
+        self.size = info.size
+        self.material = material
+        self.encrypted = material is not None
+
+    async def read(self, offset: int, length: int) -> bytes:
+        """Plaintext [offset, offset+length), clipped at EOF; one ranged GET."""
+        if offset < 0 or length < 0:
+            raise ValueError("negative offset or length")
+        end = min(self.size, offset + length) - 1
+        if offset > end:
+            return b""
+        start = offset - offset % BLOCK if self.encrypted else offset
+        cipher = await self.read_cipher(start, end)
+        plain = await self._decrypt_async(start, cipher)
+        return plain[offset - start:]
+
+    async def read_cipher(self, start: int, end: int) -> bytes:
+        """Raw stored bytes [start, end] (inclusive, clipped at EOF), for the block cache."""
+        end = min(end, self.size - 1)
+        if start > end:
+            return b""
+        return await self.store.get_range(self.key, start, end, if_match=self.info.etag or None)
+
+    def decrypt(self, offset: int, cipher: bytes) -> bytes:
+        """Plaintext of ``cipher`` that starts at object offset ``offset`` (any alignment)."""
+        if self.material is None:
+            return cipher
+        return crypt_at(self.material.key, self.material.counter0, offset, cipher)
+
+    async def _decrypt_async(self, offset: int, cipher: bytes) -> bytes:
+        if self.material is None:
+            return cipher
+        return await crypt_async(self.material.key, self.material.counter0, offset, cipher)
+
+    async def chunks(self, chunk_size: int = 8 << 20, parallelism: int = 4,
+                     start: int = 0, stop: int | None = None) -> AsyncIterator[bytes]:
+        """Plaintext [start, stop or EOF) in order, ``parallelism`` ranged GETs at a time.
+
+        Memory stays at about parallelism x chunk_size. Fetches run in batches because an
+        async generator must not yield from inside a nursery.
+        """
+        chunk_size = max(BLOCK, chunk_size - chunk_size % BLOCK)
+        limit = self.size if stop is None else min(stop, self.size)
+        pos = start
+        while pos < limit:
+            spans = []
+            for _ in range(parallelism):
+                if pos >= limit:
+                    break
+                n = min(chunk_size, limit - pos)
+                spans.append((pos, n))
+                pos += n
+            results: list[bytes] = [b""] * len(spans)
+
+            async def fetch(i: int, off: int, n: int) -> None:
+                results[i] = await self.read(off, n)
+
+            try:
+                async with trio.open_nursery() as nursery:
+                    for i, (off, n) in enumerate(spans):
+                        nursery.start_soon(fetch, i, off, n)
+            except BaseExceptionGroup as eg:
+                raise_first(eg)
+            for piece in results:
+                yield piece
+
+
+class EncryptedObjects:
+    """Reads and writes objects of one bucket through a KeyRing."""
+
+    def __init__(self, store: ObjectStore, keyring: KeyRing | None, *, part_size: int = 8 << 20,
+                 multipart_threshold: int = 16 << 20, upload_parallelism: int = 4) -> None:
+        self.store = store
+        self.keyring = keyring
+        self.part_size = part_size
+        self.multipart_threshold = multipart_threshold
+        self.upload_parallelism = max(1, upload_parallelism)
+
+    # ---------------------------------------------------------------- reading
+
+    async def material_for(self, info: ObjectInfo) -> ContentMaterial | None:
+        """The object's data key, None for a plain object (which then reads as stored)."""
+        headers = fmt.parse_headers(info.headers)
+        if headers is None:
+            return None
+        if self.keyring is None:
+            raise WrongKeyError(f"oss://{self.store.name}/{info.key} is encrypted "
+                                f"({headers.wrap_alg}) and no master key is configured")
+        return await trio.to_thread.run_sync(
+            functools.partial(self.keyring.open, headers,
+                              object_name=f"oss://{self.store.name}/{info.key}"))
+
+    async def open_reader(self, key: str, info: ObjectInfo | None = None) -> ObjectReader:
+        if info is None or not info.headers:
+            info = await self.store.head(key)
+            if info is None:
+                raise NotFoundError(f"oss://{self.store.name}/{key}: no such object")
+        try:
+            material = await self.material_for(info)
+        except FormatError as exc:
+            raise FormatError(f"oss://{self.store.name}/{key}: {exc}") from exc
+        return ObjectReader(self.store, info, material)
+
+    # ---------------------------------------------------------------- writing
+
+    def multipart_part_size(self, size: int) -> int | None:
+        """The part size ``upload`` will use for ``size`` bytes, or None for a single PUT."""
+        if size < self.multipart_threshold or size <= self.part_size:
+            return None
+        return plan_part_size(size, self.part_size)
+
+    async def upload(self, key: str, size: int, read_cipher: Callable[[int, int], Awaitable[bytes]],
+                     crypto_headers: Mapping[str, str],
+                     extra_headers: Mapping[str, str] | None = None, *,
+                     forbid_overwrite: bool = False, if_match: str | None = None,
+                     progress: Callable[[int], None] | None = None) -> str:
+        """Upload ``size`` already-encrypted bytes; returns the new ETag.
+
+        ``read_cipher(offset, n)`` is called in increasing offset order, once per byte, so
+        it may be backed by a stream. data-size/part-size headers are set here (they describe
+        the upload layout, which only this method decides).
+        """
+        base = {k.lower(): v for k, v in (extra_headers or {}).items()}
+        crypto = {k.lower(): v for k, v in crypto_headers.items()
+                  if k.lower() not in (fmt.H_DATA_SIZE, fmt.H_PART_SIZE)}
+        part_size = self.multipart_part_size(size)
+        if part_size is None:
+            data = await read_cipher(0, size) if size else b""
+            if len(data) != size:
+                raise OssEncError(f"oss://{self.store.name}/{key}: source gave {len(data)} "
+                                  f"bytes, expected {size}")
+            etag = await self.store.put(key, data, {**base, **crypto},
+                                        forbid_overwrite=forbid_overwrite, if_match=if_match)
+            if progress:
+                progress(size)
+            return etag
+        if crypto:
+            crypto[fmt.H_DATA_SIZE] = str(size)
+            crypto[fmt.H_PART_SIZE] = str(part_size)
+        return await self._multipart(key, size, part_size, read_cipher, base, crypto,
+                                     forbid_overwrite, if_match, progress)
+
+    async def _multipart(self, key: str, size: int, part_size: int,
+                         read_cipher: Callable[[int, int], Awaitable[bytes]],
+                         base: dict[str, str], crypto: dict[str, str], forbid_overwrite: bool,
+                         if_match: str | None, progress: Callable[[int], None] | None) -> str:
+        upload_id = await self.store.init_multipart(key, {**base, **crypto},
+                                                    forbid_overwrite=forbid_overwrite)
+        etags: dict[int, str] = {}
+        slots = trio.Semaphore(self.upload_parallelism)
+
+        async def send(number: int, data: bytes) -> None:
+            try:
+                etags[number] = await self.store.upload_part(key, upload_id, number, data, crypto)
+            finally:
+                slots.release()
+            if progress:
+                progress(len(data))
+
+        try:
+            try:
+                async with trio.open_nursery() as nursery:
+                    number = 0
+                    for offset in range(0, size, part_size):
+                        n = min(part_size, size - offset)
+                        number += 1
+                        await slots.acquire()   # bounds buffered parts to the parallelism
+                        data = await read_cipher(offset, n)
+                        if len(data) != n:
+                            slots.release()
+                            raise OssEncError(f"oss://{self.store.name}/{key}: source gave "
+                                              f"{len(data)} bytes at {offset}, expected {n}")
+                        nursery.start_soon(send, number, data)
+            except BaseExceptionGroup as eg:
+                raise_first(eg)
+            if if_match:
+                # CompleteMultipartUpload has no If-Match; check as late as possible.
+                current = await self.store.head(key)
+                if current is None or current.etag != if_match:
+                    raise ConflictError(f"oss://{self.store.name}/{key} changed during upload")
+            try:
+                return await self.store.complete_multipart(
+                    key, upload_id, sorted(etags.items()), forbid_overwrite=forbid_overwrite)
+            except (NotFoundError, ConflictError):
+                # A retried Complete whose first attempt landed (reply lost) sees NoSuchUpload
+                # or, with forbid-overwrite, its own object. The wrapped data key is unique
+                # to this upload, so finding it on the object proves the upload completed.
+                landed = await self.store.head(key)
+                wrapped = crypto.get(fmt.H_KEY)
+                if (landed is None or not wrapped or landed.size != size
+                        or landed.headers.get(fmt.H_KEY) != wrapped):
+                    raise
+                return landed.etag
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                try:
+                    await self.store.abort_multipart(key, upload_id)
+                except OssEncError as exc:
+                    log.warning("could not abort upload %s of %s: %s", upload_id, key, exc)
+            raise
+
+    async def write(self, key: str, chunks: AsyncIterable[bytes] | bytes, size: int,
+                    extra_headers: Mapping[str, str] | None = None, *,
+                    forbid_overwrite: bool = False,
+                    progress: Callable[[int], None] | None = None) -> str:
+        """Encrypt a plaintext stream of exactly ``size`` bytes under a fresh key and upload it."""
+        if self.keyring is None:
+            raise WrongKeyError("no master key configured for writing")
+        part_size = self.multipart_part_size(size)
+        material, crypto = await trio.to_thread.run_sync(functools.partial(
+            self.keyring.new_object,
+            data_size=size if part_size else None, part_size=part_size))
+        source = _CipherSource(chunks, size, material)
+        return await self.upload(key, size, source.read, crypto, extra_headers,
+                                 forbid_overwrite=forbid_overwrite, progress=progress)
+
+    # --------------------------------------------------------------- rewrap
+
+    async def rewrap(self, key: str, master: MasterKey) -> None:
+        """Wrap the object's data key under ``master``; the data is not touched.
+
+        CopyObject onto itself with REPLACE, guarded by If-Match so that a concurrent
+        writer is never overwritten with stale metadata.
+        """
+        info = await self.store.head(key)
+        if info is None:
+            raise NotFoundError(f"oss://{self.store.name}/{key}: no such object")
+        old = fmt.parse_headers(info.headers)
+        if old is None:
+            raise FormatError(f"oss://{self.store.name}/{key} is not encrypted; nothing to re-wrap")
+        material = await self.material_for(info)
+        assert material is not None
+        new = await trio.to_thread.run_sync(_wrap_existing, master, material, old)
+        kept = {n: v for n, v in fmt.strip_crypto_headers(info.headers).items()
+                if n.startswith("x-oss-meta-") or n in _KEPT_STANDARD}
+        await self.store.copy(key, key, headers={**kept, **fmt.emit_headers(new)},
+                              if_match=info.etag)
+
+
+def _wrap_existing(master: MasterKey, material: ContentMaterial,
+                   old: fmt.CryptoHeaders) -> fmt.CryptoHeaders:
+    """A V2 header set for an existing data key under ``master``, layout fields kept.
+
+    The MasterKey protocol only wraps fresh keys, so this wraps the raw key and IV itself
+    with the master's public half (RSA) or its Encrypt call (KMS), in the master's format.
+    """
+    wrap = getattr(master, "wrap", None)
+    if callable(wrap):
+        fresh = wrap(material)
+        if isinstance(fresh, Mapping):
+            fresh = fmt.parse_headers(fresh)
+        wrapped_key, wrapped_start = fresh.wrapped_key, fresh.wrapped_start
+    elif master.wrap_alg in (fmt.WRAP_RSA_PKCS1, fmt.WRAP_RSA_OAEP) and hasattr(master, "public_pem"):
+        pub = serialization.load_pem_public_key(master.public_pem())
+        if master.wrap_alg == fmt.WRAP_RSA_PKCS1:
+            pad: padding.AsymmetricPadding = padding.PKCS1v15()
+        else:
+            pad = padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None)
+        wrapped_key = base64.b64encode(pub.encrypt(material.key, pad)).decode("ascii")
+        wrapped_start = base64.b64encode(pub.encrypt(material.iv, pad)).decode("ascii")
+    elif master.wrap_alg == fmt.WRAP_KMS and hasattr(master, "_encrypt"):
+        blobs = [master._encrypt(base64.b64encode(raw).decode("ascii"))
+                 for raw in (material.key, material.iv)]
+        if getattr(master, "flavour", "oss2") == "oss2":
+            blobs = [base64.b64encode(b.encode("ascii")).decode("ascii") for b in blobs]
+        wrapped_key, wrapped_start = blobs
+    else:
+        raise OssEncError(f"master key {master.name} cannot wrap an existing data key")
+    return fmt.CryptoHeaders(
+        wrapped_key=wrapped_key,
+        wrapped_start=wrapped_start,
+        wrap_alg=master.wrap_alg,
+        cek_alg=fmt.CEK_AES_CTR,
+        legacy=False,
+        matdesc=dict(master.matdesc) if getattr(master, "matdesc", None) else None,
+        data_size=old.data_size,
+        part_size=old.part_size,
+        unencrypted_content_length=old.unencrypted_content_length,
+        unencrypted_content_md5=old.unencrypted_content_md5,
+    )
+
+
+class _CipherSource:
+    """Turns a plaintext chunk stream into sequential ``read_cipher(offset, n)`` answers."""
+
+    def __init__(self, chunks: AsyncIterable[bytes] | bytes, size: int,
+                 material: ContentMaterial) -> None:
+        if isinstance(chunks, (bytes, bytearray, memoryview)):
+            chunks = _one(bytes(chunks))
+        self._iter = chunks.__aiter__()
+        self._size = size
+        self._pos = 0
+        self._pending = bytearray()
+        self._material = material
+
+    async def read(self, offset: int, n: int) -> bytes:
+        if offset != self._pos:
+            raise OssEncError(f"internal: non-sequential read at {offset}, expected {self._pos}")
+        while len(self._pending) < n:
+            try:
+                piece = await self._iter.__anext__()
+            except StopAsyncIteration:
+                raise OssEncError(f"source ended after {self._pos + len(self._pending)} "
+                                  f"bytes, expected {self._size}") from None
+            self._pending += piece
+        plain = bytes(self._pending[:n])
+        del self._pending[:n]
+        self._pos += n
+        if self._pos == self._size and (self._pending or await _has_more(self._iter)):
+            raise OssEncError(f"source is longer than the {self._size} bytes announced")
+        return await crypt_async(self._material.key, self._material.counter0, offset, plain)
+
+
+async def _one(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def _has_more(it: AsyncIterator[bytes]) -> bool:
+    try:
+        while True:
+            piece = await it.__anext__()
+            if piece:
+                return True
+    except StopAsyncIteration:
+        return False

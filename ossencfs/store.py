@@ -1,0 +1,430 @@
+"""Async object store: oss2.Bucket driven from trio, with retries and typed errors.
+
+oss2 is blocking, so every call runs in a worker thread behind one CapacityLimiter; the
+limiter and the HTTP connection pool share one size so that no thread ever waits for a
+socket. Transient failures (network, 5xx, throttling, truncated bodies) are retried with
+capped exponential backoff and full jitter; everything else becomes an ``ossencfs.errors``
+type at once, so the layers above never see an oss2 or requests exception.
+"""
+from __future__ import annotations
+
+import collections
+import email.utils
+import hashlib
+import logging
+import random
+import re
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable, Mapping, Sequence, TypeVar
+
+import oss2
+import oss2.exceptions
+import oss2.http
+import requests
+import requests.adapters
+import trio
+import urllib3.exceptions
+
+from .errors import (
+    AccessDeniedError,
+    ConflictError,
+    NetworkError,
+    NotFoundError,
+    OssEncError,
+    StoreError,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _drop_raw_get_warning(record: logging.LogRecord) -> bool:
+    # oss2 warns on every plain GET of an encrypted object; fetching ciphertext is our job.
+    return "encrypted object will return raw data" not in record.getMessage()
+
+
+logging.getLogger("oss2.models").addFilter(_drop_raw_get_warning)
+
+T = TypeVar("T")
+
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+_THROTTLE_CODES = {"Throttling", "SlowDown", "RequestTimeout", "ServiceUnavailable",
+                   "InternalError", "QpsLimitExceeded", "TooManyRequests"}
+_NOT_FOUND_CODES = {"NoSuchKey", "NoSuchBucket", "NoSuchUpload", "SymlinkTargetNotExist", ""}
+
+
+@dataclass
+class ObjectInfo:
+    """What OSS says about one object; ``headers`` is empty when it came from a listing."""
+
+    key: str
+    size: int
+    etag: str
+    mtime: float
+    object_type: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Listing:
+    objects: list[ObjectInfo]
+    prefixes: list[str]
+    next_token: str | None
+
+
+class _Transient(Exception):
+    """A response we did not trust (short body, wrong range): worth one more try."""
+
+
+def _lower_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {str(k).lower(): str(v) for k, v in headers.items()}
+
+
+def _http_time(value: str | None) -> float:
+    if not value:
+        return 0.0
+    try:
+        return email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _info_from_headers(key: str, headers: Mapping[str, str]) -> ObjectInfo:
+    h = _lower_headers(headers)
+    return ObjectInfo(
+        key=key,
+        size=int(h.get("content-length", "0") or 0),
+        etag=h.get("etag", "").strip('"'),
+        mtime=_http_time(h.get("last-modified")),
+        object_type=h.get("x-oss-object-type", "Normal"),
+        headers=h,
+    )
+
+
+class ObjectStore:
+    """One bucket, used concurrently from a trio loop."""
+
+    def __init__(self, bucket: oss2.Bucket, *, concurrency: int = 16, retries: int = 5,
+                 backoff_base: float = 0.1, backoff_max: float = 5.0) -> None:
+        self.bucket = bucket
+        self.name: str = bucket.bucket_name
+        self.concurrency = concurrency
+        self.retries = retries
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.limiter = trio.CapacityLimiter(concurrency)
+        #: attempts per operation, retries included (bench / tests)
+        self.requests: collections.Counter[str] = collections.Counter()
+        #: retried attempts per operation
+        self.retried: collections.Counter[str] = collections.Counter()
+        self.bytes_fetched = 0
+        self.bytes_sent = 0
+        _size_pool(bucket, concurrency)
+
+    @classmethod
+    def connect(cls, endpoint: str, bucket: str, access_key_id: str, access_key_secret: str,
+                security_token: str | None = None, *, region: str | None = None,
+                auth_version: str = "v1", connect_timeout: float | None = None,
+                concurrency: int = 16, **kw: Any) -> "ObjectStore":
+        """Build the oss2 objects; V4 needs a region, STS tokens go through StsAuth."""
+        version = oss2.AUTH_VERSION_4 if auth_version == "v4" else oss2.AUTH_VERSION_1
+        if version == oss2.AUTH_VERSION_4 and not region:
+            raise OssEncError("signature V4 needs a region (--region)")
+        if security_token:
+            auth = oss2.StsAuth(access_key_id, access_key_secret, security_token,
+                                auth_version=version)
+        elif version == oss2.AUTH_VERSION_4:
+            auth = oss2.AuthV4(access_key_id, access_key_secret)
+        else:
+            auth = oss2.Auth(access_key_id, access_key_secret)
+        session = oss2.http.Session(pool_size=concurrency)
+        try:
+            b = oss2.Bucket(auth, endpoint, bucket, session=session,
+                            connect_timeout=connect_timeout, region=region)
+        except oss2.exceptions.ClientError as exc:
+            raise OssEncError(f"bad endpoint or bucket name: {endpoint} {bucket}") from exc
+        return cls(b, concurrency=concurrency, **kw)
+
+    # ------------------------------------------------------------------ core
+
+    async def _call(self, op: str, key: str, fn: Callable[[], T],
+                    attempts: list[int] | None = None) -> T:
+        attempt = 0
+        while True:
+            self.requests[op] += 1
+            if attempts is not None:
+                attempts.append(attempt)
+            try:
+                return await trio.to_thread.run_sync(fn, limiter=self.limiter)
+            except Exception as exc:  # noqa: BLE001 - every failure is classified below
+                transient, mapped = self._classify(op, key, exc)
+                if not transient or attempt >= self.retries:
+                    raise mapped from exc
+                delay = min(self.backoff_max, self.backoff_base * (2 ** attempt))
+                delay = random.uniform(delay / 2, delay)
+                log.info("%s %s: %s; retry %d in %.2fs", op, key, mapped, attempt + 1, delay)
+                self.retried[op] += 1
+                attempt += 1
+                await trio.sleep(delay)
+
+    def _classify(self, op: str, key: str, exc: Exception) -> tuple[bool, OssEncError]:
+        what = f"{op} oss://{self.name}/{key}"
+        if isinstance(exc, OssEncError):
+            return False, exc
+        if isinstance(exc, _Transient):
+            return True, NetworkError(f"{what}: {exc}")
+        if isinstance(exc, oss2.exceptions.RequestError):
+            return True, NetworkError(f"{what}: network error: {_short(exc)}")
+        if isinstance(exc, (requests.RequestException, urllib3.exceptions.HTTPError,
+                            ConnectionError, TimeoutError)):
+            return True, NetworkError(f"{what}: network error: {type(exc).__name__}")
+        if isinstance(exc, oss2.exceptions.InconsistentError):
+            return True, NetworkError(f"{what}: CRC-64 mismatch in transfer")
+        if isinstance(exc, oss2.exceptions.ServerError):
+            status = exc.status
+            code = getattr(exc, "code", "") or ""
+            detail = f"{what}: {status} {code or 'error'}"
+            message = (getattr(exc, "message", "") or "").strip()
+            if message:
+                detail += f" ({message})"
+            if exc.request_id:
+                detail += f" [request {exc.request_id}]"
+            if status >= 500 or status == 429 or code in _THROTTLE_CODES:
+                return True, NetworkError(detail)
+            if status == 404 and code in _NOT_FOUND_CODES:
+                return False, NotFoundError(detail)
+            if status == 412 or code in ("PreconditionFailed", "FileAlreadyExists"):
+                return False, ConflictError(detail)
+            if status == 409:
+                return False, ConflictError(detail)
+            if status == 403:
+                return False, AccessDeniedError(detail)
+            if status == 404:
+                return False, NotFoundError(detail)
+            return False, StoreError(detail)
+        if isinstance(exc, oss2.exceptions.OssError):
+            return False, StoreError(f"{what}: {_short(exc)}")
+        return False, StoreError(f"{what}: {type(exc).__name__}: {exc}")
+
+    # ------------------------------------------------------------ operations
+
+    async def head(self, key: str) -> ObjectInfo | None:
+        """None when absent, so that callers can probe without try/except."""
+        def run() -> ObjectInfo:
+            try:
+                r = self.bucket.head_object(key)
+            except oss2.exceptions.NoSuchBucket:
+                raise NotFoundError(f"oss://{self.name}: no such bucket") from None
+            return _info_from_headers(key, r.headers)
+        try:
+            return await self._call("head", key, run)
+        except NotFoundError:
+            return None
+
+    async def get_range(self, key: str, start: int, end: int, *,
+                        if_match: str | None = None) -> bytes:
+        """Bytes [start, end] exactly, or an error: never silently different bytes.
+
+        The caller knows the size and never asks past EOF (SPEC pitfall 4); we still insist on
+        a 206 whose Content-Range is the one we asked for, or a 200 carrying exactly the
+        whole object when the whole object was asked for.
+        """
+        if start < 0 or end < start:
+            raise ValueError(f"bad range {start}-{end}")
+        want = end - start + 1
+        headers = {"x-oss-range-behavior": "standard"}
+        if if_match:
+            headers["If-Match"] = f'"{if_match}"'
+
+        def run() -> bytes:
+            r = self.bucket.get_object(key, byte_range=(start, end), headers=headers)
+            raw = r.resp.response
+            try:
+                status = r.status
+                cr = raw.headers.get("Content-Range")
+                total = -1
+                if status == 206:
+                    m = _CONTENT_RANGE.match(cr or "")
+                    if not m or int(m.group(1)) != start or int(m.group(2)) != end:
+                        if m and int(m.group(1)) == start and m.group(3) != "*" \
+                                and int(m.group(3)) <= end:
+                            raise ConflictError(
+                                f"get oss://{self.name}/{key}: object is shorter than expected "
+                                f"({m.group(3)} bytes, wanted up to {end})")
+                        raise _Transient(f"unexpected Content-Range {cr!r} for {start}-{end}")
+                    total = int(m.group(3)) if m.group(3) != "*" else -1
+                elif status == 200:
+                    length = int(raw.headers.get("Content-Length", "-1"))
+                    if not (start == 0 and length == want):
+                        raise StoreError(
+                            f"get oss://{self.name}/{key}: server ignored Range {start}-{end} "
+                            f"(200, {length} bytes)")
+                    total = length
+                else:
+                    raise StoreError(f"get oss://{self.name}/{key}: unexpected status {status}")
+                data = _read_all(raw, want)
+            finally:
+                raw.close()
+            if len(data) != want:
+                raise _Transient(f"short body: {len(data)} of {want} bytes")
+            server_crc = raw.headers.get("x-oss-hash-crc64ecma")
+            if start == 0 and total == want and server_crc:
+                crc = oss2.utils.Crc64(0)
+                crc.update(data)
+                if crc.crc != int(server_crc):
+                    raise _Transient("CRC-64 of the body does not match x-oss-hash-crc64ecma")
+            return data
+
+        data = await self._call("get", key, run)
+        self.bytes_fetched += len(data)
+        return data
+
+    async def put(self, key: str, data: bytes, headers: Mapping[str, str], *,
+                  forbid_overwrite: bool = False, if_match: str | None = None) -> str:
+        h = dict(headers)
+        if forbid_overwrite:
+            h["x-oss-forbid-overwrite"] = "true"
+        if if_match:
+            h["If-Match"] = f'"{if_match}"'
+        attempts: list[int] = []
+        try:
+            etag = await self._call("put", key,
+                                    lambda: self.bucket.put_object(key, data, headers=h).etag,
+                                    attempts)
+        except ConflictError:
+            # A retried PUT whose first attempt did land (reply lost) must not report a
+            # conflict with itself: same bytes => same MD5 ETag.
+            if not (forbid_overwrite and len(attempts) > 1):
+                raise
+            info = await self.head(key)
+            digest = hashlib.md5(data).hexdigest().upper()
+            if info is None or info.etag.upper() != digest:
+                raise
+            etag = info.etag
+        self.bytes_sent += len(data)
+        return etag
+
+    async def list_page(self, prefix: str, delimiter: str = "/", token: str | None = None,
+                        max_keys: int = 1000) -> Listing:
+        def run() -> Listing:
+            r = self.bucket.list_objects_v2(prefix=prefix, delimiter=delimiter,
+                                            continuation_token=token or "", max_keys=max_keys)
+            objs = [ObjectInfo(key=o.key, size=int(o.size), etag=(o.etag or "").strip('"'),
+                               mtime=float(o.last_modified or 0), object_type=o.type or "Normal")
+                    for o in r.object_list]
+            nxt = r.next_continuation_token if r.is_truncated else None
+            return Listing(objs, list(r.prefix_list), nxt or None)
+        return await self._call("list", prefix, run)
+
+    async def iter_objects(self, prefix: str, delimiter: str = "") -> AsyncIterator[ObjectInfo]:
+        """Every object under ``prefix`` (all pages); for recursive copies and tools."""
+        token: str | None = None
+        while True:
+            page = await self.list_page(prefix, delimiter, token)
+            for o in page.objects:
+                yield o
+            if not page.next_token:
+                return
+            token = page.next_token
+
+    async def copy(self, src: str, dst: str, *, headers: Mapping[str, str] | None = None,
+                   if_match: str | None = None) -> str:
+        h: dict[str, str] = {}
+        if headers is not None:
+            h.update(headers)
+            h["x-oss-metadata-directive"] = "REPLACE"
+        if if_match:
+            h["x-oss-copy-source-if-match"] = f'"{if_match}"'
+        return await self._call(
+            "copy", dst,
+            lambda: self.bucket.copy_object(self.name, src, dst, headers=h).etag)
+
+    async def delete(self, key: str) -> None:
+        await self._call("delete", key, lambda: self.bucket.delete_object(key))
+
+    async def delete_many(self, keys: Sequence[str]) -> None:
+        keys = list(keys)
+        for i in range(0, len(keys), 1000):
+            batch = keys[i:i + 1000]
+            await self._call("delete_many", batch[0],
+                             lambda batch=batch: self.bucket.batch_delete_objects(batch))
+
+    async def init_multipart(self, key: str, headers: Mapping[str, str], *,
+                             forbid_overwrite: bool = False) -> str:
+        h = dict(headers)
+        if forbid_overwrite:
+            h["x-oss-forbid-overwrite"] = "true"
+        return await self._call(
+            "init_multipart", key,
+            lambda: self.bucket.init_multipart_upload(key, headers=h).upload_id)
+
+    async def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes,
+                          headers: Mapping[str, str]) -> str:
+        h = dict(headers)
+        etag = await self._call(
+            "upload_part", key,
+            lambda: self.bucket.upload_part(key, upload_id, part_number, data, headers=h).etag)
+        self.bytes_sent += len(data)
+        return etag
+
+    async def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]], *,
+                                 forbid_overwrite: bool = False) -> str:
+        h = {"x-oss-forbid-overwrite": "true"} if forbid_overwrite else {}
+        infos = [oss2.models.PartInfo(n, etag) for n, etag in sorted(parts)]
+        return await self._call(
+            "complete_multipart", key,
+            lambda: self.bucket.complete_multipart_upload(key, upload_id, infos, headers=h).etag)
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None:
+        try:
+            await self._call("abort_multipart", key,
+                             lambda: self.bucket.abort_multipart_upload(key, upload_id))
+        except NotFoundError:
+            pass  # already gone: the goal is reached
+
+    async def put_symlink(self, key: str, target: str, headers: Mapping[str, str]) -> None:
+        h = dict(headers)
+        await self._call("put_symlink", key, lambda: self.bucket.put_symlink(target, key, headers=h))
+
+    async def get_symlink(self, key: str) -> str:
+        return await self._call("get_symlink", key,
+                                lambda: self.bucket.get_symlink(key).target_key)
+
+
+def _read_all(raw: requests.Response, expected: int) -> bytes:
+    """Read a body of known length straight from urllib3 into one bytes object.
+
+    No 8 KiB iteration and no join: one read of the exact size (urllib3 loops internally),
+    topped up only if the socket hands back less. A short result is detected by the caller.
+    """
+    body = raw.raw
+    data = body.read(expected, decode_content=False)
+    if len(data) >= expected:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < expected:
+        more = body.read(expected - got, decode_content=False)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).replace("\n", " ")
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def _size_pool(bucket: oss2.Bucket, size: int) -> None:
+    """Give a caller-made bucket a pool as large as our concurrency (default oss2 pool is 10)."""
+    session = getattr(bucket, "session", None)
+    inner = getattr(session, "session", None)
+    if not isinstance(inner, requests.Session):
+        return
+    adapter = inner.get_adapter("http://")
+    current = getattr(adapter, "_pool_maxsize", 0)
+    if isinstance(adapter, requests.adapters.HTTPAdapter) and current < size:
+        for scheme in ("http://", "https://"):
+            inner.mount(scheme, requests.adapters.HTTPAdapter(pool_connections=size,
+                                                              pool_maxsize=size))

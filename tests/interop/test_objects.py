@@ -1,0 +1,140 @@
+"""EncryptedObjects in-process against the emulator, oss2 CryptoBucket as the oracle."""
+from __future__ import annotations
+
+import oss2
+import pytest
+import trio
+
+from ossencfs.envelope.keys import KeyRing, RsaMasterKey
+from ossencfs.errors import ConflictError, NotFoundError, WrongKeyError
+from ossencfs.objects import EncryptedObjects, plan_part_size
+from tests.interop.conftest import PART, oss2_multipart, payload
+
+ODD_RANGES = [(0, 1), (1, 15), (15, 2), (16, 16), (17, 100_000), (PART - 3, 7), (PART, PART + 1),
+              (2 * PART + 11, 10**9), (0, 10**9)]
+
+
+def objects_with(store, *paths: str, **kw) -> EncryptedObjects:
+    ring = KeyRing([RsaMasterKey.from_pem_file(p) for p in paths]) if paths else None
+    return EncryptedObjects(store, ring, **kw)
+
+
+def test_reader_odd_ranges_over_oss2_multipart(store, crypto_bucket, rsa_provider, rsa_key_path):
+    data = payload(3 * PART + 999, seed=20)
+    oss2_multipart(crypto_bucket(rsa_provider), "r/mp", data, PART)
+    objs = objects_with(store, rsa_key_path)
+
+    async def main():
+        reader = await objs.open_reader("r/mp")
+        assert reader.encrypted and reader.size == len(data)
+        gets = store.requests["get"]
+        fetched = store.bytes_fetched
+        for off, n in ODD_RANGES:
+            assert await reader.read(off, n) == data[off:off + n], (off, n)
+        assert store.requests["get"] - gets == len(ODD_RANGES)     # one GET per read
+        # a read costs what it reads: at most 15 alignment bytes extra per read
+        wanted = sum(len(data[o:o + n]) for o, n in ODD_RANGES)
+        assert store.bytes_fetched - fetched <= wanted + 15 * len(ODD_RANGES)
+        assert await reader.read(len(data), 10) == b""
+        # read_cipher + decrypt, as the block cache uses them
+        raw = await reader.read_cipher(32, 95)
+        assert reader.decrypt(37, raw[5:]) == data[37:96]
+    trio.run(main)
+
+
+def test_plain_objects_pass_through(store, oss2_bucket):
+    data = payload(5000, seed=21)
+    oss2_bucket.put_object("plain", data)
+    objs = objects_with(store)                       # no key needed for plain objects
+
+    async def main():
+        reader = await objs.open_reader("plain")
+        assert not reader.encrypted and reader.material is None
+        assert await reader.read(3, 17) == data[3:20]
+        with pytest.raises(NotFoundError):
+            await objs.open_reader("absent")
+    trio.run(main)
+
+
+def test_write_single_and_multipart_read_by_oss2(store, crypto_bucket, rsa_provider,
+                                                 rsa_key_path, oss2_bucket):
+    objs = objects_with(store, rsa_key_path, part_size=PART, multipart_threshold=2 * PART,
+                        upload_parallelism=3)
+    small, big = payload(PART, seed=22), payload(5 * PART + 3, seed=23)
+
+    async def chunked(data: bytes, step: int):
+        for i in range(0, len(data), step):
+            yield data[i:i + step]
+
+    async def main():
+        await objs.write("w/small", small, len(small), {"x-oss-meta-mode": "33188"})
+        await objs.write("w/big", chunked(big, 33_333), len(big), {"Content-Type": "x/y"})
+        with pytest.raises(ConflictError):
+            await objs.write("w/small", b"again", 5, forbid_overwrite=True)
+    trio.run(main)
+    cb = crypto_bucket(rsa_provider)
+    assert cb.get_object("w/small").read() == small
+    assert cb.get_object("w/big").read() == big
+    head = oss2_bucket.head_object("w/big")
+    assert head.object_type == "Multipart" and head.content_type == "x/y"
+    assert store.requests["upload_part"] == 6
+    # no multipart upload left behind
+    assert list(oss2.ObjectUploadIterator(oss2_bucket, "w/big")) == []
+
+
+def test_failed_multipart_is_aborted(store, rsa_key_path, oss2_bucket):
+    objs = objects_with(store, rsa_key_path, part_size=PART, multipart_threshold=2 * PART)
+
+    async def short_stream():
+        yield payload(PART * 2)                       # announces 3 parts' worth, gives 2
+
+    async def main():
+        with pytest.raises(Exception, match="source ended"):
+            await objs.write("w/short", short_stream(), 3 * PART)
+    trio.run(main)
+    assert not oss2_bucket.object_exists("w/short")
+    assert list(oss2.ObjectUploadIterator(oss2_bucket, "w/short")) == []
+    assert store.requests["abort_multipart"] == 1
+
+
+def test_rewrap_keeps_data_and_metadata(store, crypto_bucket, rsa_provider, second_rsa_provider,
+                                        rsa_key_path, second_rsa_key_path, oss2_bucket):
+    data = payload(3 * PART + 5, seed=24)
+    oss2_multipart(crypto_bucket(rsa_provider), "rw/obj", data, PART)
+    meta = {k: v for k, v in oss2_bucket.head_object("rw/obj").headers.items()
+            if k.lower().startswith("x-oss-meta-")}
+    meta.update({"x-oss-meta-mode": "33261", "x-oss-meta-uid": "1000", "x-oss-meta-mtime": "1700000000",
+                 "x-oss-meta-note": "keep me", "Content-Type": "application/x-test"})
+    oss2_bucket.update_object_meta("rw/obj", meta)
+    before = oss2_bucket.head_object("rw/obj").headers
+    stored_before = oss2_bucket.get_object("rw/obj").read()
+    objs = objects_with(store, rsa_key_path, second_rsa_key_path)
+    new_master = RsaMasterKey.from_pem_file(second_rsa_key_path)
+
+    async def main():
+        await objs.rewrap("rw/obj", new_master)
+    trio.run(main)
+    after = oss2_bucket.head_object("rw/obj")
+    for name in ("x-oss-meta-mode", "x-oss-meta-uid", "x-oss-meta-mtime", "x-oss-meta-note",
+                 "Content-Type", "x-oss-meta-client-side-encryption-data-size",
+                 "x-oss-meta-client-side-encryption-part-size"):
+        assert after.headers[name] == before[name], name
+    assert after.headers["x-oss-meta-client-side-encryption-key"] != \
+        before["x-oss-meta-client-side-encryption-key"]
+    assert oss2_bucket.get_object("rw/obj").read() == stored_before   # data not re-encrypted
+    assert crypto_bucket(second_rsa_provider).get_object("rw/obj").read() == data
+    with pytest.raises(Exception):
+        crypto_bucket(rsa_provider).get_object("rw/obj").read()
+    only_old = objects_with(store, rsa_key_path)
+
+    async def old_key_fails():
+        with pytest.raises(WrongKeyError):
+            await only_old.open_reader("rw/obj")
+    trio.run(old_key_fails)
+
+
+def test_plan_part_size_rules():
+    assert plan_part_size(10 << 20, 1000) == 100 * 1024
+    assert plan_part_size(10 << 20, 8 << 20) == 8 << 20
+    p = plan_part_size(200 * 1024 * 10001, 100 * 1024 + 1)
+    assert p % 16 == 0 and (200 * 1024 * 10001 + p - 1) // p <= 10000
