@@ -202,14 +202,30 @@ class KmsMasterKey:
             raise KeyUnavailableError(f"CMK {self.cmk_id}: GenerateDataKey returned {len(key)} bytes, not 32")
         iv = new_iv()
         iv_blob = self._encrypt(base64.b64encode(iv).decode())
+        return ContentMaterial(key=key, counter0=iv_to_counter(iv)), self._headers(key_blob, iv_blob)
+
+    def wrap(self, material: ContentMaterial) -> CryptoHeaders:
+        """The header set for an *existing* data key (re-wrap); never for new content."""
+        key_blob = self._encrypt(base64.b64encode(material.key).decode())
+        iv_blob = self._encrypt(base64.b64encode(material.iv).decode())
+        return self._headers(key_blob, iv_blob)
+
+    def claims(self, h: CryptoHeaders) -> bool:
+        """Whether the object's key blob names this CMK, so the KeyRing tries it first."""
+        for style in (True, False):
+            blob = self._blob_from_header(h.wrapped_key, style)
+            if blob is not None and blob_key_id(blob) == self.cmk_id:
+                return True
+        return False
+
+    def _headers(self, key_blob: str, iv_blob: str) -> CryptoHeaders:
         if self.flavour == "oss2":
             wrapped_key = base64.b64encode(key_blob.encode()).decode()
             wrapped_start = base64.b64encode(iv_blob.encode()).decode()
         else:
             wrapped_key, wrapped_start = key_blob, iv_blob
-        headers = CryptoHeaders(wrapped_key=wrapped_key, wrapped_start=wrapped_start, wrap_alg=WRAP_KMS,
-                                cek_alg=CEK_AES_CTR, legacy=False, matdesc=self.matdesc)
-        return ContentMaterial(key=key, counter0=iv_to_counter(iv)), headers
+        return CryptoHeaders(wrapped_key=wrapped_key, wrapped_start=wrapped_start, wrap_alg=WRAP_KMS,
+                             cek_alg=CEK_AES_CTR, legacy=False, matdesc=self.matdesc)
 
     def unwrap(self, h: CryptoHeaders) -> ContentMaterial:
         """Decrypt the object's data key and IV (2 KMS calls; the KeyRing caches the result)."""

@@ -8,14 +8,12 @@ key, which may call KMS; AES over large buffers) runs in a worker thread.
 """
 from __future__ import annotations
 
-import base64
 import functools
 import logging
+from dataclasses import replace
 from typing import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, NoReturn
 
 import trio
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding
 
 from .envelope import format as fmt
 from .envelope.ctr import crypt_at
@@ -322,40 +320,9 @@ class EncryptedObjects:
 
 def _wrap_existing(master: MasterKey, material: ContentMaterial,
                    old: fmt.CryptoHeaders) -> fmt.CryptoHeaders:
-    """A V2 header set for an existing data key under ``master``, layout fields kept.
-
-    The MasterKey protocol only wraps fresh keys, so this wraps the raw key and IV itself
-    with the master's public half (RSA) or its Encrypt call (KMS), in the master's format.
-    """
-    wrap = getattr(master, "wrap", None)
-    if callable(wrap):
-        fresh = wrap(material)
-        if isinstance(fresh, Mapping):
-            fresh = fmt.parse_headers(fresh)
-        wrapped_key, wrapped_start = fresh.wrapped_key, fresh.wrapped_start
-    elif master.wrap_alg in (fmt.WRAP_RSA_PKCS1, fmt.WRAP_RSA_OAEP) and hasattr(master, "public_pem"):
-        pub = serialization.load_pem_public_key(master.public_pem())
-        if master.wrap_alg == fmt.WRAP_RSA_PKCS1:
-            pad: padding.AsymmetricPadding = padding.PKCS1v15()
-        else:
-            pad = padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None)
-        wrapped_key = base64.b64encode(pub.encrypt(material.key, pad)).decode("ascii")
-        wrapped_start = base64.b64encode(pub.encrypt(material.iv, pad)).decode("ascii")
-    elif master.wrap_alg == fmt.WRAP_KMS and hasattr(master, "_encrypt"):
-        blobs = [master._encrypt(base64.b64encode(raw).decode("ascii"))
-                 for raw in (material.key, material.iv)]
-        if getattr(master, "flavour", "oss2") == "oss2":
-            blobs = [base64.b64encode(b.encode("ascii")).decode("ascii") for b in blobs]
-        wrapped_key, wrapped_start = blobs
-    else:
-        raise OssEncError(f"master key {master.name} cannot wrap an existing data key")
-    return fmt.CryptoHeaders(
-        wrapped_key=wrapped_key,
-        wrapped_start=wrapped_start,
-        wrap_alg=master.wrap_alg,
-        cek_alg=fmt.CEK_AES_CTR,
-        legacy=False,
-        matdesc=dict(master.matdesc) if getattr(master, "matdesc", None) else None,
+    """A V2 header set for an existing data key under ``master``, layout fields kept."""
+    return replace(
+        master.wrap(material),
         data_size=old.data_size,
         part_size=old.part_size,
         unencrypted_content_length=old.unencrypted_content_length,

@@ -80,6 +80,13 @@ class MasterKey(Protocol):
         """Fresh key + IV and the header set (BLOCKING; KMS may call out)."""
         ...
 
+    def wrap(self, material: ContentMaterial) -> CryptoHeaders:
+        """The header set for an *existing* data key: re-wrapping only, never new content."""
+        ...
+
+    # Optional: ``claims(h) -> bool``, True when the object names this very key (a KMS blob
+    # carries its CMK id); the KeyRing tries such masters first, saving remote calls.
+
 
 def matdesc_matches(master: Mapping[str, str] | None, obj: Mapping[str, str] | None) -> bool:
     """Whether a master with description ``master`` may be tried on an object with ``obj``.
@@ -269,8 +276,7 @@ class RsaMasterKey:
     def wrap(self, material: ContentMaterial) -> CryptoHeaders:
         """The V2 header set for an *existing* data key (re-wrapping under this master).
 
-        Not part of the MasterKey protocol (KMS masters need not offer it); ``objects.rewrap``
-        uses it when present. Never use it to give new content an old key.
+        Used by ``objects.rewrap``. Never use it to give new content an old key.
         """
         pad = _RSA_WRITE_ALGS[self.wrap_alg]
         return CryptoHeaders(
@@ -329,6 +335,14 @@ def _copy_error(exc: OssEncError, old_name: str, new_name: str) -> OssEncError:
 
 
 CacheKey = tuple[str, str, str]
+
+
+def _claims(master: MasterKey, h: CryptoHeaders) -> bool:
+    claims = getattr(master, "claims", None)
+    try:
+        return bool(claims(h)) if callable(claims) else False
+    except Exception:  # a misbehaving plug-in only loses its priority
+        return False
 
 
 class KeyRing:
@@ -481,7 +495,7 @@ class KeyRing:
             if not usable:
                 continue
             (exact if h.matdesc is not None and m.matdesc is not None else loose).append(m)
-        return exact + loose
+        return sorted(exact + loose, key=lambda m: not _claims(m, h))  # stable: claimed first
 
     def _unwrap(self, h: CryptoHeaders, what: str) -> ContentMaterial:
         candidates = self._candidates(h)
