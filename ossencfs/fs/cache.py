@@ -1,0 +1,166 @@
+"""Block cache of object *ciphertext*: on disk (size-capped LRU) plus a small hot set in memory.
+
+Blocks are keyed by (object key, ETag, block index), so a changed object simply misses; stale
+entries age out by LRU. Only ciphertext is stored, exactly as OSS returned it, which keeps the
+"no plaintext on local disk" rule trivially true: decryption happens per read, on the slice
+that is returned. Blocks of *plain* (unencrypted) objects are kept in memory only, because their
+"ciphertext" is plaintext.
+
+Fetches of the same block are de-duplicated (one GET, every waiter gets the result).
+"""
+from __future__ import annotations
+
+import collections
+import hashlib
+import logging
+import os
+from typing import Awaitable, Callable
+
+import trio
+
+log = logging.getLogger(__name__)
+
+BLOCK_SIZE = 256 * 1024          # multiple of 16, so every block starts on a CTR block boundary
+
+
+def _name(key: str, etag: str, index: int) -> str:
+    return hashlib.sha256(f"{key}\0{etag}\0{index}".encode()).hexdigest()
+
+
+class BlockCache:
+    """LRU of ciphertext blocks; disk I/O runs in worker threads."""
+
+    def __init__(self, directory: str | None, *, block_size: int = BLOCK_SIZE,
+                 max_bytes: int = 1 << 30, hot_bytes: int = 32 << 20) -> None:
+        assert block_size % 16 == 0
+        self.block_size = block_size
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self.hot_bytes = hot_bytes
+        self._disk: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self._disk_bytes = 0
+        self._hot: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        self._hot_used = 0
+        self._inflight: dict[str, trio.Event] = {}
+        self.hits = 0
+        self.misses = 0
+        if directory:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            self._scan()
+
+    def _scan(self) -> None:
+        """Adopt blocks left by an earlier mount, oldest access first."""
+        entries = []
+        assert self.directory
+        for entry in os.scandir(self.directory):
+            if entry.is_file() and len(entry.name) == 64:
+                st = entry.stat()
+                entries.append((st.st_atime, entry.name, st.st_size))
+            elif entry.is_file() and entry.name.endswith(".tmp"):
+                os.unlink(entry.path)
+        for _, name, size in sorted(entries):
+            self._disk[name] = size
+            self._disk_bytes += size
+        self._evict_disk_sync()
+
+    # -- memory -----------------------------------------------------------------------------
+    def _hot_put(self, name: str, data: bytes) -> None:
+        if len(data) > self.hot_bytes:
+            return
+        old = self._hot.pop(name, None)
+        if old is not None:
+            self._hot_used -= len(old)
+        self._hot[name] = data
+        self._hot_used += len(data)
+        while self._hot_used > self.hot_bytes and self._hot:
+            _, dropped = self._hot.popitem(last=False)
+            self._hot_used -= len(dropped)
+
+    # -- disk -------------------------------------------------------------------------------
+    def _path(self, name: str) -> str:
+        assert self.directory
+        return os.path.join(self.directory, name)
+
+    def _evict_disk_sync(self) -> None:
+        while self._disk_bytes > self.max_bytes and self._disk:
+            name, size = self._disk.popitem(last=False)
+            self._disk_bytes -= size
+            try:
+                os.unlink(self._path(name))
+            except FileNotFoundError:
+                pass
+
+    def _read_disk(self, name: str) -> bytes | None:
+        try:
+            with open(self._path(name), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    def _write_disk(self, name: str, data: bytes) -> None:
+        tmp = self._path(name) + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, self._path(name))
+
+    # -- API --------------------------------------------------------------------------------
+    async def get(self, key: str, etag: str, index: int) -> bytes | None:
+        name = _name(key, etag, index)
+        data = self._hot.get(name)
+        if data is not None:
+            self._hot.move_to_end(name)
+            self.hits += 1
+            return data
+        if self.directory and name in self._disk:
+            self._disk.move_to_end(name)
+            data = await trio.to_thread.run_sync(self._read_disk, name)
+            if data is not None:
+                self.hits += 1
+                self._hot_put(name, data)
+                return data
+            self._disk_bytes -= self._disk.pop(name, 0)
+        return None
+
+    async def put(self, key: str, etag: str, index: int, data: bytes, *, on_disk: bool = True) -> None:
+        name = _name(key, etag, index)
+        self._hot_put(name, data)
+        if not (on_disk and self.directory) or name in self._disk:
+            return
+        try:
+            await trio.to_thread.run_sync(self._write_disk, name, data)
+        except OSError as exc:   # a full cache disk only costs performance
+            log.warning("block cache: cannot store a block of %s: %s", key, exc)
+            return
+        self._disk[name] = len(data)
+        self._disk_bytes += len(data)
+        if self._disk_bytes > self.max_bytes:
+            await trio.to_thread.run_sync(self._evict_disk_sync)
+
+    async def get_or_fetch(self, key: str, etag: str, index: int,
+                           fetch: Callable[[], Awaitable[bytes]], *, on_disk: bool = True) -> bytes:
+        """One GET per block however many readers want it at the same time."""
+        data = await self.get(key, etag, index)
+        if data is not None:
+            return data
+        name = _name(key, etag, index)
+        event = self._inflight.get(name)
+        if event is not None:
+            await event.wait()
+            # the leader stored its block before waking us; if it failed (or the block was
+            # evicted at once) fetch it ourselves
+            data = await self.get(key, etag, index)
+            return data if data is not None else await fetch()
+        event = trio.Event()
+        self._inflight[name] = event
+        self.misses += 1
+        try:
+            data = await fetch()
+            await self.put(key, etag, index, data, on_disk=on_disk)
+            return data
+        finally:
+            del self._inflight[name]
+            event.set()
+
+    @property
+    def disk_bytes(self) -> int:
+        return self._disk_bytes

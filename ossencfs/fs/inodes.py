@@ -1,0 +1,181 @@
+"""Inode <-> path table, per-node state, and the directory-listing cache with TTLs.
+
+Paths are relative to the mount root ("" is the root, "a/b" a nested entry); the mapping to
+object keys (mount prefix, ``dir/`` markers) lives in the model. An inode number is tied to a
+(path, file type) pair: if an entry turns out to have another type than first believed (a
+listing cannot tell a symlink object from a file), it gets a *new* inode number, so the kernel
+drops the old one instead of seeing an inode change type (which it treats as corruption).
+"""
+from __future__ import annotations
+
+import itertools
+import stat
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import trio
+
+from .posix import PosixMeta
+
+ROOT_INO = 1
+
+
+@dataclass
+class Entry:
+    """What a listing says about one name in a directory."""
+    name: str
+    kind: int                     # stat.S_IFREG or stat.S_IFDIR (S_IFLNK only for native symlinks)
+    size: int = 0
+    etag: str | None = None
+    mtime: float = 0.0
+    object_type: str = "Normal"
+
+
+@dataclass
+class DirListing:
+    entries: dict[str, Entry]
+    expires: float
+
+
+@dataclass(eq=False)
+class Node:
+    ino: int
+    path: str
+    kind: int
+    meta: PosixMeta
+    size: int = 0
+    etag: str | None = None
+    mtime: float = 0.0
+    object_type: str = "Normal"
+    headers: dict[str, str] | None = None     # full object headers from a HEAD (None: unknown)
+    headers_expires: float = 0.0
+    exists_remote: bool = True                # False: created here, not uploaded yet
+    marker: bool = False                      # directory has its own ``dir/`` object
+    nlookup: int = 0
+    open_count: int = 0
+    staging: Any = None                       # fs.staging.Staging while dirty or sealed
+    dirty: bool = False
+    unlinked: bool = False
+    symlink_target: str | None = None
+    kernel_etag: str | None = None            # version whose pages the kernel may cache
+    lock: trio.Lock = field(default_factory=trio.Lock)
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind == stat.S_IFDIR
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    @property
+    def parent_path(self) -> str:
+        return self.path.rsplit("/", 1)[0] if "/" in self.path else ""
+
+    @property
+    def busy(self) -> bool:
+        return self.open_count > 0 or self.dirty
+
+
+def join(parent: str, name: str) -> str:
+    return f"{parent}/{name}" if parent else name
+
+
+class InodeTable:
+    def __init__(self, root_meta: PosixMeta, ttl: float) -> None:
+        self.ttl = ttl
+        self._next = itertools.count(ROOT_INO + 1)
+        root = Node(ROOT_INO, "", stat.S_IFDIR, root_meta)
+        root.nlookup = 1
+        self.nodes: dict[int, Node] = {ROOT_INO: root}
+        self.by_path: dict[str, int] = {"": ROOT_INO}
+        self.dirs: dict[str, DirListing] = {}
+
+    # -- nodes ------------------------------------------------------------------------------
+    def get(self, ino: int) -> Node | None:
+        return self.nodes.get(ino)
+
+    def at(self, path: str) -> Node | None:
+        ino = self.by_path.get(path)
+        return self.nodes.get(ino) if ino is not None else None
+
+    def bind(self, path: str, kind: int, meta: PosixMeta) -> Node:
+        """The node for ``path`` with file type ``kind`` (a new inode if the type changed)."""
+        node = self.at(path)
+        if node is not None and node.kind == kind:
+            return node
+        if node is not None:
+            self.detach(node)
+        node = Node(next(self._next), path, kind, meta)
+        self.nodes[node.ino] = node
+        self.by_path[path] = node.ino
+        return node
+
+    def detach(self, node: Node) -> None:
+        """Forget the name (unlink/replace); the inode lives on while the kernel knows it."""
+        if self.by_path.get(node.path) == node.ino:
+            del self.by_path[node.path]
+        node.unlinked = True
+        self._maybe_drop(node)
+
+    def forget(self, ino: int, n: int) -> None:
+        node = self.nodes.get(ino)
+        if node is None or ino == ROOT_INO:
+            return
+        node.nlookup = max(0, node.nlookup - n)
+        self._maybe_drop(node)
+
+    def _maybe_drop(self, node: Node) -> None:
+        if node.nlookup == 0 and not node.busy and node.ino != ROOT_INO:
+            self.nodes.pop(node.ino, None)
+            if self.by_path.get(node.path) == node.ino:
+                del self.by_path[node.path]
+
+    def release_check(self, node: Node) -> None:
+        self._maybe_drop(node)
+
+    def move(self, old: str, new: str) -> None:
+        """Re-path ``old`` and everything below it (rename of a file or a directory)."""
+        moved = [(p, ino) for p, ino in self.by_path.items()
+                 if p == old or p.startswith(old + "/")]
+        for p, _ in moved:
+            del self.by_path[p]
+        for p, ino in moved:
+            np = new + p[len(old):]
+            self.by_path[np] = ino
+            self.nodes[ino].path = np
+        for p in [p for p in self.dirs if p == old or p.startswith(old + "/")]:
+            del self.dirs[p]
+
+    def under(self, path: str) -> Iterator[Node]:
+        prefix = path + "/" if path else ""
+        for p, ino in list(self.by_path.items()):
+            if p.startswith(prefix) and p != path:
+                yield self.nodes[ino]
+
+    # -- directory listings -----------------------------------------------------------------
+    def listing(self, path: str) -> DirListing | None:
+        lst = self.dirs.get(path)
+        if lst is not None and lst.expires < time.monotonic():
+            del self.dirs[path]
+            return None
+        return lst
+
+    def set_listing(self, path: str, entries: dict[str, Entry]) -> DirListing:
+        lst = DirListing(entries, time.monotonic() + self.ttl)
+        self.dirs[path] = lst
+        return lst
+
+    def note_entry(self, parent: str, entry: Entry) -> None:
+        lst = self.dirs.get(parent)
+        if lst is not None:
+            lst.entries[entry.name] = entry
+
+    def drop_entry(self, parent: str, name: str) -> None:
+        lst = self.dirs.get(parent)
+        if lst is not None:
+            lst.entries.pop(name, None)
+
+    def invalidate_dir(self, path: str) -> None:
+        self.dirs.pop(path, None)

@@ -1,0 +1,712 @@
+"""The filesystem model: POSIX names and files on top of objects, ossfs layout.
+
+Layout (ossfs 1.x): a file ``a/b`` is the object ``PREFIX + "a/b"``; a directory is a
+``PREFIX + "a/"`` marker object and/or implied by deeper keys. Sizes come from listings (CTR
+keeps the length). POSIX attributes live in object headers (``fs.posix``), so a listing alone
+gives size and time but not mode/owner/type: such entries are handed to the kernel with zero
+attribute/entry timeouts and resolved with one HEAD when something stats them.
+
+Consistency: listings and HEAD results are trusted for ``ttl`` seconds and the kernel caches
+attributes/entries for the same ``ttl``; so a change made by another client shows here after
+at most 2 x ttl (open() revalidates with a HEAD once the cached headers are older than ttl).
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+import pyfuse3
+import trio
+
+from ..store import ObjectInfo
+from . import posix
+from .cache import BlockCache
+from .inodes import ROOT_INO, Entry, InodeTable, Node, join
+from .readahead import BlockSource
+from .staging import StagingArea
+from .uploader import Uploader
+
+log = logging.getLogger(__name__)
+
+_KEPT_STANDARD = ("content-type", "cache-control", "content-disposition", "content-encoding",
+                  "content-language", "expires")
+
+
+def _err(code: int) -> pyfuse3.FUSEError:
+    return pyfuse3.FUSEError(code)
+
+
+@dataclass(eq=False)
+class Handle:
+    fh: int
+    node: Node
+    writable: bool
+    source: BlockSource | None = None
+    source_etag: str | None = None
+
+
+class FsModel:
+    def __init__(self, store: Any, objects: Any, cache: BlockCache, staging: StagingArea,
+                 uploader: Uploader, *, prefix: str, policy: posix.MountPolicy, ttl: float,
+                 read_only: bool, spawn: Callable[[Callable[[], Awaitable[Any]]], None]) -> None:
+        self.store = store
+        self.objects = objects
+        self.cache = cache
+        self.staging = staging
+        self.uploader = uploader
+        self.prefix = prefix
+        self.policy = policy
+        self.ttl = ttl
+        self.read_only = read_only
+        self.spawn = spawn
+        root_meta = posix.default_meta(is_dir=True, mtime=time.time(), policy=policy)
+        self.inodes = InodeTable(root_meta, ttl)
+        root = self.inodes.get(ROOT_INO)
+        assert root is not None
+        root.headers = {}
+        root.headers_expires = float("inf")
+        root.marker = True
+        self.handles: dict[int, Handle] = {}
+        self._next_fh = 1
+
+    # ------------------------------------------------------------------ keys
+    def okey(self, path: str) -> str:
+        return self.prefix + path
+
+    def dkey(self, path: str) -> str:
+        return self.prefix + path + "/" if path else self.prefix
+
+    def where(self, node: Node) -> str:
+        return f"oss://{self.store.name}/{self.dkey(node.path) if node.is_dir else self.okey(node.path)}"
+
+    # ------------------------------------------------------------------ attributes
+    def attrs(self, node: Node) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = node.ino
+        a.generation = 0
+        a.st_mode = posix.shown_mode(node.meta, self.policy)
+        a.st_nlink = 1
+        a.st_uid = posix.shown_uid(node.meta, self.policy)
+        a.st_gid = posix.shown_gid(node.meta, self.policy)
+        size = node.staging.size if node.staging is not None else node.size
+        if node.is_dir:
+            size = 0
+        a.st_size = size
+        a.st_blksize = 128 * 1024
+        a.st_blocks = (size + 511) // 512
+        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = node.meta.mtime_ns
+        known = node.headers is not None or not node.exists_remote or node.dirty
+        a.attr_timeout = self.ttl if known else 0
+        # a listing cannot tell a symlink object from a file: let the kernel re-lookup
+        a.entry_timeout = self.ttl if (known or node.is_dir) else 0
+        return a
+
+    def _apply_file_info(self, node: Node, info: ObjectInfo) -> None:
+        if node.dirty:
+            return
+        if node.etag != info.etag:
+            node.symlink_target = None
+        node.size = info.size
+        node.etag = info.etag
+        node.mtime = info.mtime
+        node.object_type = info.object_type
+        node.exists_remote = True
+        if info.headers:
+            node.headers = dict(info.headers)
+            node.headers_expires = time.monotonic() + self.ttl
+            node.meta = posix.from_headers(info.headers, is_dir=False, fallback_mtime=info.mtime,
+                                           policy=self.policy)
+        elif node.headers is None:
+            node.meta = posix.default_meta(is_dir=False, mtime=info.mtime, policy=self.policy)
+
+    @staticmethod
+    def _file_kind(info: ObjectInfo) -> int:
+        if info.object_type == "Symlink" or posix.is_symlink_headers(info.headers):
+            return stat.S_IFLNK
+        return stat.S_IFREG
+
+    # ------------------------------------------------------------------ listing
+    async def list_dir(self, node: Node) -> dict[str, Entry]:
+        lst = self.inodes.listing(node.path)
+        if lst is not None:
+            return lst.entries
+        prefix = self.dkey(node.path)
+        entries: dict[str, Entry] = {}
+        token: str | None = None
+        while True:
+            page = await self.store.list_page(prefix, "/", token, 1000)
+            for obj in page.objects:
+                name = obj.key[len(prefix):]
+                if not name or name in (".", "..") or name in entries:
+                    continue
+                kind = stat.S_IFLNK if obj.object_type == "Symlink" else stat.S_IFREG
+                entries[name] = Entry(name, kind, obj.size, obj.etag, obj.mtime, obj.object_type)
+            for p in page.prefixes:
+                name = p[len(prefix):].rstrip("/")
+                if not name or "/" in name or name in (".", ".."):
+                    continue
+                entries[name] = Entry(name, stat.S_IFDIR)   # a directory wins over a file
+            if not page.next_token:
+                break
+            token = page.next_token
+        # things created here and not uploaded yet, or deleted remotely while open here
+        for child in self.inodes.under(node.path):
+            if child.parent_path == node.path and not child.unlinked and \
+                    (not child.exists_remote or child.dirty):
+                entries[child.name] = Entry(child.name, child.kind, child.size, child.etag,
+                                            child.mtime)
+        return self.inodes.set_listing(node.path, entries).entries
+
+    def _node_from_entry(self, parent: Node, entry: Entry) -> Node:
+        path = join(parent.path, entry.name)
+        existing = self.inodes.at(path)
+        if existing is not None and (existing.kind == entry.kind or existing.headers is not None
+                                     or existing.dirty or not existing.exists_remote):
+            if entry.kind != stat.S_IFDIR and existing.kind != stat.S_IFDIR and \
+                    entry.etag and entry.etag != existing.etag and not existing.dirty:
+                # changed remotely: take size/time from the listing, re-HEAD on next stat
+                existing.size, existing.etag, existing.mtime = entry.size, entry.etag, entry.mtime
+                existing.headers = None
+                existing.symlink_target = None
+            return existing
+        is_dir = entry.kind == stat.S_IFDIR
+        meta = posix.default_meta(is_dir=is_dir, mtime=entry.mtime or time.time(), policy=self.policy)
+        if entry.kind == stat.S_IFLNK:
+            meta.mode = stat.S_IFLNK | 0o777
+        node = self.inodes.bind(path, entry.kind, meta)
+        node.size, node.etag, node.mtime, node.object_type = (entry.size, entry.etag, entry.mtime,
+                                                              entry.object_type)
+        return node
+
+    async def _resolve(self, node: Node) -> Node:
+        """Make sure ``node``'s headers are fresh (one HEAD); may return a new node (type)."""
+        if node.ino == ROOT_INO or node.dirty or not node.exists_remote:
+            return node
+        if node.headers is not None and node.headers_expires > time.monotonic():
+            return node
+        if node.is_dir:
+            info = await self.store.head(self.dkey(node.path))
+            node.marker = info is not None
+            headers = info.headers if info is not None else {}
+            node.headers = dict(headers)
+            node.headers_expires = time.monotonic() + self.ttl
+            node.meta = posix.from_headers(headers, is_dir=True,
+                                           fallback_mtime=info.mtime if info else time.time(),
+                                           policy=self.policy)
+            return node
+        info = await self.store.head(self.okey(node.path))
+        if info is None:
+            self.inodes.drop_entry(node.parent_path, node.name)
+            if node.open_count == 0:
+                self.inodes.detach(node)
+            raise _err(errno.ENOENT)
+        kind = self._file_kind(info)
+        if kind != node.kind:
+            node = self.inodes.bind(node.path, kind, node.meta)
+        self._apply_file_info(node, info)
+        if kind == stat.S_IFLNK and info.object_type == "Symlink":
+            node.meta.mode = stat.S_IFLNK | stat.S_IMODE(node.meta.mode or 0o777)
+        return node
+
+    async def _child(self, parent: Node, name: str) -> Node:
+        if not parent.is_dir:
+            raise _err(errno.ENOTDIR)
+        path = join(parent.path, name)
+        existing = self.inodes.at(path)
+        if existing is not None and (existing.dirty or not existing.exists_remote):
+            return existing
+        entries = await self.list_dir(parent)
+        entry = entries.get(name)
+        if entry is None:
+            raise _err(errno.ENOENT)
+        return await self._resolve(self._node_from_entry(parent, entry))
+
+    def node(self, ino: int) -> Node:
+        node = self.inodes.get(ino)
+        if node is None:
+            raise _err(errno.ENOENT)
+        return node
+
+    # ------------------------------------------------------------------ lookups
+    async def lookup(self, parent_ino: int, name: str) -> pyfuse3.EntryAttributes:
+        parent = self.node(parent_ino)
+        if name == ".":
+            node = parent
+        elif name == "..":
+            node = self.inodes.at(parent.parent_path) or parent
+        else:
+            node = await self._child(parent, name)
+        node.nlookup += 1
+        return self.attrs(node)
+
+    async def getattr(self, ino: int) -> pyfuse3.EntryAttributes:
+        node = self.node(ino)
+        if node.unlinked:
+            return self.attrs(node)
+        resolved = await self._resolve(node)
+        if resolved is not node:          # became another type: make the kernel look again
+            raise _err(errno.ENOENT)
+        return self.attrs(node)
+
+    async def readdir_entries(self, ino: int) -> list[tuple[str, Node]]:
+        node = self.node(ino)
+        if not node.is_dir:
+            raise _err(errno.ENOTDIR)
+        entries = await self.list_dir(node)
+        out = []
+        for name in sorted(entries):
+            out.append((name, self._node_from_entry(node, entries[name])))
+        return out
+
+    def forget(self, ino: int, n: int) -> None:
+        self.inodes.forget(ino, n)
+
+    # ------------------------------------------------------------------ readers
+    async def _source(self, node: Node) -> BlockSource:
+        headers = node.headers
+        if headers is None or not headers:
+            await self._resolve(node)
+            headers = node.headers or {}
+        info = ObjectInfo(key=self.okey(node.path), size=node.size, etag=node.etag or "",
+                          mtime=node.mtime, object_type=node.object_type, headers=dict(headers))
+        if not info.headers:
+            info = await self.store.head(info.key) or info
+        reader = await self.objects.open_reader(info.key, info)
+        return BlockSource(self.cache, reader, info.key, info.etag, info.size, self.spawn)
+
+    async def readlink(self, ino: int) -> str:
+        node = await self._resolve(self.node(ino))
+        if node.kind != stat.S_IFLNK:
+            raise _err(errno.EINVAL)
+        if node.symlink_target is None:
+            if node.object_type == "Symlink":
+                node.symlink_target = await self.store.get_symlink(self.okey(node.path))
+            else:
+                src = await self._source(node)
+                node.symlink_target = (await src.read(0, node.size)).decode("utf-8", "surrogateescape")
+        return node.symlink_target
+
+    # ------------------------------------------------------------------ open files
+    async def open(self, ino: int, flags: int) -> pyfuse3.FileInfo:
+        node = self.node(ino)
+        writable = (flags & (os.O_WRONLY | os.O_RDWR)) != 0
+        if writable and self.read_only:
+            raise _err(errno.EROFS)
+        if node.is_dir:
+            raise _err(errno.EISDIR)
+        if not node.dirty and node.exists_remote and not node.unlinked:
+            before = node.etag
+            node.headers_expires = 0 if node.headers is None else node.headers_expires
+            resolved = await self._resolve(node)
+            if resolved is not node:
+                raise _err(errno.ESTALE)
+            if node.etag != before and node.staging is not None and node.staging.sealed:
+                self.staging.drop(node.staging)        # someone else wrote a newer version
+                node.staging = None
+        keep = (node.kernel_etag is not None and node.kernel_etag == node.etag) or node.dirty
+        node.kernel_etag = node.etag
+        fh = self._next_fh
+        self._next_fh += 1
+        handle = Handle(fh, node, writable)
+        self.handles[fh] = handle
+        node.open_count += 1
+        if writable and flags & os.O_TRUNC:
+            async with node.lock:
+                await self._truncate_locked(node, 0)
+            keep = False
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
+
+    async def create(self, parent_ino: int, name: str, mode: int, flags: int,
+                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        if self.read_only:
+            raise _err(errno.EROFS)
+        parent = self.node(parent_ino)
+        path = join(parent.path, name)
+        existing = self.inodes.at(path)
+        meta = posix.new_meta(stat.S_IFREG, mode, ctx.uid, ctx.gid)
+        if existing is not None and existing.kind == stat.S_IFREG and not existing.unlinked:
+            node = existing
+            node.meta = meta
+        else:
+            node = self.inodes.bind(path, stat.S_IFREG, meta)
+            node.exists_remote = False
+            node.headers = {}
+        async with node.lock:
+            if node.staging is not None:
+                self.staging.drop(node.staging)
+            node.staging = await self.staging.new(self.okey(path), 0, None, 0, None)
+            node.dirty = True
+            node.size = 0
+        self.inodes.note_entry(parent.path, Entry(name, stat.S_IFREG, 0, None, time.time()))
+        fh = self._next_fh
+        self._next_fh += 1
+        self.handles[fh] = Handle(fh, node, True)
+        node.open_count += 1
+        node.nlookup += 1
+        node.kernel_etag = None
+        return pyfuse3.FileInfo(fh=fh), self.attrs(node)
+
+    def handle(self, fh: int) -> Handle:
+        h = self.handles.get(fh)
+        if h is None:
+            raise _err(errno.EBADF)
+        return h
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        h = self.handle(fh)
+        node = h.node
+        if node.staging is not None:
+            async with node.lock:
+                if node.staging is not None:
+                    return await node.staging.read(off, size)
+        if not node.exists_remote:
+            return b""
+        if h.source is None or h.source_etag != node.etag:
+            h.source = await self._source(node)
+            h.source_etag = node.etag
+        return await h.source.read(off, size)
+
+    async def _ensure_staging(self, node: Node) -> Any:
+        st = node.staging
+        if st is not None and not st.sealed:
+            return st
+        if st is not None:
+            node.staging = await self.staging.rekey(st, node.etag)
+        else:
+            base = await self._source(node) if node.exists_remote and node.size > 0 else None
+            node.staging = await self.staging.new(self.okey(node.path), node.size, base,
+                                                  node.size, node.etag)
+        return node.staging
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        h = self.handle(fh)
+        if self.read_only:
+            raise _err(errno.EROFS)
+        node = h.node
+        async with node.lock:
+            st = await self._ensure_staging(node)
+            await st.write(off, buf)
+            node.dirty = True
+            node.meta.mtime_ns = time.time_ns()
+        return len(buf)
+
+    async def _truncate_locked(self, node: Node, size: int) -> None:
+        if size == 0 and (node.staging is None or node.staging.sealed):
+            if node.staging is not None:      # no need to re-key what is thrown away
+                self.staging.drop(node.staging)
+            node.staging = await self.staging.new(self.okey(node.path), 0, None, 0, node.etag)
+        else:
+            st = await self._ensure_staging(node)
+            st.truncate(size)
+        node.dirty = True
+        node.meta.mtime_ns = time.time_ns()
+
+    async def upload_locked(self, node: Node) -> None:
+        """Send a dirty node's staging to the bucket (caller holds node.lock)."""
+        st = node.staging
+        if not node.dirty or st is None:
+            return
+        if node.unlinked:
+            node.dirty = False
+            return
+        st.key = self.okey(node.path)
+        extra = posix.to_headers(node.meta)
+        etag = await self.uploader.upload(st, extra)
+        node.dirty = False
+        node.etag = etag
+        node.size = st.size
+        node.exists_remote = True
+        node.mtime = time.time()
+        node.headers = {**{k.lower(): v for k, v in st.crypto_headers.items()}, **extra}
+        node.headers_expires = time.monotonic() + self.ttl
+        node.kernel_etag = etag
+        self.inodes.note_entry(node.parent_path, Entry(node.name, node.kind, node.size, etag,
+                                                       node.mtime))
+
+    async def flush(self, fh: int) -> None:
+        node = self.handle(fh).node
+        if node.dirty:
+            async with node.lock:
+                await self.upload_locked(node)
+
+    async def release(self, fh: int) -> None:
+        h = self.handles.pop(fh, None)
+        if h is None:
+            return
+        node = h.node
+        node.open_count -= 1
+        try:
+            if node.dirty and node.open_count == 0:
+                async with node.lock:
+                    await self.upload_locked(node)
+        finally:
+            if node.open_count == 0 and not node.dirty and node.staging is not None:
+                self.staging.drop(node.staging)
+                node.staging = None
+            self.inodes.release_check(node)
+
+    async def flush_all(self) -> int:
+        """Upload every dirty file (unmount); returns how many failed."""
+        failed = 0
+        for node in list(self.inodes.nodes.values()):
+            if node.dirty:
+                try:
+                    async with node.lock:
+                        await self.upload_locked(node)
+                except Exception as exc:
+                    failed += 1
+                    log.error("%s: upload at unmount failed: %s (staged data kept in %s)",
+                              self.where(node), exc, self.staging.directory)
+        return failed
+
+    # ------------------------------------------------------------------ attributes
+    async def setattr(self, ino: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
+                      fh: int | None) -> pyfuse3.EntryAttributes:
+        node = self.node(ino)
+        if self.read_only:
+            raise _err(errno.EROFS)
+        async with node.lock:
+            if fields.update_size:
+                if node.is_dir:
+                    raise _err(errno.EISDIR)
+                await self._truncate_locked(node, attr.st_size)
+            meta_changed = False
+            if fields.update_mode:
+                node.meta.mode = stat.S_IFMT(node.meta.mode) | stat.S_IMODE(attr.st_mode)
+                meta_changed = True
+            if fields.update_uid:
+                node.meta.uid = attr.st_uid
+                meta_changed = True
+            if fields.update_gid:
+                node.meta.gid = attr.st_gid
+                meta_changed = True
+            if fields.update_mtime:
+                node.meta.mtime_ns = attr.st_mtime_ns
+                meta_changed = True
+            if node.dirty:
+                if fh is None and node.open_count == 0:
+                    await self.upload_locked(node)
+            elif meta_changed and not node.unlinked:
+                await self._persist_meta(node)
+        return self.attrs(node)
+
+    async def _persist_meta(self, node: Node) -> None:
+        """Metadata-only change: CopyObject onto itself, REPLACE, every CSE header re-sent."""
+        extra = posix.to_headers(node.meta)
+        if node.ino == ROOT_INO and not self.prefix:
+            return                              # the bucket root has no object to carry it
+        if node.is_dir:
+            key = self.dkey(node.path)
+            info = await self.store.head(key)
+            kept = self._kept(info.headers) if info is not None else {}
+            await self.store.put(key, b"", {**kept, **extra})
+            node.marker = True
+            node.headers = {**kept, **extra}
+            node.headers_expires = time.monotonic() + self.ttl
+            return
+        if not node.exists_remote:
+            return
+        key = self.okey(node.path)
+        info = await self.store.head(key)
+        if info is None:
+            raise _err(errno.ENOENT)
+        headers = {**self._kept(info.headers), **extra}
+        etag = await self.store.copy(key, key, headers=headers, if_match=info.etag)
+        node.headers = {**info.headers, **extra}
+        node.headers_expires = time.monotonic() + self.ttl
+        if node.kernel_etag == node.etag:
+            node.kernel_etag = etag            # same bytes: keep the page cache
+        node.etag = etag
+        self.inodes.note_entry(node.parent_path, Entry(node.name, node.kind, node.size, etag,
+                                                       node.mtime, node.object_type))
+
+    @staticmethod
+    def _kept(headers: dict[str, str]) -> dict[str, str]:
+        """What REPLACE must carry to keep the object as it was: all user meta (incl. every
+        CSE header, SPEC A.10 #8) and the standard headers."""
+        return {k: v for k, v in headers.items()
+                if k.startswith("x-oss-meta-") or k in _KEPT_STANDARD}
+
+    # ------------------------------------------------------------------ namespace changes
+    async def _ensure_marker(self, dir_node: Node) -> None:
+        """Keep a directory alive when its last child goes (implied directories vanish)."""
+        if dir_node.ino == ROOT_INO or dir_node.marker:
+            return
+        key = self.dkey(dir_node.path)
+        if await self.store.head(key) is None:
+            await self.store.put(key, b"", posix.to_headers(dir_node.meta))
+        dir_node.marker = True
+
+    async def mkdir(self, parent_ino: int, name: str, mode: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if self.read_only:
+            raise _err(errno.EROFS)
+        parent = self.node(parent_ino)
+        path = join(parent.path, name)
+        meta = posix.new_meta(stat.S_IFDIR, mode, ctx.uid, ctx.gid)
+        headers = posix.to_headers(meta)
+        await self.store.put(self.dkey(path), b"", headers)
+        node = self.inodes.bind(path, stat.S_IFDIR, meta)
+        node.meta = meta
+        node.marker = True
+        node.unlinked = False
+        node.exists_remote = True
+        node.headers = headers
+        node.headers_expires = time.monotonic() + self.ttl
+        self.inodes.set_listing(path, {})
+        self.inodes.note_entry(parent.path, Entry(name, stat.S_IFDIR))
+        node.nlookup += 1
+        return self.attrs(node)
+
+    async def symlink(self, parent_ino: int, name: str, target: str,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if self.read_only:
+            raise _err(errno.EROFS)
+        parent = self.node(parent_ino)
+        path = join(parent.path, name)
+        meta = posix.new_meta(stat.S_IFLNK, 0o777, ctx.uid, ctx.gid)
+        body = target.encode("utf-8", "surrogateescape")
+        extra = posix.to_headers(meta)
+        etag = await self.objects.write(self.okey(path), body, len(body), extra)
+        node = self.inodes.bind(path, stat.S_IFLNK, meta)
+        node.meta = meta
+        node.size, node.etag, node.mtime = len(body), etag, time.time()
+        node.exists_remote, node.unlinked = True, False
+        node.symlink_target = target
+        node.headers = extra
+        node.headers_expires = time.monotonic() + self.ttl
+        self.inodes.note_entry(parent.path, Entry(name, stat.S_IFREG, len(body), etag, node.mtime))
+        node.nlookup += 1
+        return self.attrs(node)
+
+    async def unlink(self, parent_ino: int, name: str) -> None:
+        if self.read_only:
+            raise _err(errno.EROFS)
+        parent = self.node(parent_ino)
+        node = await self._child(parent, name)
+        if node.is_dir:
+            raise _err(errno.EISDIR)
+        async with node.lock:
+            if node.exists_remote:
+                await self.store.delete(self.okey(node.path))
+            node.dirty = False
+            self.inodes.drop_entry(parent.path, name)
+            self.inodes.detach(node)
+        await self._ensure_marker(parent)
+
+    async def _dir_is_empty(self, node: Node) -> bool:
+        page = await self.store.list_page(self.dkey(node.path), "/", None, 3)
+        marker = self.dkey(node.path)
+        if any(o.key != marker for o in page.objects) or page.prefixes:
+            return False
+        return not any(c.parent_path == node.path and not c.unlinked and not c.exists_remote
+                       for c in self.inodes.under(node.path))
+
+    async def rmdir(self, parent_ino: int, name: str) -> None:
+        if self.read_only:
+            raise _err(errno.EROFS)
+        parent = self.node(parent_ino)
+        node = await self._child(parent, name)
+        if not node.is_dir:
+            raise _err(errno.ENOTDIR)
+        if not await self._dir_is_empty(node):
+            raise _err(errno.ENOTEMPTY)
+        await self.store.delete(self.dkey(node.path))
+        self.inodes.drop_entry(parent.path, name)
+        self.inodes.invalidate_dir(node.path)
+        self.inodes.detach(node)
+        await self._ensure_marker(parent)
+
+    async def rename(self, p_old: int, n_old: str, p_new: int, n_new: str, flags: int) -> None:
+        if self.read_only:
+            raise _err(errno.EROFS)
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise _err(errno.EINVAL)
+        old_parent, new_parent = self.node(p_old), self.node(p_new)
+        src = await self._child(old_parent, n_old)
+        try:
+            dst: Node | None = await self._child(new_parent, n_new)
+        except pyfuse3.FUSEError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            dst = None
+        if dst is src:
+            return
+        if dst is not None:
+            if flags & pyfuse3.RENAME_NOREPLACE:
+                raise _err(errno.EEXIST)
+            if dst.is_dir and not src.is_dir:
+                raise _err(errno.EISDIR)
+            if src.is_dir and not dst.is_dir:
+                raise _err(errno.ENOTDIR)
+            if dst.is_dir and not await self._dir_is_empty(dst):
+                raise _err(errno.ENOTEMPTY)
+        new_path = join(new_parent.path, n_new)
+        if src.is_dir:
+            if new_path.startswith(src.path + "/"):
+                raise _err(errno.EINVAL)
+            await self._rename_dir(src, new_path, dst)
+        else:
+            async with src.lock:
+                if src.exists_remote:
+                    # copy first (replacing any target), then delete: a failure in between
+                    # leaves two copies, never none
+                    await self.store.copy(self.okey(src.path), self.okey(new_path))
+                    await self.store.delete(self.okey(src.path))
+                if dst is not None:
+                    dst.dirty = False
+                    self.inodes.detach(dst)
+                self.inodes.move(src.path, new_path)
+                if src.staging is not None:
+                    src.staging.key = self.okey(new_path)
+        if dst is not None and dst.is_dir:
+            self.inodes.invalidate_dir(dst.path)
+        self.inodes.drop_entry(old_parent.path, n_old)
+        self.inodes.note_entry(new_parent.path, Entry(n_new, src.kind, src.size, src.etag, src.mtime))
+        if src.is_dir:
+            self.inodes.invalidate_dir(new_parent.path)
+        await self._ensure_marker(old_parent)
+
+    async def _rename_dir(self, src: Node, new_path: str, dst: Node | None) -> None:
+        """Copy every object, then delete the originals: a failure leaves both, never neither."""
+        old_prefix, new_prefix = self.dkey(src.path), self.dkey(new_path)
+        keys = [o.key async for o in self.store.iter_objects(old_prefix, "")]
+        busy = [n for n in self.inodes.under(src.path) if n.dirty or n.open_count]
+        for n in busy:
+            await n.lock.acquire()
+        try:
+            limiter = trio.CapacityLimiter(8)
+
+            async def copy_one(k: str) -> None:
+                async with limiter:
+                    await self.store.copy(k, new_prefix + k[len(old_prefix):])
+            async with trio.open_nursery() as nursery:
+                for k in keys:
+                    nursery.start_soon(copy_one, k)
+            if old_prefix not in keys:
+                await self.store.put(new_prefix, b"", posix.to_headers(src.meta))
+            await self.store.delete_many(keys)
+            if dst is not None:
+                self.inodes.detach(dst)
+            self.inodes.move(src.path, new_path)
+            for n in busy:
+                if n.staging is not None:
+                    n.staging.key = self.okey(n.path)
+            src.marker = True
+        finally:
+            for n in busy:
+                n.lock.release()
+
+    def statfs(self) -> pyfuse3.StatvfsData:
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = 4096
+        s.f_blocks = s.f_bfree = s.f_bavail = 1 << 38
+        s.f_files = s.f_ffree = s.f_favail = 1 << 30
+        s.f_namemax = 255
+        return s
+

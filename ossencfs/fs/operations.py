@@ -1,0 +1,252 @@
+"""pyfuse3.Operations: FUSE call -> model call -> errno.
+
+An exception escaping a handler kills the pyfuse3 main loop, so every handler goes through
+``_guard``: FUSEError passes, ossencfs errors become their ``errno`` with one log line naming
+the object, OSError keeps its errno (ENOSPC from a full staging disk), anything else is EIO
+with a traceback in the log. Each handler also runs under a deadline so nothing waits forever.
+"""
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+from typing import Any, Awaitable, Callable, Sequence, TypeVar
+
+import pyfuse3
+import trio
+
+from ..errors import ConflictError, OssEncError
+from .model import FsModel
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+META_TIMEOUT = 120.0       # lookups, listings, metadata changes (the store retries inside)
+LONG_TIMEOUT = 3600.0      # directory renames; uploads carry their own size-based deadline
+
+
+NAME_MAX = 255
+
+
+def _name(raw: bytes, *, lookup: bool = False) -> str:
+    """Object keys are UTF-8: a name that is not cannot exist (lookup) or be created."""
+    if len(raw) > NAME_MAX:
+        raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise pyfuse3.FUSEError(errno.ENOENT if lookup else errno.EINVAL) from None
+
+
+def _first(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup):
+        inner = [e for e in exc.exceptions if not isinstance(e, trio.Cancelled)]
+        exc = (inner or list(exc.exceptions))[0]
+    return exc
+
+
+def _guard(timeout: float) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
+    def deco(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+        @functools.wraps(fn)
+        async def wrapper(self: "Operations", *args: Any) -> T:
+            try:
+                with trio.fail_after(timeout):
+                    return await fn(self, *args)
+            except BaseException as raw:
+                exc = _first(raw)
+                if isinstance(exc, pyfuse3.FUSEError):
+                    raise exc from None
+                if isinstance(exc, trio.Cancelled):
+                    raise
+                code = self._errno_for(fn.__name__, args, exc)
+                raise pyfuse3.FUSEError(code) from None
+        return wrapper
+    return deco
+
+
+class Operations(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, model: FsModel) -> None:
+        super().__init__()
+        self.model = model
+        self._dirs: dict[int, tuple[int, list[str] | None]] = {}
+        self._next_dh = 0
+
+    def _errno_for(self, op: str, args: Sequence[Any], exc: BaseException) -> int:
+        what = self._describe(args)
+        if isinstance(exc, trio.TooSlowError):
+            log.error("%s %s: timed out", op, what)
+            return errno.EIO
+        if isinstance(exc, ConflictError):
+            # the object changed under an open file (ETag pinned reads, If-Match copies);
+            # EEXIST would mislead callers of read/close. Issue 6 adds conflict copies.
+            log.error("%s %s: object changed by another client: %s", op, what, exc)
+            return errno.EIO
+        if isinstance(exc, OssEncError):
+            log.error("%s %s: %s", op, what, exc)
+            return exc.errno or errno.EIO
+        if isinstance(exc, OSError) and exc.errno:
+            log.error("%s %s: %s", op, what, exc)
+            return exc.errno
+        log.error("%s %s: unexpected %s", op, what, type(exc).__name__, exc_info=exc)
+        return errno.EIO
+
+    def _describe(self, args: Sequence[Any]) -> str:
+        """Name the object a failing call was about (first int arg: inode or fh)."""
+        try:
+            first = args[0] if args else None
+            node = None
+            if isinstance(first, int):
+                h = self.model.handles.get(first)
+                node = h.node if h is not None else self.model.inodes.get(first)
+            if node is not None:
+                where = self.model.where(node)
+                if len(args) > 1 and isinstance(args[1], bytes):
+                    where += "/" + os.fsdecode(args[1]) if node.is_dir else ""
+                return where
+        except Exception:   # describing must never fail the error path
+            pass
+        return "?"
+
+    # -- names ------------------------------------------------------------------------------
+    @_guard(META_TIMEOUT)
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        return await self.model.lookup(parent_inode, _name(name, lookup=True))
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        for ino, n in inode_list:
+            try:
+                self.model.forget(ino, n)
+            except Exception:
+                log.exception("forget %d", ino)
+
+    @_guard(META_TIMEOUT)
+    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        return await self.model.getattr(inode)
+
+    @_guard(LONG_TIMEOUT)
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
+                      fh: int | None, ctx: Any) -> pyfuse3.EntryAttributes:
+        return await self.model.setattr(inode, attr, fields, fh)
+
+    @_guard(META_TIMEOUT)
+    async def readlink(self, inode: int, ctx: Any) -> bytes:
+        return os.fsencode(await self.model.readlink(inode))
+
+    @_guard(META_TIMEOUT)
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+    @_guard(META_TIMEOUT)
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> pyfuse3.EntryAttributes:
+        return await self.model.mkdir(parent_inode, _name(name), mode, ctx)
+
+    @_guard(META_TIMEOUT)
+    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        await self.model.unlink(parent_inode, _name(name, lookup=True))
+
+    @_guard(META_TIMEOUT)
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        await self.model.rmdir(parent_inode, _name(name, lookup=True))
+
+    @_guard(META_TIMEOUT)
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
+        return await self.model.symlink(parent_inode, _name(name), os.fsdecode(target), ctx)
+
+    @_guard(LONG_TIMEOUT)
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: Any) -> None:
+        await self.model.rename(parent_inode_old, _name(name_old, lookup=True), parent_inode_new,
+                                _name(name_new), flags)
+
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EPERM)      # objects cannot share content
+
+    # -- files ------------------------------------------------------------------------------
+    @_guard(META_TIMEOUT)
+    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        return await self.model.open(inode, flags)
+
+    @_guard(META_TIMEOUT)
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: Any) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        return await self.model.create(parent_inode, _name(name), mode, flags, ctx)
+
+    @_guard(META_TIMEOUT)
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return await self.model.read(fh, off, size)
+
+    @_guard(LONG_TIMEOUT)
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        return await self.model.write(fh, off, buf)
+
+    @_guard(LONG_TIMEOUT)
+    async def flush(self, fh: int) -> None:
+        await self.model.flush(fh)
+
+    @_guard(LONG_TIMEOUT)
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await self.model.flush(fh)
+
+    @_guard(LONG_TIMEOUT)
+    async def release(self, fh: int) -> None:
+        await self.model.release(fh)
+
+    # -- directories ------------------------------------------------------------------------
+    @_guard(META_TIMEOUT)
+    async def opendir(self, inode: int, ctx: Any) -> int:
+        node = self.model.node(inode)
+        if not node.is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        self._next_dh += 1
+        self._dirs[self._next_dh] = (inode, None)
+        return self._next_dh
+
+    @_guard(META_TIMEOUT)
+    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+        inode, snapshot = self._dirs.get(fh, (None, None))
+        if inode is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        if snapshot is None or start_id == 0:
+            # one snapshot per opendir, so offsets stay valid while the bucket changes
+            snapshot = [name for name, _ in await self.model.readdir_entries(inode)]
+            self._dirs[fh] = (inode, snapshot)
+        parent = self.model.node(inode)
+        entries = await self.model.list_dir(parent)
+        for i in range(start_id, len(snapshot)):
+            name = snapshot[i]
+            entry = entries.get(name)
+            if entry is None:
+                continue
+            node = self.model._node_from_entry(parent, entry)
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), self.model.attrs(node), i + 1):
+                return
+            node.nlookup += 1
+
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        return None
+
+    @_guard(META_TIMEOUT)
+    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+        return self.model.statfs()
+
+    # -- extended attributes: not stored (header names/values are too restricted to keep
+    # -- arbitrary user.* data safely); tools like cp -a / rsync -X treat ENOTSUP as "none"
+    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+
+    async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+        return []
+
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
+
+    async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
+        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)

@@ -1,0 +1,146 @@
+"""POSIX attributes <-> OSS user metadata, following ossfs 1.x (s3fs) conventions.
+
+ossfs 1.x stores ``x-oss-meta-mode`` (decimal st_mode incl. the file type bits),
+``x-oss-meta-uid``/``-gid`` (decimal) and ``x-oss-meta-mtime`` (decimal seconds, optionally
+with a fractional part). Keeping exactly that spelling means a bucket written through ossencfs
+shows the same owners and modes when mounted by ossfs, and the other way round.
+
+Symlinks use the ossfs 1.x default form: a regular object whose ``x-oss-meta-mode`` has
+S_IFLNK and whose *body* is the link target. The body is written through the normal write
+path, so the target is encrypted like any file content. Native OSS symlinks (object type
+``Symlink``) are read too, never written.
+"""
+from __future__ import annotations
+
+import stat
+import time
+from dataclasses import dataclass, field
+from typing import Mapping
+
+META_MODE = "x-oss-meta-mode"
+META_UID = "x-oss-meta-uid"
+META_GID = "x-oss-meta-gid"
+META_MTIME = "x-oss-meta-mtime"
+POSIX_HEADERS = (META_MODE, META_UID, META_GID, META_MTIME)
+
+
+@dataclass
+class MountPolicy:
+    """What ``-o uid=,gid=,umask=,file_mode=,dir_mode=`` ask for (ossfs semantics).
+
+    ``uid``/``gid`` (when given) override the owner shown for every entry, as in s3fs;
+    ``umask`` masks every mode shown; ``file_mode``/``dir_mode`` are used for objects that
+    carry no ``x-oss-meta-mode`` (written by other tools).
+    """
+
+    uid: int | None = None
+    gid: int | None = None
+    umask: int = 0
+    file_mode: int = 0o644
+    dir_mode: int = 0o755
+    default_uid: int = 0
+    default_gid: int = 0
+
+
+@dataclass
+class PosixMeta:
+    mode: int                       # full st_mode, including the file type bits
+    uid: int
+    gid: int
+    mtime_ns: int
+    explicit: set[str] = field(default_factory=set)   # which headers were present
+
+    @property
+    def kind(self) -> int:
+        return stat.S_IFMT(self.mode)
+
+
+def _int(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value.strip())
+    except ValueError:
+        return None
+
+
+def parse_mtime_ns(value: str | None) -> int | None:
+    """Accept "SECONDS" and "SECONDS.FRACTION" (s3fs writes both forms over its history)."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        if "." in value:
+            sec, frac = value.split(".", 1)
+            frac = (frac + "000000000")[:9]
+            return int(sec) * 1_000_000_000 + int(frac)
+        return int(value) * 1_000_000_000
+    except ValueError:
+        return None
+
+
+def format_mtime(mtime_ns: int) -> str:
+    sec, nsec = divmod(mtime_ns, 1_000_000_000)
+    return str(sec) if nsec == 0 else f"{sec}.{nsec:09d}"
+
+
+def from_headers(headers: Mapping[str, str], *, is_dir: bool, fallback_mtime: float,
+                 policy: MountPolicy) -> PosixMeta:
+    """Attributes of an object from its (lower-case) headers; defaults where absent."""
+    h = {k.lower(): v for k, v in headers.items()}
+    explicit = {name for name in POSIX_HEADERS if name in h}
+    mode = _int(h.get(META_MODE))
+    if mode is not None and stat.S_IFMT(mode) == 0:
+        mode |= stat.S_IFDIR if is_dir else stat.S_IFREG
+    if mode is None or (is_dir and not stat.S_ISDIR(mode)):
+        mode = (stat.S_IFDIR | policy.dir_mode) if is_dir else (stat.S_IFREG | policy.file_mode)
+    if not is_dir and stat.S_ISDIR(mode):
+        mode = stat.S_IFREG | stat.S_IMODE(mode)
+    uid = _int(h.get(META_UID))
+    gid = _int(h.get(META_GID))
+    mtime_ns = parse_mtime_ns(h.get(META_MTIME))
+    return PosixMeta(
+        mode=mode,
+        uid=policy.default_uid if uid is None else uid,
+        gid=policy.default_gid if gid is None else gid,
+        mtime_ns=int(fallback_mtime * 1e9) if mtime_ns is None else mtime_ns,
+        explicit=explicit,
+    )
+
+
+def default_meta(*, is_dir: bool, mtime: float, policy: MountPolicy) -> PosixMeta:
+    """For entries only seen in a listing (no headers yet)."""
+    return from_headers({}, is_dir=is_dir, fallback_mtime=mtime, policy=policy)
+
+
+def new_meta(kind: int, perm: int, uid: int, gid: int) -> PosixMeta:
+    """For things created through the mount: every field is explicit and will be persisted."""
+    return PosixMeta(mode=kind | stat.S_IMODE(perm), uid=uid, gid=gid,
+                     mtime_ns=time.time_ns(), explicit=set(POSIX_HEADERS))
+
+
+def to_headers(meta: PosixMeta) -> dict[str, str]:
+    """The ossfs 1.x header set for ``meta`` (always all four, so ossfs sees what we see)."""
+    return {
+        META_MODE: str(meta.mode),
+        META_UID: str(meta.uid),
+        META_GID: str(meta.gid),
+        META_MTIME: format_mtime(meta.mtime_ns),
+    }
+
+
+def shown_mode(meta: PosixMeta, policy: MountPolicy) -> int:
+    return meta.mode & ~(policy.umask & 0o7777)
+
+
+def shown_uid(meta: PosixMeta, policy: MountPolicy) -> int:
+    return meta.uid if policy.uid is None else policy.uid
+
+
+def shown_gid(meta: PosixMeta, policy: MountPolicy) -> int:
+    return meta.gid if policy.gid is None else policy.gid
+
+
+def is_symlink_headers(headers: Mapping[str, str]) -> bool:
+    mode = _int({k.lower(): v for k, v in headers.items()}.get(META_MODE))
+    return mode is not None and stat.S_ISLNK(mode)

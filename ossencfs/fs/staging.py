@@ -1,0 +1,266 @@
+"""Files being written: a sparse local file of *ciphertext* under the new object's data key.
+
+Why this shape:
+- Plaintext never rests on local disk: every write is encrypted at its offset with the fresh
+  key/IV that the uploaded object will carry (``KeyRing.new_object``), so the staging file is
+  byte-for-byte the future object body wherever it was written.
+- Ranges the writer did not touch come from the old object (fetched through the block cache,
+  decrypted with the old key) and are re-encrypted with the new key only when the object is
+  assembled for upload (``materialize``); beyond the old length (or after a truncate) they are
+  zeros.
+- Every upload needs a fresh key and IV. Once a staging has been uploaded it is *sealed*; a
+  later write starts a successor (``StagingArea.rekey``) that re-encrypts the sealed file under
+  a new key locally (no download), so no (key, IV) ever covers two different uploaded
+  plaintexts at one offset.
+- Each staging has a JSON manifest beside its data file (object key, base ETag, size, dirty
+  extents, the *wrapped* key headers, POSIX attributes). Issue 6's journal builds on it:
+  fsync the manifest on acknowledged operations and replay it after a crash. Nothing here
+  deletes leftovers of an earlier process; ``StagingArea`` reports them.
+"""
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import os
+import uuid
+from typing import Any, Mapping, Protocol
+
+import trio
+
+from ..envelope.ctr import crypt_at
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+
+
+class PlainSource(Protocol):
+    async def read(self, off: int, n: int) -> bytes: ...
+
+
+class Extents:
+    """Sorted, merged, half-open byte ranges that hold staged ciphertext."""
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.ends: list[int] = []
+
+    def add(self, start: int, end: int) -> None:
+        if end <= start:
+            return
+        i = bisect.bisect_left(self.ends, start)          # first range ending at/after start
+        j = bisect.bisect_right(self.starts, end)         # ranges starting at/before end
+        if i < j:
+            start = min(start, self.starts[i])
+            end = max(end, self.ends[j - 1])
+        self.starts[i:j] = [start]
+        self.ends[i:j] = [end]
+
+    def truncate(self, size: int) -> None:
+        i = bisect.bisect_left(self.ends, size)
+        del self.starts[i + 1:], self.ends[i + 1:]
+        if i < len(self.starts):
+            if self.starts[i] >= size:
+                del self.starts[i], self.ends[i]
+            else:
+                self.ends[i] = min(self.ends[i], size)
+
+    def segments(self, start: int, end: int) -> list[tuple[int, int, bool]]:
+        """Split [start, end) into (s, e, staged?) pieces."""
+        out: list[tuple[int, int, bool]] = []
+        pos = start
+        i = bisect.bisect_right(self.ends, start)
+        while pos < end:
+            if i < len(self.starts) and self.starts[i] <= pos:
+                e = min(self.ends[i], end)
+                out.append((pos, e, True))
+                pos = e
+                i += 1
+            else:
+                nxt = self.starts[i] if i < len(self.starts) else end
+                e = min(nxt, end)
+                out.append((pos, e, False))
+                pos = e
+        return out
+
+    def as_list(self) -> list[list[int]]:
+        return [[s, e] for s, e in zip(self.starts, self.ends)]
+
+
+class Staging:
+    def __init__(self, area: "StagingArea", ident: str, key: str, material: Any,
+                 crypto_headers: Mapping[str, str], size: int, base: PlainSource | None,
+                 base_len: int, base_etag: str | None) -> None:
+        self.area = area
+        self.ident = ident
+        self.key = key
+        self.material = material
+        self.crypto_headers = dict(crypto_headers)
+        self.size = size
+        self.base = base
+        self.base_len = base_len if base is not None else 0
+        self.base_etag = base_etag
+        self.extents = Extents()
+        self.sealed = False          # uploaded: the next change needs a successor (new key)
+        self.data_path = os.path.join(area.directory, ident + ".data")
+        self.manifest_path = os.path.join(area.directory, ident + ".json")
+        self._fd = os.open(self.data_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+
+    # -- crypto helpers ----------------------------------------------------------------------
+    def _enc(self, off: int, data: bytes) -> bytes:
+        return crypt_at(self.material.key, self.material.counter0, off, data)
+
+    def _write_sync(self, off: int, data: bytes) -> None:
+        cipher = self._enc(off, data)
+        view = memoryview(cipher)
+        while view:
+            n = os.pwrite(self._fd, view, off)
+            view = view[n:]
+            off += n
+
+    def _read_plain_sync(self, off: int, n: int) -> bytes:
+        return self._enc(off, os.pread(self._fd, n, off))
+
+    def _read_cipher_sync(self, off: int, n: int) -> bytes:
+        out = bytearray()
+        while len(out) < n:
+            chunk = os.pread(self._fd, n - len(out), off + len(out))
+            if not chunk:
+                break
+            out += chunk
+        if len(out) < n:
+            out += bytes(n - len(out))     # unreachable after materialize; keeps lengths exact
+        return bytes(out)
+
+    # -- file operations ---------------------------------------------------------------------
+    async def write(self, off: int, data: bytes) -> None:
+        assert not self.sealed
+        await trio.to_thread.run_sync(self._write_sync, off, data)
+        self.extents.add(off, off + len(data))
+        if off + len(data) > self.size:
+            self.size = off + len(data)
+
+    def truncate(self, size: int) -> None:
+        assert not self.sealed
+        if size < self.size:
+            self.extents.truncate(size)
+            self.base_len = min(self.base_len, size)
+            os.ftruncate(self._fd, size)
+        self.size = size
+
+    async def read(self, off: int, n: int) -> bytes:
+        end = min(off + n, self.size)
+        parts: list[bytes] = []
+        for s, e, staged in self.extents.segments(off, end) if end > off else []:
+            if staged:
+                parts.append(await trio.to_thread.run_sync(self._read_plain_sync, s, e - s))
+            else:
+                parts.append(await self._base_plain(s, e))
+        return b"".join(parts)
+
+    async def _base_plain(self, s: int, e: int) -> bytes:
+        if self.base is None or s >= self.base_len:
+            return bytes(e - s)
+        b_end = min(e, self.base_len)
+        data = await self.base.read(s, b_end - s)
+        if len(data) < b_end - s:
+            data += bytes(b_end - s - len(data))
+        return data + bytes(e - b_end)
+
+    async def materialize(self) -> None:
+        """Fill every hole with the old object's bytes (or zeros) re-encrypted under the new key."""
+        for s, e, staged in self.extents.segments(0, self.size):
+            if staged:
+                continue
+            pos = s
+            while pos < e:
+                n = min(CHUNK, e - pos)
+                plain = await self._base_plain(pos, pos + n)
+                await trio.to_thread.run_sync(self._write_sync, pos, plain)
+                pos += n
+        self.extents.add(0, self.size)
+        self.base = None
+        self.base_len = 0
+
+    async def read_cipher(self, off: int, n: int) -> bytes:
+        """The uploader's callback: the future object's bytes, after ``materialize``."""
+        return await trio.to_thread.run_sync(self._read_cipher_sync, off, n)
+
+    # -- bookkeeping -------------------------------------------------------------------------
+    def manifest(self, posix: Mapping[str, str] | None = None) -> dict[str, Any]:
+        return {
+            "version": 1, "key": self.key, "base_etag": self.base_etag, "size": self.size,
+            "base_len": self.base_len, "extents": self.extents.as_list(),
+            "crypto_headers": self.crypto_headers, "posix": dict(posix or {}),
+            "sealed": self.sealed,
+        }
+
+    async def save_manifest(self, posix: Mapping[str, str] | None = None) -> None:
+        data = json.dumps(self.manifest(posix), sort_keys=True).encode()
+
+        def write() -> None:
+            tmp = self.manifest_path + ".tmp"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, self.manifest_path)
+        await trio.to_thread.run_sync(write)
+
+    def discard(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        for path in (self.data_path, self.manifest_path):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+
+class StagingArea:
+    """Creates stagings with fresh key material, in one directory per mounted bucket/prefix."""
+
+    def __init__(self, directory: str, keyring: Any) -> None:
+        self.directory = directory
+        self.keyring = keyring
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        leftovers = [n for n in os.listdir(directory) if n.endswith(".json")]
+        if leftovers:
+            log.warning("staging: %d entr%s left by an earlier mount in %s kept untouched "
+                        "(replay needs the write-back journal)", len(leftovers),
+                        "y" if len(leftovers) == 1 else "ies", directory)
+        self.active: set[Staging] = set()
+
+    async def _fresh(self) -> tuple[Any, dict[str, str]]:
+        material, headers = await trio.to_thread.run_sync(lambda: self.keyring.new_object())
+        return material, headers
+
+    async def new(self, key: str, size: int, base: PlainSource | None, base_len: int,
+                  base_etag: str | None) -> Staging:
+        material, headers = await self._fresh()
+        st = Staging(self, uuid.uuid4().hex, key, material, headers, size, base, base_len, base_etag)
+        self.active.add(st)
+        await st.save_manifest()
+        return st
+
+    async def rekey(self, old: Staging, base_etag: str | None) -> Staging:
+        """A successor of a sealed (uploaded, fully materialized) staging under a fresh key."""
+        material, headers = await self._fresh()
+        st = Staging(self, uuid.uuid4().hex, old.key, material, headers, old.size, None, 0, base_etag)
+
+        def transcode() -> None:
+            pos = 0
+            while pos < old.size:
+                n = min(CHUNK, old.size - pos)
+                st._write_sync(pos, old._read_plain_sync(pos, n))
+                pos += n
+        await trio.to_thread.run_sync(transcode)
+        st.extents.add(0, old.size)
+        self.active.add(st)
+        await st.save_manifest()
+        self.drop(old)
+        return st
+
+    def drop(self, st: Staging) -> None:
+        st.discard()
+        self.active.discard(st)

@@ -1,0 +1,168 @@
+"""Real FUSE mounts for the mount tests.
+
+``mount`` starts the emulator (shared ``emulator`` fixture), runs ``python -m ossencfs mount
+... -f`` in a child process (a crash there cannot hang pytest), waits until the mount point is
+mounted, and always tears down: ``fusermount3 -u`` (lazy as a fallback), then terminate/kill
+the child. Tools are driven through ``run`` with a timeout, for the same reason.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.conftest import AK, BUCKET, ROOT, SDK_FIXTURES, SK
+
+PART_SIZE = 102400            # smallest part size oss2 accepts: multipart stays fast in tests
+MULTIPART_THRESHOLD = 256 * 1024
+
+
+def eventually(check, timeout: float = 15.0) -> None:
+    """Wait until ``check()`` is true: changes made beside the mount show after the
+    documented cache lifetime (2 x attr_timeout), not at once."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(0.1)
+
+
+def _fuse_ok() -> bool:
+    return os.path.exists("/dev/fuse") and os.geteuid() == 0 and \
+        subprocess.run(["which", "fusermount3"], capture_output=True).returncode == 0
+
+
+def _is_mounted(path: str) -> bool:
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == path for line in f)
+
+
+@dataclass
+class Mounted:
+    path: Path
+    emulator: object
+    cache_dir: Path
+    log_path: Path
+    env: dict[str, str]
+    extra: list[str] = field(default_factory=list)
+    prefix: str = ""
+    keys: list[str] | None = None
+    proc: subprocess.Popen | None = None
+
+    @property
+    def data_dir(self) -> str:
+        return self.emulator.data_dir
+
+    def argv(self, *, foreground: bool = True) -> list[str]:
+        url = f"oss://{BUCKET}/{self.prefix}" if self.prefix else f"oss://{BUCKET}"
+        return [sys.executable, "-m", "ossencfs", "mount", url, str(self.path),
+                "--endpoint", self.emulator.endpoint,
+                *(self.keys if self.keys is not None
+                  else ["--rsa-key", str(SDK_FIXTURES / "rsa_test_private.pem")]),
+                "--cache-dir", str(self.cache_dir), "--part-size", str(PART_SIZE),
+                "--multipart-threshold", str(MULTIPART_THRESHOLD), "--retries", "2",
+                *(["-f"] if foreground else []), *self.extra]
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=log, env=self.env,
+                                     cwd=str(ROOT))
+        log.close()
+        deadline = time.monotonic() + 30
+        while not _is_mounted(str(self.path)):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mount exited with {self.proc.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"mount not ready after 30 s:\n{self.log()}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Unmount cleanly (pending uploads finish), and make sure the process is gone."""
+        if _is_mounted(str(self.path)):
+            r = subprocess.run(["fusermount3", "-u", str(self.path)], capture_output=True)
+            if r.returncode != 0:
+                time.sleep(0.5)
+                r = subprocess.run(["fusermount3", "-u", str(self.path)], capture_output=True)
+            if r.returncode != 0:
+                subprocess.run(["fusermount3", "-uz", str(self.path)], capture_output=True)
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+            self.proc = None
+
+    def remount(self) -> None:
+        self.stop()
+        self.start()
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+    def run(self, *cmd: str, cwd: str | Path | None = None, timeout: float = 60,
+            check: bool = True, input: bytes | None = None) -> subprocess.CompletedProcess:
+        r = subprocess.run(list(cmd), cwd=str(cwd or self.path), capture_output=True,
+                           timeout=timeout, input=input)
+        if check and r.returncode != 0:
+            raise AssertionError(f"{cmd} failed ({r.returncode}): {r.stderr.decode(errors='replace')}"
+                                 f"\n--- mount log ---\n{self.log()}")
+        return r
+
+
+def _make(tmp_path: Path, emulator: object, cli_env: dict[str, str], name: str = "mnt",
+          extra: list[str] | None = None, prefix: str = "",
+          keys: list[str] | None = None) -> Mounted:
+    path = tmp_path / name
+    path.mkdir()
+    env = dict(cli_env)
+    env.update({"OSS_ACCESS_KEY_ID": AK, "OSS_ACCESS_KEY_SECRET": SK})
+    return Mounted(path=path, emulator=emulator, cache_dir=tmp_path / f"cache-{name}",
+                   log_path=tmp_path / f"{name}.log", env=env, extra=list(extra or []),
+                   prefix=prefix, keys=keys)
+
+
+@pytest.fixture
+def make_mount(tmp_path: Path, emulator: object, cli_env: dict[str, str]) -> Iterator:
+    """Factory: make_mount(name, extra=[...], prefix='') -> a started Mounted."""
+    if not _fuse_ok():
+        pytest.skip("needs root, /dev/fuse and fusermount3")
+    made: list[Mounted] = []
+
+    def make(name: str = "mnt", extra: list[str] | None = None, prefix: str = "",
+             start: bool = True, keys: list[str] | None = None) -> Mounted:
+        m = _make(tmp_path, emulator, cli_env, name, extra, prefix, keys)
+        made.append(m)
+        if start:
+            m.start()
+        return m
+    try:
+        yield make
+    finally:
+        for m in made:
+            m.stop()
+
+
+@pytest.fixture
+def mount(make_mount) -> Mounted:
+    return make_mount()
+
+
+@pytest.fixture
+def crypto_bucket(emulator: object):
+    """oss2's own CSE client with the SDK test key pair: the oracle for the object format."""
+    import oss2
+    from oss2.crypto import RsaProvider
+    pair = {"private_key": (SDK_FIXTURES / "rsa_test_private.pem").read_text(),
+            "public_key": (SDK_FIXTURES / "rsa_test_public.pem").read_text()}
+    return oss2.CryptoBucket(oss2.Auth(AK, SK), emulator.endpoint, BUCKET,
+                             crypto_provider=RsaProvider(key_pair=pair))

@@ -1,0 +1,286 @@
+"""POSIX semantics of the mount, checked through the kernel and against the bucket."""
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import AK, BUCKET, SDK_FIXTURES, SK
+from tests.mount.conftest import eventually
+
+pytestmark = pytest.mark.mount
+
+
+def _renameat2(src: str, dst: str, flags: int) -> int:
+    libc = ctypes.CDLL(None, use_errno=True)
+    AT_FDCWD = -100
+    r = libc.renameat2(AT_FDCWD, src.encode(), AT_FDCWD, dst.encode(), flags)
+    return 0 if r == 0 else ctypes.get_errno()
+
+
+def test_files_dirs_and_markers(mount, oss2_bucket):
+    p = mount.path
+    (p / "a.txt").write_bytes(b"hello world\n")
+    os.mkdir(p / "d")
+    os.mkdir(p / "d" / "e")
+    (p / "d" / "e" / "f.bin").write_bytes(os.urandom(1000))
+    assert sorted(os.listdir(p)) == ["a.txt", "d"]
+    assert sorted(os.listdir(p / "d")) == ["e"]
+    assert (p / "a.txt").read_bytes() == b"hello world\n"
+    assert os.stat(p / "a.txt").st_size == 12
+    keys = {o.key for o in __import__("oss2").ObjectIteratorV2(oss2_bucket)}
+    assert {"a.txt", "d/", "d/e/", "d/e/f.bin"} <= keys
+    # rmdir of a non-empty directory
+    with pytest.raises(OSError) as ei:
+        os.rmdir(p / "d")
+    assert ei.value.errno == errno.ENOTEMPTY
+    os.unlink(p / "d" / "e" / "f.bin")
+    os.rmdir(p / "d" / "e")
+    os.rmdir(p / "d")
+    assert os.listdir(p) == ["a.txt"]
+    with pytest.raises(FileNotFoundError):
+        os.stat(p / "d")
+    with pytest.raises(OSError) as ei:
+        os.link(p / "a.txt", p / "hard")
+    assert ei.value.errno in (errno.EPERM, errno.ENOTSUP)
+    st = os.statvfs(p)
+    assert st.f_bsize > 0 and st.f_bavail > 0
+
+
+def test_implied_directories_from_other_clients(mount, oss2_bucket):
+    oss2_bucket.put_object("x/y/z.txt", b"plain data")
+    oss2_bucket.put_object("x/top.txt", b"top")
+    p = mount.path
+    assert sorted(os.listdir(p / "x")) == ["top.txt", "y"]
+    assert stat.S_ISDIR(os.stat(p / "x" / "y").st_mode)
+    assert (p / "x" / "y" / "z.txt").read_bytes() == b"plain data"     # plain object, as is
+    # removing the last file of an implied directory keeps the directory
+    os.unlink(p / "x" / "y" / "z.txt")
+    assert os.listdir(p / "x" / "y") == []
+    assert sorted(os.listdir(p / "x")) == ["top.txt", "y"]
+
+
+def test_rename_files_and_directories(mount, oss2_bucket):
+    p = mount.path
+    os.makedirs(p / "src" / "sub")
+    for i in range(5):
+        (p / "src" / f"f{i}").write_bytes(f"file {i}".encode() * 100)
+    (p / "src" / "sub" / "deep").write_bytes(b"deep")
+    os.rename(p / "src", p / "dst")
+    assert not os.path.exists(p / "src")
+    assert sorted(os.listdir(p / "dst")) == ["f0", "f1", "f2", "f3", "f4", "sub"]
+    assert (p / "dst" / "sub" / "deep").read_bytes() == b"deep"
+    assert (p / "dst" / "f3").read_bytes() == b"file 3" * 100
+    # file rename, overwrite
+    (p / "one").write_bytes(b"one")
+    (p / "two").write_bytes(b"two")
+    os.rename(p / "one", p / "two")
+    assert (p / "two").read_bytes() == b"one"
+    assert not os.path.exists(p / "one")
+    # RENAME_NOREPLACE refuses an existing target; RENAME_EXCHANGE is not supported
+    (p / "three").write_bytes(b"3")
+    assert _renameat2(str(p / "three"), str(p / "two"), 1) == errno.EEXIST
+    assert _renameat2(str(p / "three"), str(p / "two"), 2) == errno.EINVAL
+    assert _renameat2(str(p / "three"), str(p / "four"), 1) == 0
+    assert (p / "four").read_bytes() == b"3" and (p / "two").read_bytes() == b"one"
+    keys = {o.key for o in __import__("oss2").ObjectIteratorV2(oss2_bucket)}
+    assert not any(k.startswith("src/") for k in keys)
+    assert {"dst/", "dst/sub/deep", "two", "four"} <= keys and "one" not in keys
+    # a renamed object still decrypts for the SDK (CopyObject kept the CSE headers)
+
+
+def test_attributes_persist_as_ossfs_headers(mount, oss2_bucket):
+    p = mount.path
+    f = p / "attrs.txt"
+    f.write_bytes(b"content")
+    os.chmod(f, 0o640)
+    os.chown(f, 1234, 2345)
+    os.utime(f, ns=(1_600_000_000_000_000_000, 1_600_000_000_500_000_000))
+    h = oss2_bucket.head_object("attrs.txt").headers
+    assert int(h["x-oss-meta-mode"]) == stat.S_IFREG | 0o640
+    assert h["x-oss-meta-uid"] == "1234" and h["x-oss-meta-gid"] == "2345"
+    assert h["x-oss-meta-mtime"].startswith("1600000000.5")
+    assert "x-oss-meta-client-side-encryption-key" in h      # REPLACE re-sent every CSE header
+    mount.remount()
+    st = os.stat(f)
+    assert stat.S_IMODE(st.st_mode) == 0o640 and st.st_uid == 1234 and st.st_gid == 2345
+    assert st.st_mtime_ns == 1_600_000_000_500_000_000
+    assert f.read_bytes() == b"content"
+    os.mkdir(p / "dir", 0o700)
+    os.chmod(p / "dir", 0o711)
+    assert int(oss2_bucket.head_object("dir/").headers["x-oss-meta-mode"]) == stat.S_IFDIR | 0o711
+
+
+def test_symlinks(mount, oss2_bucket, crypto_bucket):
+    p = mount.path
+    (p / "target.txt").write_bytes(b"pointed at")
+    os.symlink("target.txt", p / "link")
+    os.symlink("../elsewhere/none", p / "dangling")
+    assert os.readlink(p / "link") == "target.txt"
+    assert (p / "link").read_bytes() == b"pointed at"
+    assert stat.S_ISLNK(os.lstat(p / "dangling").st_mode)
+    h = oss2_bucket.head_object("link").headers
+    assert stat.S_ISLNK(int(h["x-oss-meta-mode"]))
+    assert crypto_bucket.get_object("link").read() == b"target.txt"      # body = target, encrypted
+    assert oss2_bucket.get_object("link").read() != b"target.txt"
+    mount.remount()
+    assert os.readlink(p / "link") == "target.txt"
+    assert sorted(os.listdir(p)) == ["dangling", "link", "target.txt"]
+    assert os.readlink(p / "dangling") == "../elsewhere/none"
+
+
+def test_truncate_and_odd_offsets(mount, crypto_bucket):
+    p = mount.path / "odd.bin"
+    data = bytearray(os.urandom(300_001))
+    p.write_bytes(bytes(data))
+    with open(p, "r+b") as f:
+        for off, n in [(0, 1), (15, 2), (16, 17), (4095, 3), (131071, 5000), (299_990, 11)]:
+            f.seek(off)
+            chunk = os.urandom(n)
+            f.write(chunk)
+            data[off:off + n] = chunk
+        f.seek(100_003)
+        assert f.read(77) == bytes(data[100_003:100_080])
+    assert p.read_bytes() == bytes(data)
+    assert crypto_bucket.get_object("odd.bin").read() == bytes(data)
+    with open(p, "r+b") as f:
+        f.truncate(1000)
+        f.seek(5000)
+        f.write(b"tail")                              # hole after a truncate reads as zeros
+    expect = bytes(data[:1000]) + bytes(4000) + b"tail"
+    assert p.read_bytes() == expect
+    os.truncate(p, 10)
+    assert p.read_bytes() == expect[:10]
+    os.truncate(p, 20)
+    assert p.read_bytes() == expect[:10] + bytes(10)
+    assert crypto_bucket.get_object("odd.bin").read() == expect[:10] + bytes(10)
+    # ranged reads through the mount at odd offsets of an object the SDK wrote
+    blob = os.urandom(777_777)
+    crypto_bucket.put_object("sdk.bin", blob)
+    eventually(lambda: (mount.path / "sdk.bin").exists())     # listing cache: ttl bound
+    with open(mount.path / "sdk.bin", "rb") as f:
+        for off in (0, 1, 15, 16, 17, 262_143, 262_144, 500_001, 777_770):
+            f.seek(off)
+            assert f.read(1000) == blob[off:off + 1000]
+
+
+def test_overwrite_gets_fresh_key_each_upload(mount, oss2_bucket, crypto_bucket):
+    p = mount.path / "rekey.bin"
+    with open(p, "wb") as f:
+        f.write(b"A" * 5000)
+        f.flush()
+        os.fsync(f.fileno())
+        k1 = oss2_bucket.head_object("rekey.bin").headers["x-oss-meta-client-side-encryption-key"]
+        f.seek(100)
+        f.write(b"B" * 10)                      # re-dirtied after an upload: new key, new IV
+        f.flush()
+        os.fsync(f.fileno())
+        k2 = oss2_bucket.head_object("rekey.bin").headers["x-oss-meta-client-side-encryption-key"]
+    k3 = oss2_bucket.head_object("rekey.bin").headers["x-oss-meta-client-side-encryption-key"]
+    assert k1 != k2
+    assert k2 == k3                                 # close after fsync: nothing new to upload
+    assert crypto_bucket.get_object("rekey.bin").read() == b"A" * 100 + b"B" * 10 + b"A" * 4890
+
+
+def test_read_only_and_ownership_options(make_mount, oss2_bucket):
+    oss2_bucket.put_object("plain.txt", b"plain")
+    m = make_mount("ro", extra=["-o", "ro,uid=4321,gid=1234,umask=027,file_mode=0644"])
+    st = os.stat(m.path / "plain.txt")
+    assert (st.st_uid, st.st_gid) == (4321, 1234)
+    assert stat.S_IMODE(st.st_mode) == 0o640
+    assert (m.path / "plain.txt").read_bytes() == b"plain"
+    with pytest.raises(OSError) as ei:
+        (m.path / "new.txt").write_bytes(b"x")
+    assert ei.value.errno == errno.EROFS
+
+
+def test_detach_umount_and_errors(make_mount, emulator, cli_env, tmp_path):
+    m = make_mount("bg", start=False)
+    r = subprocess.run(m.argv(foreground=False), env=m.env, capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    try:
+        with open(m.path / "f.txt", "wb") as f:
+            f.write(b"detached")
+        assert (m.path / "f.txt").read_bytes() == b"detached"
+    finally:
+        u = subprocess.run([sys.executable, "-m", "ossencfs", "umount", str(m.path)],
+                           env=m.env, capture_output=True, timeout=120)
+    assert u.returncode == 0, u.stderr
+    assert not os.path.ismount(m.path)
+    # bad credentials: reported before detaching, nothing mounted
+    env = dict(m.env, OSS_ACCESS_KEY_SECRET="wrong")
+    r = subprocess.run(m.argv(foreground=False), env=env, capture_output=True, timeout=60)
+    assert r.returncode == 1 and b"error" in r.stderr
+    assert not os.path.ismount(m.path)
+    # unreadable key file
+    argv = m.argv(foreground=False)
+    argv[argv.index("--rsa-key") + 1] = str(tmp_path / "missing.pem")
+    r = subprocess.run(argv, env=m.env, capture_output=True, timeout=60)
+    assert r.returncode == 1 and b"error" in r.stderr
+    assert not os.path.ismount(m.path)
+
+
+def test_wrong_key_gives_eacces_and_mount_survives(mount, emulator, tmp_path):
+    import oss2
+    from oss2.crypto import RsaProvider
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    pair = {"private_key": key.private_bytes(serialization.Encoding.PEM,
+                                             serialization.PrivateFormat.TraditionalOpenSSL,
+                                             serialization.NoEncryption()).decode(),
+            "public_key": key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                        serialization.PublicFormat.PKCS1).decode()}
+    other = oss2.CryptoBucket(oss2.Auth(AK, SK), emulator.endpoint, BUCKET,
+                              crypto_provider=RsaProvider(key_pair=pair))
+    other.put_object("foreign.bin", b"secret of someone else")
+    with pytest.raises(OSError) as ei:
+        (mount.path / "foreign.bin").read_bytes()
+    assert ei.value.errno in (errno.EACCES, errno.EIO)
+    assert "foreign.bin" in mount.log()
+    (mount.path / "still-alive").write_bytes(b"ok")
+    assert (mount.path / "still-alive").read_bytes() == b"ok"
+
+
+def test_fstab_helper(make_mount, tmp_path):
+    """systemd/mount.ossencfs turns fstab-style options into an `ossencfs mount` call."""
+    from tests.conftest import ROOT
+    m = make_mount("fstab", start=False)
+    creds = tmp_path / "creds.env"
+    creds.write_text(f"OSS_ACCESS_KEY_ID={AK}\nOSS_ACCESS_KEY_SECRET={SK}\n")
+    env = {k: v for k, v in m.env.items() if not k.startswith("OSS_")}
+    env["OSSENCFS"] = str(ROOT / ".venv" / "bin" / "ossencfs")
+    opts = (f"_netdev,endpoint={m.emulator.endpoint},credentials={creds},"
+            f"rsa_key={SDK_FIXTURES / 'rsa_test_private.pem'},cache_dir={m.cache_dir},"
+            f"nofail,ro,uid=99")
+    r = subprocess.run([str(ROOT / "systemd" / "mount.ossencfs"), f"oss://{BUCKET}", str(m.path),
+                        "-o", opts], env=env, capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    try:
+        assert os.path.ismount(m.path)
+        assert os.stat(m.path).st_uid == 99
+        with pytest.raises(OSError):
+            (m.path / "x").write_bytes(b"ro")
+    finally:
+        subprocess.run([sys.executable, "-m", "ossencfs", "umount", str(m.path)], env=m.env,
+                       timeout=60)
+
+
+def test_rename_directory_with_an_open_dirty_file(mount, crypto_bucket, oss2_bucket):
+    import oss2
+    os.makedirs(mount.path / "proj" / "src")
+    (mount.path / "proj" / "src" / "kept.txt").write_bytes(b"kept")
+    with open(mount.path / "proj" / "src" / "open.txt", "wb") as f:
+        f.write(b"first part, ")
+        f.flush()
+        os.rename(mount.path / "proj", mount.path / "renamed")
+        f.write(b"second part")
+    assert (mount.path / "renamed" / "src" / "open.txt").read_bytes() == b"first part, second part"
+    assert crypto_bucket.get_object("renamed/src/open.txt").read() == b"first part, second part"
+    assert crypto_bucket.get_object("renamed/src/kept.txt").read() == b"kept"
+    assert not [o.key for o in oss2.ObjectIteratorV2(oss2_bucket, prefix="proj/")]
