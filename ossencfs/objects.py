@@ -210,6 +210,10 @@ class EncryptedObjects:
             if len(data) != size:
                 raise OssEncError(f"oss://{self.store.name}/{key}: source gave {len(data)} "
                                   f"bytes, expected {size}")
+            if if_match:
+                # The If-Match header is sent too, but OSS does not promise to honour it on
+                # PutObject; this check is what holds against real OSS.
+                await self._check_unchanged(key, if_match)
             etag = await self.store.put(key, data, {**base, **crypto},
                                         forbid_overwrite=forbid_overwrite, if_match=if_match)
             if progress:
@@ -220,6 +224,11 @@ class EncryptedObjects:
             crypto[fmt.H_PART_SIZE] = str(part_size)
         return await self._multipart(key, size, part_size, read_cipher, base, crypto,
                                      forbid_overwrite, if_match, progress)
+
+    async def _check_unchanged(self, key: str, etag: str) -> None:
+        current = await self.store.head(key)
+        if current is None or current.etag != etag:
+            raise ConflictError(f"oss://{self.store.name}/{key} changed since it was read")
 
     async def _multipart(self, key: str, size: int, part_size: int,
                          read_cipher: Callable[[int, int], Awaitable[bytes]],
@@ -256,9 +265,7 @@ class EncryptedObjects:
                 raise_first(eg)
             if if_match:
                 # CompleteMultipartUpload has no If-Match; check as late as possible.
-                current = await self.store.head(key)
-                if current is None or current.etag != if_match:
-                    raise ConflictError(f"oss://{self.store.name}/{key} changed during upload")
+                await self._check_unchanged(key, if_match)
             try:
                 return await self.store.complete_multipart(
                     key, upload_id, sorted(etags.items()), forbid_overwrite=forbid_overwrite)
