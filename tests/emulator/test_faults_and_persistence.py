@@ -10,6 +10,8 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import time
+
 import oss2
 import pytest
 import requests
@@ -75,6 +77,11 @@ def test_stats_count_operations_and_bytes(emu, bucket):
     bucket.get_object("s", byte_range=(0, 1)).read()
     bucket.head_object("s")
     list(oss2.ObjectIteratorV2(bucket))
+    # the log entry and byte counts are recorded once the response has gone out, which can be
+    # a moment after the client has read it
+    deadline = time.monotonic() + 5
+    while len(emu.request_log) < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
     st = emu.stats
     assert st["requests"] == {"PutObject": 1, "GetObject": 2, "HeadObject": 1, "ListObjectsV2": 1}
     assert st["bytes_received"] == 5
