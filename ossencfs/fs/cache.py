@@ -7,6 +7,10 @@ that is returned. Blocks of *plain* (unencrypted) objects are kept in memory onl
 "ciphertext" is plaintext.
 
 Fetches of the same block are de-duplicated (one GET, every waiter gets the result).
+
+``--cache-size`` caps blocks *plus* staged (unsent) data: ``reserved()`` says how much the
+staging area holds, and only clean blocks are ever evicted to make room. A block that cannot
+be stored (limit reached by staged data, or ENOSPC from the OS) is simply not cached.
 """
 from __future__ import annotations
 
@@ -44,6 +48,7 @@ class BlockCache:
         self._inflight: dict[str, trio.Event] = {}
         self.hits = 0
         self.misses = 0
+        self.reserved: Callable[[], int] = lambda: 0     # staged bytes sharing the limit
         if directory:
             os.makedirs(directory, mode=0o700, exist_ok=True)
             self._scan()
@@ -82,7 +87,11 @@ class BlockCache:
         return os.path.join(self.directory, name)
 
     def _evict_disk_sync(self) -> None:
-        while self._disk_bytes > self.max_bytes and self._disk:
+        self.evict_to(self.max_bytes - self.reserved())
+
+    def evict_to(self, target: int) -> None:
+        """Drop least recently used clean blocks until they take at most ``target`` bytes."""
+        while self._disk_bytes > max(0, target) and self._disk:
             name, size = self._disk.popitem(last=False)
             self._disk_bytes -= size
             try:
@@ -99,9 +108,16 @@ class BlockCache:
 
     def _write_disk(self, name: str, data: bytes) -> None:
         tmp = self._path(name) + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, self._path(name))
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, self._path(name))
+        except OSError:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
 
     # -- API --------------------------------------------------------------------------------
     async def get(self, key: str, etag: str, index: int) -> bytes | None:
@@ -126,6 +142,8 @@ class BlockCache:
         self._hot_put(name, data)
         if not (on_disk and self.directory) or name in self._disk:
             return
+        if self.reserved() + len(data) > self.max_bytes:
+            return                  # staged data fills the limit: keep this block in memory only
         try:
             await trio.to_thread.run_sync(self._write_disk, name, data)
         except OSError as exc:   # a full cache disk only costs performance
@@ -133,8 +151,8 @@ class BlockCache:
             return
         self._disk[name] = len(data)
         self._disk_bytes += len(data)
-        if self._disk_bytes > self.max_bytes:
-            await trio.to_thread.run_sync(self._evict_disk_sync)
+        if self._disk_bytes + self.reserved() > self.max_bytes:
+            self._evict_disk_sync()      # in the loop: the LRU dict is not thread-safe
 
     async def get_or_fetch(self, key: str, etag: str, index: int,
                            fetch: Callable[[], Awaitable[bytes]], *, on_disk: bool = True) -> bytes:

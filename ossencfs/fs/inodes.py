@@ -59,6 +59,7 @@ class Node:
     unlinked: bool = False
     symlink_target: str | None = None
     kernel_etag: str | None = None            # version whose pages the kernel may cache
+    upload_busy: bool = False                 # an upload holds the lock; staging is frozen
     lock: trio.Lock = field(default_factory=trio.Lock)
 
     @property
@@ -158,9 +159,11 @@ class InodeTable:
     def listing(self, path: str) -> DirListing | None:
         lst = self.dirs.get(path)
         if lst is not None and lst.expires < time.monotonic():
-            del self.dirs[path]
-            return None
+            return None          # kept: served while OSS is unreachable (stale_listing)
         return lst
+
+    def stale_listing(self, path: str) -> DirListing | None:
+        return self.dirs.get(path)
 
     def set_listing(self, path: str, entries: dict[str, Entry]) -> DirListing:
         lst = DirListing(entries, time.monotonic() + self.ttl)

@@ -23,13 +23,15 @@ from typing import Any, Awaitable, Callable
 import pyfuse3
 import trio
 
+from ..errors import ConflictError, NetworkError, OssEncError
+from ..objects import first_error
 from ..store import ObjectInfo
 from . import posix
 from .cache import BlockCache
 from .inodes import ROOT_INO, Entry, InodeTable, Node, join
 from .readahead import BlockSource
 from .staging import StagingArea
-from .uploader import Uploader
+from .uploader import BaseGoneError, Uploader, UploadResult
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +52,35 @@ class Handle:
     source_etag: str | None = None
 
 
+class _PinnedBase:
+    """The old version a replayed staging was opened from, fetched only if a range of it is
+    still needed (untouched ranges); pinned by ETag, so a changed object is a ConflictError
+    rather than silently different bytes."""
+
+    def __init__(self, model: "FsModel", key: str, etag: str, size: int) -> None:
+        self.model, self.key, self.etag, self.size = model, key, etag, size
+        self._source: BlockSource | None = None
+
+    async def read(self, off: int, n: int) -> bytes:
+        if self._source is None:
+            info = await self.model.store.head(self.key)
+            if info is None or info.etag != self.etag:
+                raise ConflictError(f"oss://{self.model.store.name}/{self.key}: the version this "
+                                    f"file was opened from is gone; its untouched ranges are lost")
+            reader = await self.model.objects.open_reader(self.key, info)
+            self._source = BlockSource(self.model.cache, reader, self.key, info.etag, info.size,
+                                       self.model.spawn)
+        return await self._source.read(off, n)
+
+
 class FsModel:
     def __init__(self, store: Any, objects: Any, cache: BlockCache, staging: StagingArea,
                  uploader: Uploader, *, prefix: str, policy: posix.MountPolicy, ttl: float,
-                 read_only: bool, spawn: Callable[[Callable[[], Awaitable[Any]]], None]) -> None:
+                 read_only: bool, spawn: Callable[[Callable[[], Awaitable[Any]]], None],
+                 write_back: float = 0.0) -> None:
         self.store = store
+        self.write_back = write_back
+        self.writeback: Any = None          # fs.writeback.WriteBack, set by the mounter
         self.objects = objects
         self.cache = cache
         self.staging = staging
@@ -139,7 +165,14 @@ class FsModel:
         entries: dict[str, Entry] = {}
         token: str | None = None
         while True:
-            page = await self.store.list_page(prefix, "/", token, 1000)
+            try:
+                page = await self.store.list_page(prefix, "/", token, 1000)
+            except NetworkError as exc:
+                stale = self.inodes.stale_listing(node.path)
+                if stale is None:
+                    raise
+                log.info("listing %s: %s; serving the cached listing", self.where(node), exc)
+                return self._with_local(node, dict(stale.entries))
             for obj in page.objects:
                 name = obj.key[len(prefix):]
                 if not name or name in (".", "..") or name in entries:
@@ -154,13 +187,16 @@ class FsModel:
             if not page.next_token:
                 break
             token = page.next_token
+        return self.inodes.set_listing(node.path, self._with_local(node, entries)).entries
+
+    def _with_local(self, node: Node, entries: dict[str, Entry]) -> dict[str, Entry]:
         # things created here and not uploaded yet, or deleted remotely while open here
         for child in self.inodes.under(node.path):
             if child.parent_path == node.path and not child.unlinked and \
                     (not child.exists_remote or child.dirty):
                 entries[child.name] = Entry(child.name, child.kind, child.size, child.etag,
                                             child.mtime)
-        return self.inodes.set_listing(node.path, entries).entries
+        return entries
 
     def _node_from_entry(self, parent: Node, entry: Entry) -> Node:
         path = join(parent.path, entry.name)
@@ -189,6 +225,17 @@ class FsModel:
             return node
         if node.headers is not None and node.headers_expires > time.monotonic():
             return node
+        try:
+            return await self._resolve_remote(node)
+        except NetworkError as exc:
+            if node.headers is None and node.exists_remote and not node.is_dir and \
+                    node.etag is None:
+                raise
+            # offline: what we knew stays valid (cached blocks are pinned by ETag anyway)
+            log.info("%s: %s; serving cached attributes", self.where(node), exc)
+            return node
+
+    async def _resolve_remote(self, node: Node) -> Node:
         if node.is_dir:
             info = await self.store.head(self.dkey(node.path))
             node.marker = info is not None
@@ -339,7 +386,8 @@ class FsModel:
         async with node.lock:
             if node.staging is not None:
                 self.staging.drop(node.staging)
-            node.staging = await self.staging.new(self.okey(path), 0, None, 0, None)
+            node.staging = await self.staging.new(
+                self.okey(path), 0, None, 0, node.etag if node.exists_remote else None)
             node.dirty = True
             node.size = 0
         self.inodes.note_entry(parent.path, Entry(name, stat.S_IFREG, 0, None, time.time()))
@@ -361,6 +409,8 @@ class FsModel:
         h = self.handle(fh)
         node = h.node
         if node.staging is not None:
+            if node.upload_busy:            # the uploader holds the lock; staging is frozen
+                return await node.staging.read(off, size)
             async with node.lock:
                 if node.staging is not None:
                     return await node.staging.read(off, size)
@@ -376,7 +426,8 @@ class FsModel:
         if st is not None and not st.sealed:
             return st
         if st is not None:
-            node.staging = await self.staging.rekey(st, node.etag)
+            node.staging = await self.staging.rekey(st, node.etag if node.exists_remote else None,
+                                                    committed=node.dirty and st.committed)
         else:
             base = await self._source(node) if node.exists_remote and node.size > 0 else None
             node.staging = await self.staging.new(self.okey(node.path), node.size, base,
@@ -391,6 +442,7 @@ class FsModel:
         async with node.lock:
             st = await self._ensure_staging(node)
             await st.write(off, buf)
+            st.changed = True
             node.dirty = True
             node.meta.mtime_ns = time.time_ns()
         return len(buf)
@@ -403,8 +455,40 @@ class FsModel:
         else:
             st = await self._ensure_staging(node)
             st.truncate(size)
+            if st.committed:                 # keep the journal's size in step with the data
+                await st.save_manifest()
+        node.staging.changed = True
         node.dirty = True
         node.meta.mtime_ns = time.time_ns()
+
+    def writers(self, node: Node) -> int:
+        return sum(1 for h in self.handles.values() if h.node is node and h.writable)
+
+    async def commit_locked(self, node: Node, *, materialize: bool, durable: bool = True) -> None:
+        """The acknowledgement point: the staging and its journal entry are on disk, marked
+        for replay; ``durable`` also fsyncs data, entry and directory (power cut safe).
+        Raises OSError/OssEncError if they could not be written."""
+        st = node.staging
+        if st is None or not node.dirty or node.unlinked:
+            return
+        st.key = self.okey(node.path)
+        headers = posix.to_headers(node.meta)
+        if st.committed and not st.changed and st.posix == headers and \
+                (st.synced or not durable) and (st.complete or not materialize):
+            return
+        st.committed = True
+        if materialize and not st.complete:
+            # fetch the untouched ranges now, while the old version surely exists, so the
+            # journal entry does not depend on it later; offline it is done at upload time
+            try:
+                await st.materialize()
+            except Exception as raw:         # network down, object gone, disk full
+                exc = first_error(raw)
+                log.warning("%s: untouched ranges not fetched yet (%s); they come from the "
+                            "version opened (ETag %s) at upload time", self.where(node), exc,
+                            st.base_etag)
+        await st.save_manifest(headers, durable=durable)
+        st.changed = False
 
     async def upload_locked(self, node: Node) -> None:
         """Send a dirty node's staging to the bucket (caller holds node.lock)."""
@@ -416,8 +500,20 @@ class FsModel:
             return
         st.key = self.okey(node.path)
         extra = posix.to_headers(node.meta)
-        etag = await self.uploader.upload(st, extra)
+        node.upload_busy = True
+        if self.writeback is not None:
+            self.writeback.notify()             # the state file shows the upload
+        try:
+            result: UploadResult = await self.uploader.upload(st, extra)
+        finally:
+            node.upload_busy = False
+            if self.writeback is not None:
+                self.writeback.notify()
         node.dirty = False
+        if result.conflict_key is not None:
+            await self._after_conflict(node, st, result)
+            return
+        etag = result.etag
         node.etag = etag
         node.size = st.size
         node.exists_remote = True
@@ -428,11 +524,128 @@ class FsModel:
         self.inodes.note_entry(node.parent_path, Entry(node.name, node.kind, node.size, etag,
                                                        node.mtime))
 
+    async def _after_conflict(self, node: Node, st: Any, result: UploadResult) -> None:
+        """The local version went beside the object: show the other client's version at the
+        name (fetched afresh) and the conflict copy next to it."""
+        assert result.conflict_key is not None
+        copy_name = result.conflict_key[len(self.prefix):].rsplit("/", 1)[-1]
+        self.inodes.note_entry(node.parent_path, Entry(copy_name, stat.S_IFREG, st.size,
+                                                       result.etag, time.time()))
+        if node.staging is st:
+            self.staging.drop(st)
+            node.staging = None
+        node.headers = None
+        node.headers_expires = 0
+        node.kernel_etag = None
+        node.symlink_target = None
+        try:
+            info = await self.store.head(self.okey(node.path))
+        except OssEncError:
+            info = None
+        if info is not None:
+            node.exists_remote = True
+            node.etag = None                 # force _apply_file_info to take the new version
+            self._apply_file_info(node, info)
+        else:
+            node.exists_remote = False
+            node.size = 0
+
+    async def _upload_or_queue(self, node: Node) -> None:
+        """Upload now; on failure the entry is made durable and the queue retries it."""
+        try:
+            await self.upload_locked(node)
+        except BaseGoneError as exc:
+            self._base_gone(node, exc)
+            raise
+        except BaseException as exc:
+            if node.dirty and not node.unlinked and node.staging is not None:
+                with trio.CancelScope(shield=True):
+                    try:
+                        await self.commit_locked(node, materialize=False, durable=True)
+                    except (OSError, OssEncError) as jexc:
+                        log.warning("%s: cannot journal (%s)", self.where(node), jexc)
+                if self.writeback is not None:
+                    self.writeback.failed(node, exc)
+            raise
+
+    def _base_gone(self, node: Node, exc: Exception) -> None:
+        """The untouched ranges of a partly rewritten file can no longer be fetched (another
+        client replaced the object first and they were not cached): nothing sane can be
+        uploaded, so the written ranges are kept aside, reported, and the name shows the
+        other client's version."""
+        st = node.staging
+        if st is None:
+            return
+        where = self.staging.quarantine(st, f"conflict: {exc}; the ranges written here are "
+                                            f"kept (ciphertext) with this entry")
+        log.error("%s: changed by another client before the local changes could be completed;"
+                  " they are kept in %s", self.where(node), where)
+        node.staging = None
+        node.dirty = False
+        node.headers = None
+        node.headers_expires = 0
+        node.kernel_etag = None
+        if self.writeback is not None:
+            self.writeback.forget(node)
+
+    async def _close_locked(self, node: Node) -> None:
+        """close(2): write-back -> durable in the journal, upload later; else upload now."""
+        if not node.dirty or node.unlinked:
+            return
+        if self.write_back > 0 and self.writeback is not None:
+            try:
+                await self.commit_locked(node, materialize=True)
+            except (OSError, OssEncError) as exc:
+                # cannot journal (e.g. the cache disk is full): fall back to uploading now
+                log.warning("%s: cannot journal (%s); uploading at close instead",
+                            self.where(node), exc)
+                await self._upload_or_queue(node)
+                return
+            self.writeback.schedule(node)
+            return
+        try:      # not fsynced: close is acknowledged only once the object is in the bucket
+            await self.commit_locked(node, materialize=False, durable=False)
+        except (OSError, OssEncError) as exc:
+            log.warning("%s: cannot journal (%s); uploading without it", self.where(node), exc)
+        await self._upload_or_queue(node)
+
+    async def upload_job(self, node: Node) -> None:
+        """The queue's worker: upload one pending file, then free its staging if closed."""
+        async with node.lock:
+            if node.dirty and not node.unlinked and node.staging is not None \
+                    and not node.staging.committed:
+                await self.commit_locked(node, materialize=False)
+            try:
+                await self.upload_locked(node)
+            except BaseGoneError as exc:
+                self._base_gone(node, exc)
+            self._drop_if_clean(node)
+
+    def _drop_if_clean(self, node: Node) -> None:
+        if node.open_count == 0 and not node.dirty and node.staging is not None:
+            self.staging.drop(node.staging)
+            node.staging = None
+        if node.open_count == 0 and not node.dirty:
+            self.inodes.release_check(node)
+
     async def flush(self, fh: int) -> None:
         node = self.handle(fh).node
         if node.dirty:
             async with node.lock:
-                await self.upload_locked(node)
+                await self._close_locked(node)
+
+    async def fsync(self, fh: int) -> None:
+        """fsync waits until the data is in the bucket, in every mode."""
+        node = self.handle(fh).node
+        if node.dirty:
+            async with node.lock:
+                if not node.dirty:
+                    return
+                try:
+                    await self.commit_locked(node, materialize=False, durable=False)
+                except (OSError, OssEncError) as exc:
+                    log.warning("%s: cannot journal (%s)", self.where(node), exc)
+                await self._upload_or_queue(node)
 
     async def release(self, fh: int) -> None:
         h = self.handles.pop(fh, None)
@@ -443,7 +656,7 @@ class FsModel:
         try:
             if node.dirty and node.open_count == 0:
                 async with node.lock:
-                    await self.upload_locked(node)
+                    await self._close_locked(node)
         finally:
             if node.open_count == 0 and not node.dirty and node.staging is not None:
                 self.staging.drop(node.staging)
@@ -451,18 +664,69 @@ class FsModel:
             self.inodes.release_check(node)
 
     async def flush_all(self) -> int:
-        """Upload every dirty file (unmount); returns how many failed."""
-        failed = 0
+        """Unmount: every dirty file goes up now; returns how many are left (still journaled)."""
+        assert self.writeback is not None
         for node in list(self.inodes.nodes.values()):
-            if node.dirty:
-                try:
-                    async with node.lock:
-                        await self.upload_locked(node)
-                except Exception as exc:
-                    failed += 1
-                    log.error("%s: upload at unmount failed: %s (staged data kept in %s)",
-                              self.where(node), exc, self.staging.directory)
-        return failed
+            if node.dirty and not node.unlinked and self.writeback.job_for(node) is None:
+                self.writeback.schedule(node, 0)
+        left = await self.writeback.drain()
+        if left:
+            log.error("%d upload(s) not done at unmount; they stay journaled in %s and go up at "
+                      "the next mount", left, self.staging.directory)
+        return left
+
+    # ------------------------------------------------------------------ replay
+    async def replay(self, entries: list[dict[str, Any]], quarantine: Callable[[str, str], Any]) -> int:
+        """Rebuild dirty files from journal entries (before serving): reads come from staging
+        at once; uploads are queued for now. Entries that cannot be used are quarantined."""
+        latest: dict[str, dict[str, Any]] = {}
+        for entry in entries:                      # oldest first: a later one supersedes
+            old = latest.get(entry["key"])
+            if old is not None:
+                quarantine(old["id"], f"superseded by a newer entry for the same file "
+                                      f"({entry['id']})")
+            latest[entry["key"]] = entry
+        restored = 0
+        for entry in latest.values():
+            key = entry["key"]
+            path = key[len(self.prefix):]
+            if not path or path.endswith("/") or "//" in path:
+                quarantine(entry["id"], f"not a file key: {key!r}")
+                continue
+            try:
+                material = await trio.to_thread.run_sync(
+                    lambda e=entry: self.staging.keyring.open(
+                        e["crypto_headers"], object_name=f"oss://{self.store.name}/{key}"))
+            except Exception as exc:
+                quarantine(entry["id"], f"cannot unwrap the data key with the configured "
+                                        f"master keys: {exc}")
+                continue
+            base_etag = entry.get("base_etag")
+            base = _PinnedBase(self, key, base_etag, entry["base_len"]) \
+                if base_etag and entry["base_len"] > 0 else None
+            try:
+                st = self.staging.restore(entry, material, base)
+            except OSError as exc:
+                quarantine(entry["id"], f"cannot open its data file: {exc.strerror}")
+                continue
+            meta = posix.from_headers(entry["posix"], is_dir=False, fallback_mtime=time.time(),
+                                      policy=self.policy)
+            node = self.inodes.bind(path, stat.S_IFREG, meta)
+            node.meta = meta
+            node.staging = st
+            node.dirty = True
+            node.unlinked = False
+            node.exists_remote = base_etag is not None
+            node.etag = base_etag
+            node.size = entry["size"]
+            node.headers = {}
+            node.headers_expires = float("inf")
+            if self.writeback is not None:
+                self.writeback.schedule(node, 0)
+            restored += 1
+            log.warning("journal: replayed %s (%d bytes), upload queued", self.where(node),
+                        entry["size"])
+        return restored
 
     # ------------------------------------------------------------------ attributes
     async def setattr(self, ino: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
@@ -490,7 +754,9 @@ class FsModel:
                 meta_changed = True
             if node.dirty:
                 if fh is None and node.open_count == 0:
-                    await self.upload_locked(node)
+                    await self._close_locked(node)
+                elif node.staging is not None and node.staging.committed:
+                    node.staging.changed = True
             elif meta_changed and not node.unlinked:
                 await self._persist_meta(node)
         return self.attrs(node)
@@ -595,6 +861,15 @@ class FsModel:
             if node.exists_remote:
                 await self.store.delete(self.okey(node.path))
             node.dirty = False
+            if node.staging is not None:
+                if node.open_count == 0:
+                    self.staging.drop(node.staging)  # the journal entry goes before we answer
+                    node.staging = None
+                else:                                # still open: keep the data, drop the entry
+                    self.staging.journal.remove(node.staging.ident, durable=True)
+                    node.staging.committed = False
+            if self.writeback is not None:
+                self.writeback.forget(node)
             self.inodes.drop_entry(parent.path, name)
             self.inodes.detach(node)
         await self._ensure_marker(parent)
@@ -653,17 +928,32 @@ class FsModel:
             await self._rename_dir(src, new_path, dst)
         else:
             async with src.lock:
+                st = src.staging if src.dirty else None
+                if st is not None and not st.complete:
+                    await st.materialize()          # the old name's object goes away below
                 if src.exists_remote:
                     # copy first (replacing any target), then delete: a failure in between
                     # leaves two copies, never none
-                    await self.store.copy(self.okey(src.path), self.okey(new_path))
+                    copied = await self.store.copy(self.okey(src.path), self.okey(new_path))
                     await self.store.delete(self.okey(src.path))
+                    if st is not None and st.base_etag is not None:
+                        st.base_etag = copied        # the version we now build on
+                    src.etag = copied
+                elif st is not None:
+                    st.base_etag = None              # still a new file at its new name
                 if dst is not None:
                     dst.dirty = False
+                    if dst.staging is not None and dst.open_count == 0:
+                        self.staging.drop(dst.staging)
+                        dst.staging = None
+                    if self.writeback is not None:
+                        self.writeback.forget(dst)
                     self.inodes.detach(dst)
                 self.inodes.move(src.path, new_path)
                 if src.staging is not None:
                     src.staging.key = self.okey(new_path)
+                    if st is not None and st.committed:
+                        await st.save_manifest(durable=True)
         if dst is not None and dst.is_dir:
             self.inodes.invalidate_dir(dst.path)
         self.inodes.drop_entry(old_parent.path, n_old)
@@ -680,11 +970,15 @@ class FsModel:
         for n in busy:
             await n.lock.acquire()
         try:
+            for n in busy:                 # their old objects go away: fetch what they need
+                if n.dirty and n.staging is not None and not n.staging.complete:
+                    await n.staging.materialize()
             limiter = trio.CapacityLimiter(8)
+            copied: dict[str, str] = {}
 
             async def copy_one(k: str) -> None:
                 async with limiter:
-                    await self.store.copy(k, new_prefix + k[len(old_prefix):])
+                    copied[k] = await self.store.copy(k, new_prefix + k[len(old_prefix):])
             async with trio.open_nursery() as nursery:
                 for k in keys:
                     nursery.start_soon(copy_one, k)
@@ -695,8 +989,16 @@ class FsModel:
                 self.inodes.detach(dst)
             self.inodes.move(src.path, new_path)
             for n in busy:
-                if n.staging is not None:
-                    n.staging.key = self.okey(n.path)
+                st = n.staging
+                if st is None:
+                    continue
+                old_key = st.key
+                st.key = self.okey(n.path)
+                if st.base_etag is not None and old_key in copied:
+                    st.base_etag = copied[old_key]     # the version we now build on
+                    n.etag = copied[old_key]
+                if n.dirty and st.committed:
+                    await st.save_manifest(durable=True)
             src.marker = True
         finally:
             for n in busy:

@@ -5,8 +5,15 @@ bucket (one listing request), mounts (pyfuse3.init), then writes "OK" into a pip
 exits 0 only when it reads that, and otherwise prints the child's error and exits 1. So
 ``ossencfs mount`` returning 0 means "mounted and the bucket answered".
 
-Unmount: ``fusermount3 -u`` (or SIGTERM/SIGINT) ends pyfuse3.main; then every file still dirty
-is uploaded before the process exits, and ``ossencfs umount`` waits for that exit.
+Start: the write-back journal of this cache directory is replayed *before* the file system
+is mounted (so files show their journaled content from the first lookup), and unusable
+entries are quarantined and reported.
+
+Unmount: ``fusermount3 -u`` (or SIGTERM/SIGINT) ends pyfuse3.main; then every pending upload
+is done (delays skipped, retries with backoff) before the process exits, and ``ossencfs
+umount`` waits for that exit. SIGUSR1 (``ossencfs umount --no-wait``) or a second
+SIGTERM/SIGINT makes it exit without waiting: pending uploads stay journaled and go up at the
+next mount with the same cache directory.
 """
 from __future__ import annotations
 
@@ -159,6 +166,14 @@ class Mount:
         root = args.cache_dir or default_cache_dir()
         self.base_dir = os.path.join(root, mount_id(args.endpoint, bucket, prefix))
         self.cache_size = parse_size(args.cache_size)
+        self.write_back = float(getattr(args, "write_back", 0.0) or 0.0)
+        if self.write_back < 0:
+            raise OssEncError("--write-back wants 0 or more seconds")
+        self.quarantine_dir = os.path.join(self.base_dir, "quarantine")
+        self.cache_root = root
+        self.other_journals: list[dict[str, Any]] = []
+        self.no_wait = False
+        self._drain_scope: trio.CancelScope | None = None
         # resolved now: once mounted, touching the mount point from this process would ask
         # this very process (which is busy) and deadlock
         self.pidfile = pidfile_for(self.mountpoint)
@@ -177,10 +192,12 @@ class Mount:
     def _build(self, spawn: _Spawner) -> Any:
         from ..objects import EncryptedObjects
         from .cache import BlockCache
+        from .journal import Journal, MountIdentity
         from .model import FsModel
         from .operations import Operations
         from .staging import StagingArea
         from .uploader import Uploader
+        from .writeback import WriteBack
         os.makedirs(self.base_dir, mode=0o700, exist_ok=True)
         # one live mount per cache/staging directory: a second one would see the first one's
         # staging entries as leftovers (and, with issue 6's journal, replay them)
@@ -193,13 +210,43 @@ class Mount:
         objects = EncryptedObjects(self.store, self.keyring, part_size=self.args.part_size,
                                    multipart_threshold=self.args.multipart_threshold,
                                    upload_parallelism=self.args.upload_parallelism)
+        staging_dir = os.path.join(self.base_dir, "staging")
+        os.makedirs(staging_dir, mode=0o700, exist_ok=True)
+        self.journal = Journal(staging_dir, self.quarantine_dir,
+                               MountIdentity(self.args.endpoint, self.bucket, self.prefix))
+        staging = StagingArea(staging_dir, self.keyring, self.journal, limit=self.cache_size)
         cache = BlockCache(os.path.join(self.base_dir, "blocks"), max_bytes=self.cache_size)
-        staging = StagingArea(os.path.join(self.base_dir, "staging"), self.keyring)
+        cache.reserved = lambda: staging.used
+        staging.make_room = cache.evict_to
         assert self.opts.policy is not None
         self.model = FsModel(self.store, objects, cache, staging, Uploader(objects),
                              prefix=self.prefix, policy=self.opts.policy, ttl=self.opts.ttl,
-                             read_only=self.opts.read_only, spawn=spawn)
+                             read_only=self.opts.read_only, spawn=spawn,
+                             write_back=self.write_back)
+        self.model.writeback = WriteBack(self.model, delay=self.write_back,
+                                         parallel=max(2, self.args.upload_parallelism))
         return Operations(self.model)
+
+    async def _replay(self) -> None:
+        """Replay this cache directory's journal; quarantine (and report) what cannot be."""
+        good, bad = await trio.to_thread.run_sync(self.journal.scan)
+        for ident, reason in bad:
+            self.journal.quarantine(ident, reason)
+        if good:
+            if self.opts.read_only:
+                log.warning("journal: %d pending upload(s) in %s not replayed (read-only "
+                            "mount); they go up at the next read-write mount", len(good),
+                            self.journal.directory)
+            else:
+                n = await self.model.replay(good, self.journal.quarantine)
+                log.warning("journal: %d pending upload(s) replayed from %s", n,
+                            self.journal.directory)
+        self.other_journals = other_journals(self.cache_root, self.base_dir)
+        for other in self.other_journals:
+            log.warning("journal: %d pending entr%s of %s in %s (not this mount's: they go up "
+                        "when that bucket/prefix is mounted with this --cache-dir)",
+                        other["entries"], "y" if other["entries"] == 1 else "ies",
+                        other.get("url", "another mount"), other["dir"])
 
     async def run(self, ready: Callable[[str | None], None]) -> int:
         """Check the bucket, mount, report readiness, serve until unmounted, flush."""
@@ -210,41 +257,102 @@ class Mount:
             raise OssEncError(f"oss://{self.bucket}: no answer within 60 s") from None
         spawn = _Spawner()
         ops = self._build(spawn)
+        await self._replay()
         try:
             pyfuse3.init(ops, self.mountpoint, self.fuse_options())
         except RuntimeError as exc:
             raise OssEncError(f"cannot mount on {self.mountpoint}: {exc} "
                               f"(stale mount? try fusermount3 -u)") from None
+        from .state import publish, snapshot, state_path_for, write_state
         pidfile = self.pidfile
+        state_path = state_path_for(pidfile)
         failed = 0
+        closed = False
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)   # until _signals takes over
         try:
             with open(pidfile, "w") as f:
                 f.write(f"{os.getpid()}\n")
-            log.warning("mounted oss://%s/%s on %s", self.bucket, self.prefix, self.mountpoint)
+            log.warning("mounted oss://%s/%s on %s%s", self.bucket, self.prefix, self.mountpoint,
+                        f" (write-back {self.write_back:g} s)" if self.write_back else "")
+            write_state(state_path, snapshot(self))
             ready(None)
             async with trio.open_nursery() as nursery:
                 spawn.nursery = nursery
                 nursery.start_soon(self._signals)
+                nursery.start_soon(self.model.writeback.run)
+                nursery.start_soon(publish, self, state_path)
                 await pyfuse3.main()
+                # unmount before draining: nothing may hang on a mount nobody serves
+                pyfuse3.close(unmount=True)
+                closed = True
+                if not self.no_wait:
+                    with trio.CancelScope() as self._drain_scope:
+                        failed = await self.model.flush_all()
+                    if self._drain_scope.cancelled_caught:
+                        failed = len(self.model.writeback.jobs)
+                else:
+                    failed = len(self.model.writeback.jobs)
+                if failed and (self.no_wait or self._drain_scope is not None):
+                    log.warning("%d pending upload(s) left journaled in %s; they go up at the "
+                                "next mount with this --cache-dir", failed,
+                                self.journal.directory)
                 spawn.nursery = None
                 nursery.cancel_scope.cancel()
         finally:
-            with trio.CancelScope(shield=True):
-                failed = await self.model.flush_all()
-            pyfuse3.close(unmount=True)
-            try:
-                os.unlink(pidfile)
-            except OSError:
-                pass
+            if not closed:
+                pyfuse3.close(unmount=True)
+            for path in (pidfile, state_path):
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
             log.warning("unmounted %s", self.mountpoint)
-        return 1 if failed else 0
+        return 1 if failed and not self.no_wait else 0
 
     async def _signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
-            async for _ in sigs:
+        terminated = False
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
+                                       signal.SIGUSR1) as sigs:
+            async for signum in sigs:
+                if signum == signal.SIGUSR1 or terminated:
+                    log.warning("not waiting for pending uploads: they stay journaled")
+                    self.no_wait = True
+                    if self._drain_scope is not None:
+                        self._drain_scope.cancel()
+                    continue
                 log.warning("signal received: unmounting %s", self.mountpoint)
+                terminated = True
                 pyfuse3.terminate()
-                return
+
+
+def other_journals(cache_root: str, own: str) -> list[dict[str, Any]]:
+    """Journal entries left under *other* mount ids of this cache root: reported, not touched."""
+    import json
+    out: list[dict[str, Any]] = []
+    try:
+        names = os.listdir(cache_root)
+    except OSError:
+        return out
+    for name in sorted(names):
+        d = os.path.join(cache_root, name)
+        if os.path.realpath(d) == os.path.realpath(own):
+            continue
+        sdir = os.path.join(d, "staging")
+        try:
+            entries = [n for n in os.listdir(sdir) if n.endswith(".json")]
+        except OSError:
+            continue
+        if not entries:
+            continue
+        info: dict[str, Any] = {"dir": sdir, "entries": len(entries)}
+        try:
+            with open(os.path.join(sdir, entries[0]), "rb") as f:
+                mount = json.loads(f.read()).get("mount") or {}
+            info["url"] = f"oss://{mount.get('bucket')}/{mount.get('prefix', '')}"
+        except (OSError, ValueError, AttributeError):
+            pass
+        out.append(info)
+    return out
 
 
 def run_mount(args: argparse.Namespace) -> int:

@@ -83,7 +83,7 @@ class Operations(pyfuse3.Operations):
             return errno.EIO
         if isinstance(exc, ConflictError):
             # the object changed under an open file (ETag pinned reads, If-Match copies);
-            # EEXIST would mislead callers of read/close. Issue 6 adds conflict copies.
+            # EEXIST would mislead callers of read/close (uploads make conflict copies)
             log.error("%s %s: object changed by another client: %s", op, what, exc)
             return errno.EIO
         if isinstance(exc, OssEncError):
@@ -190,7 +190,7 @@ class Operations(pyfuse3.Operations):
 
     @_guard(LONG_TIMEOUT)
     async def fsync(self, fh: int, datasync: bool) -> None:
-        await self.model.flush(fh)
+        await self.model.fsync(fh)
 
     @_guard(LONG_TIMEOUT)
     async def release(self, fh: int) -> None:

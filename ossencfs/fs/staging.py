@@ -13,22 +13,26 @@ Why this shape:
   a new key locally (no download), so no (key, IV) ever covers two different uploaded
   plaintexts at one offset.
 - Each staging has a JSON manifest beside its data file (object key, base ETag, size, dirty
-  extents, the *wrapped* key headers, POSIX attributes). Issue 6's journal builds on it:
-  fsync the manifest on acknowledged operations and replay it after a crash. Nothing here
-  deletes leftovers of an earlier process; ``StagingArea`` reports them.
+  extents, the *wrapped* key headers, POSIX attributes): the write-back journal entry
+  (``fs.journal``). It is written durably (fsync file + directory) when a close or fsync is
+  acknowledged (``committed``) and replayed after a crash (``StagingArea.restore``).
+- Staged bytes count against the cache limit (``--cache-size``) and are never evicted: when
+  a write would pass the limit, clean cache blocks are evicted first, and if the staged data
+  alone would pass it the write fails with ENOSPC.
 """
 from __future__ import annotations
 
 import bisect
-import json
+import errno
 import logging
 import os
 import uuid
-from typing import Any, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 import trio
 
 from ..envelope.ctr import crypt_at
+from .journal import Journal, MountIdentity
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +91,17 @@ class Extents:
     def as_list(self) -> list[list[int]]:
         return [[s, e] for s, e in zip(self.starts, self.ends)]
 
+    def total(self) -> int:
+        return sum(e - s for s, e in zip(self.starts, self.ends))
+
+    def uncovered(self, start: int, end: int) -> int:
+        return sum(e - s for s, e, staged in self.segments(start, end) if not staged)
+
 
 class Staging:
     def __init__(self, area: "StagingArea", ident: str, key: str, material: Any,
                  crypto_headers: Mapping[str, str], size: int, base: PlainSource | None,
-                 base_len: int, base_etag: str | None) -> None:
+                 base_len: int, base_etag: str | None, *, restore: bool = False) -> None:
         self.area = area
         self.ident = ident
         self.key = key
@@ -103,9 +113,15 @@ class Staging:
         self.base_etag = base_etag
         self.extents = Extents()
         self.sealed = False          # uploaded: the next change needs a successor (new key)
+        self.committed = False       # a close/fsync was acknowledged: replay after a crash
+        self.changed = False         # written since the last journal entry
+        self.synced = False          # the last entry (and the data) were fsynced
+        self.usage = 0               # staged bytes counted against the cache limit
+        self.posix: dict[str, str] = {}
         self.data_path = os.path.join(area.directory, ident + ".data")
         self.manifest_path = os.path.join(area.directory, ident + ".json")
-        self._fd = os.open(self.data_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        flags = os.O_RDWR if restore else os.O_RDWR | os.O_CREAT | os.O_TRUNC
+        self._fd = os.open(self.data_path, flags, 0o600)
 
     # -- crypto helpers ----------------------------------------------------------------------
     def _enc(self, off: int, data: bytes) -> bytes:
@@ -134,10 +150,17 @@ class Staging:
         return bytes(out)
 
     # -- file operations ---------------------------------------------------------------------
+    def _account(self) -> None:
+        new = self.extents.total()
+        self.area.used += new - self.usage
+        self.usage = new
+
     async def write(self, off: int, data: bytes) -> None:
         assert not self.sealed
+        self.area.reserve(self.extents.uncovered(off, off + len(data)))
         await trio.to_thread.run_sync(self._write_sync, off, data)
         self.extents.add(off, off + len(data))
+        self._account()
         if off + len(data) > self.size:
             self.size = off + len(data)
 
@@ -147,6 +170,7 @@ class Staging:
             self.extents.truncate(size)
             self.base_len = min(self.base_len, size)
             os.ftruncate(self._fd, size)
+            self._account()
         self.size = size
 
     async def read(self, off: int, n: int) -> bytes:
@@ -168,8 +192,15 @@ class Staging:
             data += bytes(b_end - s - len(data))
         return data + bytes(e - b_end)
 
+    @property
+    def complete(self) -> bool:
+        return self.extents.uncovered(0, self.size) == 0
+
     async def materialize(self) -> None:
-        """Fill every hole with the old object's bytes (or zeros) re-encrypted under the new key."""
+        """Fill every hole with the old object's bytes (or zeros) re-encrypted under the new key.
+
+        Each filled range is recorded as it lands, so an interrupted materialize (network,
+        ENOSPC) resumes where it stopped."""
         for s, e, staged in self.extents.segments(0, self.size):
             if staged:
                 continue
@@ -177,59 +208,81 @@ class Staging:
             while pos < e:
                 n = min(CHUNK, e - pos)
                 plain = await self._base_plain(pos, pos + n)
+                self.area.reserve(n)
                 await trio.to_thread.run_sync(self._write_sync, pos, plain)
+                self.extents.add(pos, pos + n)
+                self._account()
                 pos += n
         self.extents.add(0, self.size)
+        self._account()
         self.base = None
         self.base_len = 0
+
+    def sync_data(self) -> None:
+        """fsync the ciphertext (blocking; call in a thread) before the entry says it is there."""
+        if self._fd >= 0:
+            os.fsync(self._fd)
 
     async def read_cipher(self, off: int, n: int) -> bytes:
         """The uploader's callback: the future object's bytes, after ``materialize``."""
         return await trio.to_thread.run_sync(self._read_cipher_sync, off, n)
 
     # -- bookkeeping -------------------------------------------------------------------------
-    def manifest(self, posix: Mapping[str, str] | None = None) -> dict[str, Any]:
+    def manifest(self) -> dict[str, Any]:
         return {
-            "version": 1, "key": self.key, "base_etag": self.base_etag, "size": self.size,
+            "key": self.key, "base_etag": self.base_etag, "size": self.size,
             "base_len": self.base_len, "extents": self.extents.as_list(),
-            "crypto_headers": self.crypto_headers, "posix": dict(posix or {}),
-            "sealed": self.sealed,
+            "crypto_headers": self.crypto_headers, "posix": dict(self.posix),
+            "sealed": self.sealed, "committed": self.committed,
         }
 
-    async def save_manifest(self, posix: Mapping[str, str] | None = None) -> None:
-        data = json.dumps(self.manifest(posix), sort_keys=True).encode()
+    async def save_manifest(self, posix: Mapping[str, str] | None = None, *,
+                            durable: bool = False) -> None:
+        """The journal entry; ``durable`` fsyncs data, entry and directory (acknowledgements)."""
+        if posix is not None:
+            self.posix = dict(posix)
+        entry = self.manifest()
 
         def write() -> None:
-            tmp = self.manifest_path + ".tmp"
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, self.manifest_path)
+            if durable:
+                self.sync_data()
+            self.area.journal.write(self.ident, entry, durable=durable)
+        self.synced = False
         await trio.to_thread.run_sync(write)
+        self.synced = durable
 
     def discard(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-        for path in (self.data_path, self.manifest_path):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+        self.area.used -= self.usage
+        self.usage = 0
+        self.area.journal.remove(self.ident, durable=self.synced)
 
 
 class StagingArea:
     """Creates stagings with fresh key material, in one directory per mounted bucket/prefix."""
 
-    def __init__(self, directory: str, keyring: Any) -> None:
+    def __init__(self, directory: str, keyring: Any, journal: Journal | None = None, *,
+                 limit: int = 1 << 62) -> None:
         self.directory = directory
         self.keyring = keyring
+        self.journal = journal or Journal(directory, os.path.join(directory, "quarantine"),
+                                          MountIdentity("", "", ""))
+        self.limit = limit
+        self.used = 0                 # staged bytes (never evicted)
+        self.make_room: Callable[[int], None] = lambda target: None   # evicts clean blocks
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        leftovers = [n for n in os.listdir(directory) if n.endswith(".json")]
-        if leftovers:
-            log.warning("staging: %d entr%s left by an earlier mount in %s kept untouched "
-                        "(replay needs the write-back journal)", len(leftovers),
-                        "y" if len(leftovers) == 1 else "ies", directory)
         self.active: set[Staging] = set()
+
+    def reserve(self, n: int) -> None:
+        """Room for ``n`` more staged bytes: evict clean cache blocks, else ENOSPC."""
+        if n <= 0:
+            return
+        if self.used + n > self.limit:
+            raise OSError(errno.ENOSPC, f"cache limit reached: {self.used} bytes staged and not "
+                                        f"yet uploaded, limit {self.limit}")
+        self.make_room(self.limit - self.used - n)
 
     async def _fresh(self) -> tuple[Any, dict[str, str]]:
         material, headers = await trio.to_thread.run_sync(lambda: self.keyring.new_object())
@@ -239,14 +292,37 @@ class StagingArea:
                   base_etag: str | None) -> Staging:
         material, headers = await self._fresh()
         st = Staging(self, uuid.uuid4().hex, key, material, headers, size, base, base_len, base_etag)
+        try:
+            await st.save_manifest()
+        except BaseException:
+            st.discard()
+            raise
         self.active.add(st)
-        await st.save_manifest()
         return st
 
-    async def rekey(self, old: Staging, base_etag: str | None) -> Staging:
-        """A successor of a sealed (uploaded, fully materialized) staging under a fresh key."""
+    def restore(self, entry: Mapping[str, Any], material: Any, base: PlainSource | None) -> Staging:
+        """A staging from a replayed journal entry (its data file is kept as it is)."""
+        st = Staging(self, entry["id"], entry["key"], material, entry["crypto_headers"],
+                     entry["size"], base, entry["base_len"], entry.get("base_etag"), restore=True)
+        for s, e in entry["extents"]:
+            st.extents.add(s, e)
+        st.sealed = False
+        st.committed = True
+        st.synced = True
+        st.posix = dict(entry["posix"])
+        st._account()
+        self.active.add(st)
+        return st
+
+    async def rekey(self, old: Staging, base_etag: str | None, *, committed: bool = False) -> Staging:
+        """A successor of a sealed (sent, fully materialized) staging under a fresh key.
+
+        ``committed``: the old content is acknowledged but not in the bucket (its upload
+        failed), so the successor takes over its journal entry durably before the old goes."""
         material, headers = await self._fresh()
         st = Staging(self, uuid.uuid4().hex, old.key, material, headers, old.size, None, 0, base_etag)
+        st.committed = committed
+        st.posix = dict(old.posix)
 
         def transcode() -> None:
             pos = 0
@@ -254,13 +330,29 @@ class StagingArea:
                 n = min(CHUNK, old.size - pos)
                 st._write_sync(pos, old._read_plain_sync(pos, n))
                 pos += n
-        await trio.to_thread.run_sync(transcode)
-        st.extents.add(0, old.size)
+        try:
+            self.reserve(max(0, old.size - old.usage))    # old is dropped right after
+            await trio.to_thread.run_sync(transcode)
+            st.extents.add(0, old.size)
+            st._account()
+            await st.save_manifest(durable=committed)
+        except BaseException:
+            st.discard()
+            raise
         self.active.add(st)
-        await st.save_manifest()
         self.drop(old)
         return st
 
     def drop(self, st: Staging) -> None:
         st.discard()
         self.active.discard(st)
+
+    def quarantine(self, st: Staging, reason: str) -> str:
+        """Keep a staging that can no longer be uploaded aside (reported by status)."""
+        if st._fd >= 0:
+            os.close(st._fd)
+            st._fd = -1
+        self.used -= st.usage
+        st.usage = 0
+        self.active.discard(st)
+        return self.journal.quarantine(st.ident, reason)

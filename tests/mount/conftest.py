@@ -103,6 +103,55 @@ class Mounted:
         self.stop()
         self.start()
 
+    def kill9(self) -> None:
+        """A crash: SIGKILL the mount process, then clear the dead FUSE connection."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+        self.proc = None
+        for _ in range(50):
+            if not _is_mounted(str(self.path)):
+                break
+            subprocess.run(["fusermount3", "-u", str(self.path)], capture_output=True)
+            if _is_mounted(str(self.path)):
+                time.sleep(0.1)
+                subprocess.run(["fusermount3", "-uz", str(self.path)], capture_output=True)
+
+    @property
+    def state_path(self) -> str:
+        from ossencfs.fs.mounter import pidfile_for
+        from ossencfs.fs.state import state_path_for
+        return state_path_for(pidfile_for(str(self.path)))
+
+    def state(self) -> dict:
+        """The mount's published state (what ``ossencfs status`` reads)."""
+        import json
+        for _ in range(20):
+            try:
+                with open(self.state_path) as f:
+                    return json.load(f)
+            except (OSError, ValueError):
+                time.sleep(0.1)
+        raise AssertionError(f"no state file {self.state_path}\n{self.log()}")
+
+    def wait_uploaded(self, timeout: float = 60.0) -> None:
+        """Until no upload is pending (the state file is rewritten every second)."""
+        first = self.state()["updated"]
+        eventually(lambda: (lambda s: s["updated"] > first + 1.0 and not s["pending"])(
+            self.state()), timeout)
+
+    def base_dir(self) -> Path:
+        dirs = [d for d in self.cache_dir.iterdir() if (d / "staging").is_dir()]
+        assert len(dirs) == 1, dirs
+        return dirs[0]
+
+    def journal_files(self) -> list[Path]:
+        return sorted((self.base_dir() / "staging").glob("*.json"))
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "ossencfs", *args], capture_output=True,
+                              text=True, env=self.env, cwd=str(ROOT), timeout=timeout)
+
     def log(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-4000:]

@@ -1,0 +1,258 @@
+"""The write-back journal: one durable JSON entry per staged file, beside its ciphertext.
+
+Why it looks like this:
+- An entry is the staging manifest (object key, base ETag, size, staged extents, the *wrapped*
+  key headers exactly as the object header will carry them, POSIX headers) plus the identity
+  of the mount it belongs to and a SHA-256 over its own canonical JSON. It never holds the
+  data key: after a crash the key is unwrapped again with the KeyRing, so the journal is as
+  safe to leave on disk as the object header is in the bucket.
+- ``write`` is tmp-file + fsync + rename + fsync(directory): an acknowledged close/fsync
+  survives kill -9 and a power cut; a torn write leaves the previous entry (or a ``.tmp``
+  that is ignored).
+- Entries that cannot be replayed (corrupt, another bucket/prefix, data file missing, key
+  not available, never closed before the crash) are *moved* into ``quarantine/`` with a
+  ``reason.json`` and reported; nothing is deleted.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+FORMAT = "ossencfs-journal"
+VERSION = 2
+_REQUIRED = {"format": str, "version": int, "mount": dict, "id": str, "key": str, "size": int,
+             "base_len": int, "extents": list, "crypto_headers": dict, "posix": dict,
+             "committed": bool, "sealed": bool, "updated": (int, float)}
+
+
+@dataclass(frozen=True)
+class MountIdentity:
+    endpoint: str
+    bucket: str
+    prefix: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"endpoint": self.endpoint, "bucket": self.bucket, "prefix": self.prefix}
+
+    def url(self) -> str:
+        return f"oss://{self.bucket}/{self.prefix}"
+
+
+def _digest(entry: dict[str, Any]) -> str:
+    body = {k: v for k, v in entry.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def seal_entry(entry: dict[str, Any]) -> bytes:
+    entry = dict(entry)
+    entry["sha256"] = _digest(entry)
+    return json.dumps(entry, sort_keys=True).encode()
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durable(path: str, data: bytes) -> None:
+    """Atomic and durable: the old content or the new one, never a mix, even on power loss."""
+    tmp = path + ".tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fsync_dir(os.path.dirname(path) or ".")
+
+
+class BadEntry(Exception):
+    """Why an entry cannot be replayed (the text goes to the log, reason.json and status)."""
+
+
+def check_entry(raw: bytes, identity: MountIdentity) -> dict[str, Any]:
+    """Parse and validate one entry; BadEntry says why it is not replayable here."""
+    try:
+        entry = json.loads(raw)
+    except ValueError as exc:
+        raise BadEntry(f"corrupt entry: not JSON ({exc.msg} at byte {exc.pos})") from None
+    if not isinstance(entry, dict):
+        raise BadEntry("corrupt entry: not a JSON object")
+    if entry.get("format") != FORMAT:
+        raise BadEntry("corrupt entry: not an ossencfs journal entry")
+    for name, kind in _REQUIRED.items():
+        if not isinstance(entry.get(name), kind):
+            raise BadEntry(f"corrupt entry: field {name!r} missing or malformed")
+    if entry["version"] != VERSION:
+        raise BadEntry(f"journal version {entry['version']} not understood (this is {VERSION})")
+    if entry.get("sha256") != _digest(entry):
+        raise BadEntry("corrupt entry: checksum mismatch")
+    mount = entry["mount"]
+    if (mount.get("bucket"), mount.get("prefix"), mount.get("endpoint")) != \
+            (identity.bucket, identity.prefix, identity.endpoint):
+        raise BadEntry(f"foreign entry: belongs to oss://{mount.get('bucket')}/"
+                       f"{mount.get('prefix', '')} at {mount.get('endpoint')}, this mount is "
+                       f"{identity.url()} at {identity.endpoint}")
+    if not entry["key"].startswith(identity.prefix):
+        raise BadEntry(f"foreign entry: key {entry['key']!r} is outside {identity.url()}")
+    for ext in entry["extents"]:
+        if not (isinstance(ext, list) and len(ext) == 2 and all(isinstance(x, int) for x in ext)
+                and 0 <= ext[0] < ext[1] <= entry["size"]):
+            raise BadEntry("corrupt entry: bad extent list")
+    return entry
+
+
+class Journal:
+    """Entries live in the staging directory (``ID.json`` beside ``ID.data``)."""
+
+    def __init__(self, directory: str, quarantine_dir: str, identity: MountIdentity) -> None:
+        self.directory = directory
+        self.quarantine_dir = quarantine_dir
+        self.identity = identity
+
+    def entry_path(self, ident: str) -> str:
+        return os.path.join(self.directory, ident + ".json")
+
+    def data_path(self, ident: str) -> str:
+        return os.path.join(self.directory, ident + ".data")
+
+    def write(self, ident: str, entry: dict[str, Any], *, durable: bool) -> None:
+        entry = {"format": FORMAT, "version": VERSION, "mount": self.identity.as_dict(),
+                 "id": ident, "updated": time.time(), **entry}
+        data = seal_entry(entry)
+        if durable:
+            write_durable(self.entry_path(ident), data)
+        else:
+            tmp = self.entry_path(ident) + ".tmp"
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, self.entry_path(ident))
+            except BaseException:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+                raise
+
+    def remove(self, ident: str, *, durable: bool = True) -> None:
+        """Entry first: a crash in between leaves a data file without entry (ignored), never
+        an entry without its data."""
+        for path in (self.entry_path(ident), self.data_path(ident)):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        if durable:
+            try:
+                fsync_dir(self.directory)
+            except OSError as exc:
+                log.warning("journal: cannot fsync %s: %s", self.directory, exc)
+
+    # -- replay -------------------------------------------------------------------------------
+    def scan(self) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+        """(replayable entries, [(ident, reason)] to quarantine), oldest entry first."""
+        good: list[dict[str, Any]] = []
+        bad: list[tuple[str, str]] = []
+        names = sorted(os.listdir(self.directory))
+        for name in names:
+            path = os.path.join(self.directory, name)
+            if name.endswith(".tmp"):
+                os.unlink(path)                  # an unfinished write: the old entry stands
+                continue
+            if not name.endswith(".json"):
+                continue
+            ident = name[:-5]
+            try:
+                with open(path, "rb") as f:
+                    raw = f.read()
+                entry = check_entry(raw, self.identity)
+                if entry["id"] != ident:
+                    raise BadEntry(f"corrupt entry: id {entry['id']!r} does not match file name")
+                if not entry["committed"]:
+                    raise BadEntry("never closed or fsynced before the mount stopped "
+                                   "(not acknowledged); kept aside, not uploaded")
+                dpath = self.data_path(ident)
+                if not os.path.exists(dpath):
+                    raise BadEntry("data file missing")
+                have = os.path.getsize(dpath)
+                need = max((e for _, e in entry["extents"]), default=0)
+                if have < need:
+                    raise BadEntry(f"data file too short ({have} bytes, entry needs {need})")
+                good.append(entry)
+            except BadEntry as exc:
+                bad.append((ident, str(exc)))
+            except OSError as exc:
+                bad.append((ident, f"unreadable: {exc.strerror}"))
+        # data files without an entry: a crash between the two unlinks of ``remove``, or
+        # between creating the data file and its first entry; nothing acknowledged lives there
+        known = {n[:-5] for n in os.listdir(self.directory) if n.endswith(".json")}
+        for name in os.listdir(self.directory):
+            if name.endswith(".data") and name[:-5] not in known:
+                os.unlink(os.path.join(self.directory, name))
+        good.sort(key=lambda e: e["updated"])
+        return good, bad
+
+    def quarantine(self, ident: str, reason: str) -> str:
+        """Move an entry (and its data) aside with the reason; returns the new directory."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        dest = os.path.join(self.quarantine_dir, f"{stamp}-{ident}")
+        os.makedirs(dest, mode=0o700, exist_ok=True)
+        moved = []
+        for path in (self.entry_path(ident), self.data_path(ident)):
+            if os.path.exists(path):
+                shutil.move(path, os.path.join(dest, os.path.basename(path)))
+                moved.append(os.path.basename(path))
+        key = None
+        try:
+            with open(os.path.join(dest, ident + ".json"), "rb") as f:
+                parsed = json.loads(f.read())
+            key = parsed.get("key") if isinstance(parsed, dict) else None
+        except (OSError, ValueError):
+            pass
+        write_durable(os.path.join(dest, "reason.json"), json.dumps(
+            {"reason": reason, "id": ident, "key": key, "files": moved, "time": time.time(),
+             "mount": self.identity.as_dict()}, sort_keys=True).encode())
+        fsync_dir(self.directory)
+        log.error("journal: entry %s%s quarantined in %s: %s", ident,
+                  f" ({key})" if key else "", dest, reason)
+        return dest
+
+
+def list_quarantine(quarantine_dir: str) -> list[dict[str, Any]]:
+    """What ``ossencfs status`` shows: every quarantined entry with its reason."""
+    out: list[dict[str, Any]] = []
+    try:
+        names = sorted(os.listdir(quarantine_dir))
+    except OSError:
+        return out
+    for name in names:
+        info: dict[str, Any] = {"dir": os.path.join(quarantine_dir, name)}
+        try:
+            with open(os.path.join(quarantine_dir, name, "reason.json"), "rb") as f:
+                info.update(json.loads(f.read()))
+        except (OSError, ValueError):
+            info["reason"] = "reason.json missing"
+        out.append(info)
+    return out

@@ -1,0 +1,102 @@
+"""What ``ossencfs status`` and ``ossencfs umount`` read: the mount's state as a JSON file.
+
+The mount process rewrites it atomically (tmp + rename) every second; readers never talk to
+the mount process, so a busy or hung mount cannot hang ``status``. It holds names, sizes,
+progress and error texts only (no keys, no content). Written in the run directory beside the
+pid file (so a full cache disk does not stop it) and removed at a clean exit.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from typing import Any
+
+import trio
+
+from .journal import list_quarantine
+
+log = logging.getLogger(__name__)
+
+INTERVAL = 1.0
+
+
+def state_path_for(pidfile: str) -> str:
+    return pidfile[:-4] + ".json" if pidfile.endswith(".pid") else pidfile + ".json"
+
+
+def snapshot(mount: Any) -> dict[str, Any]:
+    model = mount.model
+    wb = model.writeback
+    now_mono = trio.current_time()
+    uploader = model.uploader
+    inflight = {p.key: p for p in uploader.pending.values()}
+    pending: list[dict[str, Any]] = []
+    seen: set[int] = set()
+    for job in list(wb.jobs.values()) if wb is not None else []:
+        node = job.node
+        st = node.staging
+        key = st.key if st is not None else model.okey(node.path)
+        prog = inflight.get(key)
+        seen.add(id(node))
+        pending.append({
+            "path": node.path, "key": key, "size": st.size if st is not None else node.size,
+            "sent": prog.sent if prog is not None else 0,
+            "state": "uploading" if job.running and prog is not None else
+                     ("retrying" if job.attempts else "waiting"),
+            "attempts": job.attempts, "last_error": job.last_error,
+            "due_in": max(0.0, job.due - now_mono), "since": job.since,
+        })
+    for p in uploader.pending.values():          # uploads at close/fsync (not queued)
+        if not any(e["key"] == p.key for e in pending):
+            pending.append({"path": p.key[len(model.prefix):], "key": p.key, "size": p.size,
+                            "sent": p.sent, "state": "uploading", "attempts": 0,
+                            "last_error": None, "due_in": 0.0, "since": p.started})
+    try:
+        usage = shutil.disk_usage(mount.base_dir)
+        disk = {"total": usage.total, "free": usage.free}
+    except OSError:
+        disk = None
+    return {
+        "pid": os.getpid(), "updated": time.time(), "running": True,
+        "url": f"oss://{mount.bucket}/{mount.prefix}", "endpoint": mount.args.endpoint,
+        "mountpoint": mount.mountpoint, "cache_dir": mount.base_dir,
+        "write_back": model.write_back,
+        "pending": pending,
+        "failures": [{"time": t, "key": k, "error": e} for t, k, e in uploader.failures[-20:]],
+        "conflicts": uploader.conflicts[-20:],
+        "quarantine": list_quarantine(mount.quarantine_dir),
+        "other_journals": mount.other_journals,
+        "uploads_done": uploader.uploads,
+        "cache": {"limit": model.staging.limit, "staged_bytes": model.staging.used,
+                  "block_bytes": model.cache.disk_bytes, "disk": disk},
+    }
+
+
+def write_state(path: str, state: dict[str, Any]) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(state, f)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.debug("cannot write %s: %s", path, exc)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+async def publish(mount: Any, path: str) -> None:
+    """Every second, and soon after the upload queue changes, until cancelled."""
+    wb = mount.model.writeback
+    while True:
+        try:
+            write_state(path, snapshot(mount))
+        except Exception as exc:      # the state file is a convenience; never kill the mount
+            log.debug("state snapshot failed: %s", exc)
+        with trio.move_on_after(INTERVAL):
+            await wb.changed.wait()
+        await trio.sleep(0.05)        # coalesce bursts of changes

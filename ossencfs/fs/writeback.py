@@ -1,0 +1,155 @@
+"""The background upload queue: delayed uploads (``--write-back``) and retries of failed ones.
+
+Why it looks like this:
+- A job is a dirty file whose content is already durable in the journal; the queue only
+  decides *when* it goes up: ``delay`` seconds after its last close (write-back), at once for
+  a replayed entry, or after a backoff when an attempt failed.
+- Retries never give up (an acknowledged write must not be dropped) but are bounded in rate:
+  exponential backoff per job from 1 s to ``backoff_max`` with jitter, at most ``parallel``
+  uploads at a time. Each failure is logged once per attempt and kept for ``status``.
+- A file that is open for writing is not uploaded under its writer's feet: its job waits for
+  the last close (or an fsync, which uploads at once anyway).
+- ``drain`` (unmount) makes every job due now and waits until the queue is empty.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from ..objects import first_error
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Job:
+    node: Any
+    due: float                        # trio.current_time()
+    since: float = field(default_factory=time.time)
+    attempts: int = 0
+    last_error: str | None = None
+    running: bool = False
+
+
+class WriteBack:
+    def __init__(self, model: Any, *, delay: float, parallel: int = 4,
+                 backoff_max: float = 60.0) -> None:
+        self.model = model
+        self.delay = delay
+        self.backoff_max = backoff_max
+        self.limiter = trio.CapacityLimiter(max(1, parallel))
+        self.jobs: dict[int, Job] = {}
+        self._wake = trio.Event()
+        self.changed = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self.draining = False
+
+    # -- scheduling ---------------------------------------------------------------------------
+    def schedule(self, node: Any, delay: float | None = None) -> None:
+        """(Re)schedule ``node``'s upload ``delay`` seconds from now (default: the write-back);
+        a job in backoff is not pulled earlier."""
+        when = trio.current_time() + (self.delay if delay is None else delay)
+        job = self.jobs.get(id(node))
+        if job is None:
+            job = self.jobs[id(node)] = Job(node, when)
+        elif not job.running:
+            job.due = when if not job.attempts else max(job.due, when)
+        if self.draining and not job.attempts:
+            job.due = min(job.due, trio.current_time())
+        self._wake.set()
+        self.notify()
+
+    def failed(self, node: Any, exc: BaseException) -> None:
+        """An upload outside the queue (close, fsync) failed: retry it with backoff."""
+        job = self.jobs.get(id(node))
+        if job is None:
+            job = self.jobs[id(node)] = Job(node, trio.current_time())
+        job.attempts += 1
+        job.last_error = str(first_error(exc)) or type(exc).__name__
+        if not job.running:
+            job.due = trio.current_time() + self._backoff(job.attempts)
+        self._wake.set()
+        self.notify()
+
+    def _backoff(self, attempts: int) -> float:
+        base = min(self.backoff_max, 2.0 ** (attempts - 1))
+        return random.uniform(base / 2, base)
+
+    def job_for(self, node: Any) -> Job | None:
+        return self.jobs.get(id(node))
+
+    def forget(self, node: Any) -> None:
+        self.jobs.pop(id(node), None)
+        self.notify()
+
+    def notify(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+    # -- running ------------------------------------------------------------------------------
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            while True:
+                now = trio.current_time()
+                next_due = float("inf")
+                for job in list(self.jobs.values()):
+                    if job.running:
+                        continue
+                    if job.due <= now:
+                        job.running = True
+                        nursery.start_soon(self._work, job)
+                    else:
+                        next_due = min(next_due, job.due)
+                self._wake = trio.Event()
+                with trio.move_on_at(next_due):
+                    await self._wake.wait()
+
+    async def _work(self, job: Job) -> None:
+        node = job.node
+        try:
+            async with self.limiter:
+                if self.model.writers(node) and not self.draining:
+                    job.due = trio.current_time() + max(self.delay, 1.0)   # wait for the close
+                    return
+                await self.model.upload_job(node)
+            if self.jobs.get(id(node)) is job:
+                if node.dirty:          # written and closed again meanwhile: keep its due time
+                    job.due = max(job.due, trio.current_time() + 1.0)
+                else:
+                    del self.jobs[id(node)]
+        except Exception as raw:
+            exc = first_error(raw)
+            job.attempts += 1
+            job.last_error = str(exc) or type(exc).__name__
+            wait = self._backoff(job.attempts)
+            job.due = trio.current_time() + wait
+            log.warning("%s: upload attempt %d failed, retrying in %.0f s (data kept in the "
+                        "journal): %s", self.model.where(node), job.attempts, wait, job.last_error)
+        finally:
+            job.running = False
+            self._wake.set()
+            self.notify()
+
+    async def drain(self) -> int:
+        """Upload everything now (unmount); returns how many jobs are left (0 unless cancelled)."""
+        self.draining = True
+        now = trio.current_time()
+        for job in self.jobs.values():
+            if not job.attempts:
+                job.due = min(job.due, now)
+        self._wake.set()
+        while self.jobs:
+            changed = self.changed
+            with trio.move_on_after(1.0):
+                await changed.wait()
+            now = trio.current_time()
+            for job in self.jobs.values():     # retries go on with backoff, capped while draining
+                job.due = min(job.due, now + 5.0)
+            self._wake.set()
+        return len(self.jobs)

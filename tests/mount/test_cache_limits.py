@@ -1,0 +1,106 @@
+"""Cache limits: staged (unsent) data is never evicted; at the limit -- ours or the disk's --
+writers get ENOSPC, the mount keeps working, and it recovers once space frees."""
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.mount.conftest import eventually
+
+pytestmark = pytest.mark.mount
+
+MiB = 1 << 20
+
+
+def _write(path: Path, data: bytes) -> int:
+    """0, or the errno of the write/close that failed."""
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+        return 0
+    except OSError as exc:
+        return exc.errno or -1
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path):
+    d = tmp_path / "tmpfs"
+    d.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(d)],
+                       capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {r.stderr.decode(errors='replace')}")
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+def test_full_cache_disk_gives_enospc_and_recovers(small_tmpfs, make_mount, crypto_bucket):
+    # (small_tmpfs first: it is torn down after the mount)
+    m = make_mount("full", extra=["--write-back", "3600"], start=False)
+    m.cache_dir = small_tmpfs / "cache"
+    m.start()
+    written: dict[str, bytes] = {}
+    failure = 0
+    for i in range(12):                                 # 12 MiB into an 8 MiB disk
+        data = os.urandom(MiB)
+        failure = _write(m.path / f"f{i}.bin", data)
+        if failure:
+            break
+        written[f"f{i}.bin"] = data
+    assert failure == errno.ENOSPC, failure
+    assert len(written) >= 3
+    assert sorted(os.listdir(m.path))                   # the mount is alive
+    for name, data in written.items():                  # and nothing staged was damaged
+        assert (m.path / name).read_bytes() == data
+    os.unlink(m.path / f"f{len(written)}.bin")          # the partial one
+    victim = next(iter(written))
+    os.unlink(m.path / victim)                          # deleting frees its staging
+    del written[victim]
+    data = os.urandom(MiB // 2)
+    assert _write(m.path / "after-delete.bin", data) == 0
+    written["after-delete.bin"] = data
+    name = next(iter(written))
+    with open(m.path / name, "rb") as f:                # uploading frees it too
+        os.fsync(f.fileno())
+    assert crypto_bucket.get_object(name).read() == written[name]
+    data = os.urandom(MiB // 2)
+    assert _write(m.path / "after-upload.bin", data) == 0
+    written["after-upload.bin"] = data
+    r = m.cli("umount", str(m.path))
+    assert r.returncode == 0, r.stderr
+    m.proc.wait(timeout=30)
+    m.proc = None
+    for name, data in written.items():
+        assert crypto_bucket.get_object(name).read() == data, name
+    assert "Traceback" not in m.log()
+
+
+def test_cache_size_counts_staged_data_and_evicts_only_clean_blocks(make_mount, crypto_bucket):
+    remote = os.urandom(3 * MiB // 2)
+    crypto_bucket.put_object("remote.bin", remote)
+    m = make_mount("cap", extra=["--write-back", "3600", "--cache-size", "2M"])
+    assert (m.path / "remote.bin").read_bytes() == remote
+    eventually(lambda: m.state()["cache"]["block_bytes"] >= MiB)       # clean blocks cached
+    first = os.urandom(3 * MiB // 2)
+    assert _write(m.path / "first.bin", first) == 0     # room made by evicting clean blocks
+    eventually(lambda: (lambda c: c["staged_bytes"] >= len(first)
+                        and c["block_bytes"] + c["staged_bytes"] <= 2 * MiB)(m.state()["cache"]))
+    assert _write(m.path / "second.bin", os.urandom(MiB)) == errno.ENOSPC
+    assert (m.path / "first.bin").read_bytes() == first                # unsent data intact
+    assert (m.path / "remote.bin").read_bytes() == remote              # still readable
+    r = m.cli("status", str(m.path))
+    assert "staged of 2.0 MiB limit" in r.stdout, r.stdout
+    os.unlink(m.path / "second.bin")
+    with open(m.path / "first.bin", "rb") as f:
+        os.fsync(f.fileno())                            # uploaded: its staging is freed
+    second = os.urandom(MiB)
+    assert _write(m.path / "second.bin", second) == 0
+    m.stop()                                            # unmount uploads the rest
+    assert crypto_bucket.get_object("first.bin").read() == first
+    assert crypto_bucket.get_object("second.bin").read() == second
