@@ -257,7 +257,7 @@ def test_fstab_helper(make_mount, tmp_path):
     env["OSSENCFS"] = str(ROOT / ".venv" / "bin" / "ossencfs")
     opts = (f"_netdev,endpoint={m.emulator.endpoint},credentials={creds},"
             f"rsa_key={SDK_FIXTURES / 'rsa_test_private.pem'},cache_dir={m.cache_dir},"
-            f"nofail,ro,uid=99")
+            f"write_back=5,nofail,ro,uid=99")
     r = subprocess.run([str(ROOT / "systemd" / "mount.ossencfs"), f"oss://{BUCKET}", str(m.path),
                         "-o", opts], env=env, capture_output=True, timeout=60)
     assert r.returncode == 0, r.stderr
