@@ -34,7 +34,6 @@ import os
 import random
 import re
 import socket
-import tempfile
 import threading
 import time
 import uuid
@@ -44,6 +43,8 @@ from urllib.parse import parse_qsl, quote, urlsplit
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from ..atomicfile import replace_file
 
 API_VERSION = "2016-01-20"
 ACCOUNT_ID = "1234567890123456"
@@ -109,30 +110,6 @@ def canonical_context(raw: str | None) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def _atomic_write(path: str, data: bytes) -> None:
-    """Write-then-rename with fsync so a crash never leaves half a key file (keys are secrets: 0600)."""
-    d = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=d)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dfd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
 def _now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -157,8 +134,9 @@ class _KeyStore:
                 self.recorded = json.loads(f.read())
 
     def _save(self, rec: dict[str, Any]) -> None:
-        _atomic_write(os.path.join(self.dir, rec["KeyId"] + ".json"),
-                      json.dumps(rec, indent=1, sort_keys=True).encode())
+        # key material is secret: 0600, and durable so a crash never loses a key
+        replace_file(os.path.join(self.dir, rec["KeyId"] + ".json"),
+                     json.dumps(rec, indent=1, sort_keys=True).encode(), durable=True)
 
     def create(self, key_id: str | None = None, description: str = "",
                key_spec: str = "Aliyun_AES_256", key_usage: str = "ENCRYPT/DECRYPT") -> dict[str, Any]:
@@ -216,7 +194,8 @@ class _KeyStore:
     def add_recorded(self, blob: str, plaintext: str, key_id: str, context: str | None) -> None:
         with self.lock:
             self.recorded[blob] = {"Plaintext": plaintext, "KeyId": key_id, "Context": context}
-            _atomic_write(self.recorded_path, json.dumps(self.recorded, indent=1, sort_keys=True).encode())
+            replace_file(self.recorded_path,
+                         json.dumps(self.recorded, indent=1, sort_keys=True).encode(), durable=True)
 
 
 def usable(rec: dict[str, Any]) -> None:

@@ -22,6 +22,8 @@ from typing import Awaitable, Callable
 
 import trio
 
+from ..atomicfile import replace_file
+
 log = logging.getLogger(__name__)
 
 BLOCK_SIZE = 256 * 1024          # multiple of 16, so every block starts on a CTR block boundary
@@ -107,17 +109,7 @@ class BlockCache:
             return None
 
     def _write_disk(self, name: str, data: bytes) -> None:
-        tmp = self._path(name) + ".tmp"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, self._path(name))
-        except OSError:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        replace_file(self._path(name), data)
 
     # -- API --------------------------------------------------------------------------------
     async def get(self, key: str, etag: str, index: int) -> bytes | None:

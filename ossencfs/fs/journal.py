@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from ..atomicfile import fsync_dir, replace_file
+
 log = logging.getLogger(__name__)
 
 FORMAT = "ossencfs-journal"
@@ -57,34 +59,9 @@ def seal_entry(entry: dict[str, Any]) -> bytes:
     return json.dumps(entry, sort_keys=True).encode()
 
 
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_durable(path: str, data: bytes) -> None:
     """Atomic and durable: the old content or the new one, never a mix, even on power loss."""
-    tmp = path + ".tmp"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    fsync_dir(os.path.dirname(path) or ".")
+    replace_file(path, data, durable=True)
 
 
 class BadEntry(Exception):
@@ -141,20 +118,7 @@ class Journal:
         entry = {"format": FORMAT, "version": VERSION, "mount": self.identity.as_dict(),
                  "id": ident, "updated": time.time(), **entry}
         data = seal_entry(entry)
-        if durable:
-            write_durable(self.entry_path(ident), data)
-        else:
-            tmp = self.entry_path(ident) + ".tmp"
-            try:
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, self.entry_path(ident))
-            except BaseException:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
-                raise
+        replace_file(self.entry_path(ident), data, durable=durable)
 
     def remove(self, ident: str, *, durable: bool = True) -> None:
         """Entry first: a crash in between leaves a data file without entry (ignored), never

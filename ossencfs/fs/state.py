@@ -16,6 +16,7 @@ from typing import Any
 
 import trio
 
+from ..atomicfile import replace_file
 from .journal import list_quarantine
 
 log = logging.getLogger(__name__)
@@ -76,17 +77,10 @@ def snapshot(mount: Any) -> dict[str, Any]:
 
 
 def write_state(path: str, state: dict[str, Any]) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        with open(tmp, "w") as f:
-            json.dump(state, f)
-        os.replace(tmp, path)
+        replace_file(path, json.dumps(state).encode(), mode=0o644)
     except OSError as exc:
         log.debug("cannot write %s: %s", path, exc)
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
 
 
 async def publish(mount: Any, path: str) -> None:
