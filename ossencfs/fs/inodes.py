@@ -8,6 +8,7 @@ drops the old one instead of seeing an inode change type (which it treats as cor
 """
 from __future__ import annotations
 
+import bisect
 import itertools
 import stat
 import time
@@ -36,6 +37,14 @@ class Entry:
 class DirListing:
     entries: dict[str, Entry]
     expires: float
+    _order: list[str] | None = None
+
+    def names_after(self, name: str, count: int) -> list[str]:
+        """The ``count`` names that follow ``name`` in readdir (sorted) order."""
+        if self._order is None or len(self._order) != len(self.entries):
+            self._order = sorted(self.entries)
+        i = bisect.bisect_right(self._order, name)
+        return self._order[i:i + count]
 
 
 @dataclass(eq=False)

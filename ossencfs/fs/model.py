@@ -6,6 +6,12 @@ keeps the length). POSIX attributes live in object headers (``fs.posix``), so a 
 gives size and time but not mode/owner/type: such entries are handed to the kernel with zero
 attribute/entry timeouts and resolved with one HEAD when something stats them.
 
+Stat-ahead: ``ls -l``, ``rsync`` and ``find`` stat the entries of a directory one after the
+other, which would cost one HEAD round trip each. The first stat of an entry of a listed
+directory starts HEADs of the next ``STAT_AHEAD`` entries (in readdir order) in parallel, so the
+following stats find their attributes already fetched; a known entry whose listing expired is
+revalidated with its own HEAD rather than by listing the whole directory again.
+
 Consistency: listings and HEAD results are trusted for ``ttl`` seconds and the kernel caches
 attributes/entries for the same ``ttl``; so a change made by another client shows here after
 at most 2 x ttl (open() revalidates with a HEAD once the cached headers are older than ttl).
@@ -13,6 +19,7 @@ at most 2 x ttl (open() revalidates with a HEAD once the cached headers are olde
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import stat
@@ -34,6 +41,8 @@ from .staging import StagingArea
 from .uploader import BaseGoneError, Uploader, UploadResult
 
 log = logging.getLogger(__name__)
+
+STAT_AHEAD = 64        # entries resolved ahead of a stat walk, in parallel
 
 _KEPT_STANDARD = ("content-type", "cache-control", "content-disposition", "content-encoding",
                   "content-language", "expires")
@@ -76,7 +85,7 @@ class _PinnedBase:
 class FsModel:
     def __init__(self, store: Any, objects: Any, cache: BlockCache, staging: StagingArea,
                  uploader: Uploader, *, prefix: str, policy: posix.MountPolicy, ttl: float,
-                 read_only: bool, spawn: Callable[[Callable[[], Awaitable[Any]]], None],
+                 read_only: bool, spawn: Callable[[Callable[[], Awaitable[Any]]], bool],
                  write_back: float = 0.0) -> None:
         self.store = store
         self.write_back = write_back
@@ -99,6 +108,7 @@ class FsModel:
         root.marker = True
         self.handles: dict[int, Handle] = {}
         self._next_fh = 1
+        self._resolving: dict[str, trio.Event] = {}    # path -> HEAD in flight (stat-ahead)
 
     # ------------------------------------------------------------------ keys
     def okey(self, path: str) -> str:
@@ -219,11 +229,21 @@ class FsModel:
                                                               entry.object_type)
         return node
 
+    @staticmethod
+    def _fresh(node: Node) -> bool:
+        return node.headers is not None and node.headers_expires > time.monotonic()
+
+    def _needs_head(self, node: Node) -> bool:
+        return not (node.ino == ROOT_INO or node.dirty or not node.exists_remote
+                    or self._fresh(node))
+
     async def _resolve(self, node: Node) -> Node:
         """Make sure ``node``'s headers are fresh (one HEAD); may return a new node (type)."""
-        if node.ino == ROOT_INO or node.dirty or not node.exists_remote:
-            return node
-        if node.headers is not None and node.headers_expires > time.monotonic():
+        pending = self._resolving.get(node.path)
+        if pending is not None:           # a stat-ahead HEAD is on its way: share it
+            await pending.wait()
+            node = self.inodes.at(node.path) or node
+        if not self._needs_head(node):
             return node
         try:
             return await self._resolve_remote(node)
@@ -265,13 +285,49 @@ class FsModel:
             raise _err(errno.ENOTDIR)
         path = join(parent.path, name)
         existing = self.inodes.at(path)
-        if existing is not None and (existing.dirty or not existing.exists_remote):
-            return existing
+        if existing is not None and (existing.dirty or not existing.exists_remote
+                                     or (not existing.is_dir and self._fresh(existing))):
+            return existing          # a HEAD within ttl proves it exists
+        self._stat_ahead(parent, name)
+        if existing is not None and not existing.is_dir and not existing.unlinked \
+                and self.inodes.listing(parent.path) is None \
+                and self.inodes.stale_listing(parent.path) is not None:
+            # known from an expired listing: its own HEAD answers, not a whole re-listing
+            try:
+                return await self._resolve(existing)
+            except pyfuse3.FUSEError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise             # ENOENT: it may be a directory now; list to find out
         entries = await self.list_dir(parent)
         entry = entries.get(name)
         if entry is None:
             raise _err(errno.ENOENT)
         return await self._resolve(self._node_from_entry(parent, entry))
+
+    def _stat_ahead(self, parent: Node, name: str) -> None:
+        lst = self.inodes.stale_listing(parent.path)
+        if lst is None or name not in lst.entries:
+            return
+        for later in lst.names_after(name, STAT_AHEAD):
+            path = join(parent.path, later)
+            if path in self._resolving:
+                continue
+            node = self._node_from_entry(parent, lst.entries[later])
+            if node.is_dir or not self._needs_head(node):
+                continue
+            self._resolving[path] = trio.Event()
+            if not self.spawn(functools.partial(self._head_ahead, node)):
+                self._resolving.pop(path).set()
+                return
+
+    async def _head_ahead(self, node: Node) -> None:
+        try:
+            with trio.move_on_after(max(30.0, self.ttl)):
+                await self._resolve_remote(node)
+        except Exception as exc:        # the stat itself will retry and report
+            log.debug("stat-ahead %s: %s", self.where(node), exc)
+        finally:
+            self._resolving.pop(node.path).set()
 
     def node(self, ino: int) -> Node:
         node = self.inodes.get(ino)

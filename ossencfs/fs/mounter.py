@@ -143,9 +143,12 @@ class _Spawner:
     def __init__(self) -> None:
         self.nursery: trio.Nursery | None = None
 
-    def __call__(self, fn: Callable[[], Awaitable[Any]]) -> None:
-        if self.nursery is not None:
-            self.nursery.start_soon(fn)
+    def __call__(self, fn: Callable[[], Awaitable[Any]]) -> bool:
+        """Start ``fn`` in the background; False when there is no nursery (yet, or any more)."""
+        if self.nursery is None:
+            return False
+        self.nursery.start_soon(fn)
+        return True
 
 
 class Mount:

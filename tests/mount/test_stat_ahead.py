@@ -1,0 +1,86 @@
+"""`ls -l` of a directory: attributes right, one HEAD per entry, no re-listing per stat."""
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+pytestmark = pytest.mark.mount
+
+
+def _seed(oss2_bucket, n: int) -> dict[str, int]:
+    """Plain objects written beside the mount, every seventh with its own POSIX mode."""
+    modes = {}
+
+    def put(i: int) -> None:
+        name = f"f{i:04d}"
+        headers = {}
+        if i % 7 == 0:
+            headers = {"x-oss-meta-mode": str(stat.S_IFREG | 0o600)}
+            modes[name] = 0o600
+        else:
+            modes[name] = None
+        oss2_bucket.put_object(f"big/{name}", b"x" * i, headers=headers)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(put, range(n)))
+    return modes
+
+
+def test_ls_l_resolves_each_entry_once_and_right(mount, oss2_bucket, emulator):
+    n = 300
+    modes = _seed(oss2_bucket, n)
+    emulator.reset_stats()
+    out = subprocess.run(["ls", "-l", "--time-style=+", str(mount.path / "big")],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    lines = [ln.split() for ln in out.splitlines()[1:]]
+    assert len(lines) == n
+    for fields in lines:
+        name, size = fields[-1], int(fields[4])
+        assert size == int(name[1:])
+        if modes[name] == 0o600:
+            assert fields[0] == "-rw-------", fields
+        else:
+            assert fields[0].startswith("-rw-r--r--") or fields[0].startswith("-rwx"), fields
+    time.sleep(0.2)                      # stats of the last responses are recorded after them
+    heads = [e[4] for e in emulator.request_log if e[1] == "HeadObject" and e[4] != "big/"]
+    # every entry's attributes fetched exactly once, whether by stat-ahead or by the stat
+    # itself: a stat never duplicates a HEAD already in flight
+    assert sorted(heads) == sorted(f"big/{name}" for name in modes)
+    counts = emulator.request_counts
+    assert counts["ListObjects"] + counts["ListObjectsV2"] <= 3, counts
+
+
+def test_stat_after_listing_expired_does_not_relist(make_mount, oss2_bucket, emulator):
+    m = make_mount("ttl", extra=["-o", "attr_timeout=0.5"])
+    _seed(oss2_bucket, 40)
+    names = sorted(os.listdir(m.path / "big"))
+    assert len(names) == 40
+    time.sleep(1.2)                      # the listing and every HEAD result have expired
+    emulator.reset_stats()
+    for name in names[:5]:
+        os.stat(m.path / "big" / name)
+    counts = emulator.request_counts
+    # one listing of the root, to find the directory `big` again; none of `big` itself
+    # (its 40 entries are known: each revalidates with its own HEAD)
+    assert counts["ListObjects"] + counts["ListObjectsV2"] == 1, counts
+    assert counts["HeadObject"] >= 5, counts
+
+
+def test_first_stat_fetches_the_next_entries_ahead(mount, oss2_bucket, emulator):
+    from tests.mount.conftest import eventually
+    _seed(oss2_bucket, 100)
+    names = sorted(os.listdir(mount.path / "big"))
+    emulator.reset_stats()
+    os.stat(mount.path / "big" / names[0])
+    wanted = {f"big/{name}" for name in names[1:65]}      # the stat-ahead window (64)
+
+    def fetched() -> bool:
+        return wanted <= {e[4] for e in emulator.request_log if e[1] == "HeadObject"}
+    eventually(fetched, timeout=20)
+    heads = {e[4] for e in emulator.request_log if e[1] == "HeadObject"}
+    assert f"big/{names[70]}" not in heads                 # bounded: not the whole directory
