@@ -33,6 +33,14 @@ def _name(key: str, etag: str, index: int) -> str:
     return hashlib.sha256(f"{key}\0{etag}\0{index}".encode()).hexdigest()
 
 
+def _unlink_all(paths: list[str]) -> None:
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
 class BlockCache:
     """LRU of ciphertext blocks; disk I/O runs in worker threads."""
 
@@ -91,15 +99,26 @@ class BlockCache:
     def _evict_disk_sync(self) -> None:
         self.evict_to(self.max_bytes - self.reserved())
 
-    def evict_to(self, target: int) -> None:
-        """Drop least recently used clean blocks until they take at most ``target`` bytes."""
+    def _pop_lru(self, target: int) -> list[str]:
+        """Forget least recently used clean blocks until they take at most ``target`` bytes;
+        returns their paths (the LRU dict is only touched in the loop)."""
+        doomed: list[str] = []
         while self._disk_bytes > max(0, target) and self._disk:
             name, size = self._disk.popitem(last=False)
             self._disk_bytes -= size
-            try:
-                os.unlink(self._path(name))
-            except FileNotFoundError:
-                pass
+            doomed.append(self._path(name))
+        return doomed
+
+    def evict_to(self, target: int) -> None:
+        """Blocking eviction (startup, before the loop serves anything)."""
+        _unlink_all(self._pop_lru(target))
+
+    async def make_room(self, target: int) -> None:
+        """Eviction from the loop: thousands of unlinks on a slow disk run in a worker thread,
+        and are done before the caller writes into the room made."""
+        doomed = self._pop_lru(target)
+        if doomed:
+            await trio.to_thread.run_sync(_unlink_all, doomed)
 
     def _read_disk(self, name: str) -> bytes | None:
         try:
@@ -144,7 +163,7 @@ class BlockCache:
         self._disk[name] = len(data)
         self._disk_bytes += len(data)
         if self._disk_bytes + self.reserved() > self.max_bytes:
-            self._evict_disk_sync()      # in the loop: the LRU dict is not thread-safe
+            await self.make_room(self.max_bytes - self.reserved())
 
     async def get_or_fetch(self, key: str, etag: str, index: int,
                            fetch: Callable[[], Awaitable[bytes]], *, on_disk: bool = True) -> bytes:

@@ -120,10 +120,13 @@ class Journal:
         data = seal_entry(entry)
         replace_file(self.entry_path(ident), data, durable=durable)
 
-    def remove(self, ident: str, *, durable: bool = True) -> None:
+    def remove(self, ident: str, *, durable: bool = True, entry_only: bool = False) -> None:
         """Entry first: a crash in between leaves a data file without entry (ignored), never
-        an entry without its data."""
-        for path in (self.entry_path(ident), self.data_path(ident)):
+        an entry without its data. ``entry_only``: the data file stays (still in use; a later
+        ``remove`` or the next scan deletes it)."""
+        paths = (self.entry_path(ident),) if entry_only else \
+            (self.entry_path(ident), self.data_path(ident))
+        for path in paths:
             try:
                 os.unlink(path)
             except FileNotFoundError:

@@ -409,8 +409,8 @@ class FsModel:
             if resolved is not node:
                 raise _err(errno.ESTALE)
             if node.etag != before and node.staging is not None and node.staging.sealed:
-                self.staging.drop(node.staging)        # someone else wrote a newer version
-                node.staging = None
+                old, node.staging = node.staging, None        # someone else wrote a newer version
+                await self.staging.drop(old)
         keep = (node.kernel_etag is not None and node.kernel_etag == node.etag) or node.dirty
         node.kernel_etag = node.etag
         fh = self._next_fh
@@ -441,7 +441,8 @@ class FsModel:
             node.headers = {}
         async with node.lock:
             if node.staging is not None:
-                self.staging.drop(node.staging)
+                old, node.staging = node.staging, None
+                await self.staging.drop(old)
             node.staging = await self.staging.new(
                 self.okey(path), 0, None, 0, node.etag if node.exists_remote else None)
             node.dirty = True
@@ -482,8 +483,12 @@ class FsModel:
         if st is not None and not st.sealed:
             return st
         if st is not None:
-            node.staging = await self.staging.rekey(st, node.etag if node.exists_remote else None,
-                                                    committed=node.dirty and st.committed)
+            # still dirty: the last attempt's fate is unknown, so build on what it built on
+            # and remember its key; clean: it landed and is now the base
+            base_etag = st.base_etag if node.dirty else (node.etag if node.exists_remote else None)
+            node.staging = await self.staging.rekey(st, base_etag,
+                                                    committed=node.dirty and st.committed,
+                                                    unconfirmed=node.dirty)
         else:
             base = await self._source(node) if node.exists_remote and node.size > 0 else None
             node.staging = await self.staging.new(self.okey(node.path), node.size, base,
@@ -505,12 +510,20 @@ class FsModel:
 
     async def _truncate_locked(self, node: Node, size: int) -> None:
         if size == 0 and (node.staging is None or node.staging.sealed):
-            if node.staging is not None:      # no need to re-key what is thrown away
-                self.staging.drop(node.staging)
-            node.staging = await self.staging.new(self.okey(node.path), 0, None, 0, node.etag)
+            old = node.staging
+            base_etag = node.etag if node.exists_remote else None
+            prior: list[str] = []
+            if old is not None and node.dirty:    # its upload may have landed: still ours
+                base_etag = old.base_etag
+                prior = [k for k in [*old.prior_keys, old.wrapped_key] if k]
+            if old is not None:               # no need to re-key what is thrown away
+                node.staging = None
+                await self.staging.drop(old)
+            node.staging = await self.staging.new(self.okey(node.path), 0, None, 0, base_etag)
+            node.staging.prior_keys = prior
         else:
             st = await self._ensure_staging(node)
-            st.truncate(size)
+            await st.truncate(size)
             if st.committed:                 # keep the journal's size in step with the data
                 await st.save_manifest()
         node.staging.changed = True
@@ -566,6 +579,12 @@ class FsModel:
             if self.writeback is not None:
                 self.writeback.notify()
         node.dirty = False
+        if st.committed:       # in the bucket now: nothing to replay (an old entry left by a
+            st.committed = False   # crash is sealed, and its replay finds its own upload)
+            st.synced = False
+            await trio.to_thread.run_sync(
+                functools.partial(self.staging.journal.remove, st.ident, durable=False,
+                                  entry_only=True))
         if result.conflict_key is not None:
             await self._after_conflict(node, st, result)
             return
@@ -588,8 +607,8 @@ class FsModel:
         self.inodes.note_entry(node.parent_path, Entry(copy_name, stat.S_IFREG, st.size,
                                                        result.etag, time.time()))
         if node.staging is st:
-            self.staging.drop(st)
             node.staging = None
+            await self.staging.drop(st)
         node.headers = None
         node.headers_expires = 0
         node.kernel_etag = None
@@ -611,7 +630,7 @@ class FsModel:
         try:
             await self.upload_locked(node)
         except BaseGoneError as exc:
-            self._base_gone(node, exc)
+            await self._base_gone(node, exc)
             raise
         except BaseException as exc:
             if node.dirty and not node.unlinked and node.staging is not None:
@@ -624,7 +643,7 @@ class FsModel:
                     self.writeback.failed(node, exc)
             raise
 
-    def _base_gone(self, node: Node, exc: Exception) -> None:
+    async def _base_gone(self, node: Node, exc: Exception) -> None:
         """The untouched ranges of a partly rewritten file can no longer be fetched (another
         client replaced the object first and they were not cached): nothing sane can be
         uploaded, so the written ranges are kept aside, reported, and the name shows the
@@ -632,7 +651,7 @@ class FsModel:
         st = node.staging
         if st is None:
             return
-        where = self.staging.quarantine(st, f"conflict: {exc}; the ranges written here are "
+        where = await self.staging.quarantine(st, f"conflict: {exc}; the ranges written here are "
                                             f"kept (ciphertext) with this entry")
         log.error("%s: changed by another client before the local changes could be completed;"
                   " they are kept in %s", self.where(node), where)
@@ -646,7 +665,9 @@ class FsModel:
 
     async def _close_locked(self, node: Node) -> None:
         """close(2): write-back -> durable in the journal, upload later; else upload now."""
-        if not node.dirty or node.unlinked:
+        if node.unlinked:
+            node.dirty = False             # nothing to keep: the last close frees the staging
+        if not node.dirty:
             return
         if self.write_back > 0 and self.writeback is not None:
             try:
@@ -674,19 +695,20 @@ class FsModel:
             try:
                 await self.upload_locked(node)
             except BaseGoneError as exc:
-                self._base_gone(node, exc)
-            self._drop_if_clean(node)
+                await self._base_gone(node, exc)
+            await self._drop_if_clean(node)
 
-    def _drop_if_clean(self, node: Node) -> None:
+    async def _drop_if_clean(self, node: Node) -> None:
         if node.open_count == 0 and not node.dirty and node.staging is not None:
-            self.staging.drop(node.staging)
-            node.staging = None
+            old, node.staging = node.staging, None
+            await self.staging.drop(old)
         if node.open_count == 0 and not node.dirty:
             self.inodes.release_check(node)
 
     async def flush(self, fh: int) -> None:
-        node = self.handle(fh).node
-        if node.dirty:
+        h = self.handle(fh)
+        node = h.node
+        if h.writable and node.dirty:        # a reader's close does not upload a writer's file
             async with node.lock:
                 await self._close_locked(node)
 
@@ -715,8 +737,8 @@ class FsModel:
                     await self._close_locked(node)
         finally:
             if node.open_count == 0 and not node.dirty and node.staging is not None:
-                self.staging.drop(node.staging)
-                node.staging = None
+                old, node.staging = node.staging, None
+                await self.staging.drop(old)
             self.inodes.release_check(node)
 
     async def flush_all(self) -> int:
@@ -919,10 +941,11 @@ class FsModel:
             node.dirty = False
             if node.staging is not None:
                 if node.open_count == 0:
-                    self.staging.drop(node.staging)  # the journal entry goes before we answer
-                    node.staging = None
+                    old, node.staging = node.staging, None  # the journal entry goes before we answer
+                    await self.staging.drop(old)
                 else:                                # still open: keep the data, drop the entry
-                    self.staging.journal.remove(node.staging.ident, durable=True)
+                    await trio.to_thread.run_sync(functools.partial(
+                        self.staging.journal.remove, node.staging.ident, durable=True))
                     node.staging.committed = False
             if self.writeback is not None:
                 self.writeback.forget(node)
@@ -996,12 +1019,18 @@ class FsModel:
                         st.base_etag = copied        # the version we now build on
                     src.etag = copied
                 elif st is not None:
-                    st.base_etag = None              # still a new file at its new name
+                    # not uploaded yet: it replaces exactly the target's version, if any
+                    st.base_etag = dst.etag if dst is not None and dst.exists_remote else None
                 if dst is not None:
                     dst.dirty = False
                     if dst.staging is not None and dst.open_count == 0:
-                        self.staging.drop(dst.staging)
-                        dst.staging = None
+                        old, dst.staging = dst.staging, None
+                        await self.staging.drop(old)
+                    elif dst.staging is not None and dst.staging.committed:
+                        # still open: keep its data for the readers, but nothing to replay
+                        await trio.to_thread.run_sync(functools.partial(
+                            self.staging.journal.remove, dst.staging.ident, durable=True))
+                        dst.staging.committed = False
                     if self.writeback is not None:
                         self.writeback.forget(dst)
                     self.inodes.detach(dst)

@@ -220,7 +220,7 @@ class Mount:
         staging = StagingArea(staging_dir, self.keyring, self.journal, limit=self.cache_size)
         cache = BlockCache(os.path.join(self.base_dir, "blocks"), max_bytes=self.cache_size)
         cache.reserved = lambda: staging.used
-        staging.make_room = cache.evict_to
+        staging.make_room = cache.make_room
         assert self.opts.policy is not None
         self.model = FsModel(self.store, objects, cache, staging, Uploader(objects),
                              prefix=self.prefix, policy=self.opts.policy, ttl=self.opts.ttl,

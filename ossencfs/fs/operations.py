@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 META_TIMEOUT = 120.0       # lookups, listings, metadata changes (the store retries inside)
-LONG_TIMEOUT = 3600.0      # directory renames; uploads carry their own size-based deadline
+LONG_TIMEOUT = 3600.0      # directory renames, and everything that may wait for a file's lock
+                           # while an upload holds it (uploads carry their own stall timeout)
 
 
 NAME_MAX = 255
@@ -145,7 +146,7 @@ class Operations(pyfuse3.Operations):
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> pyfuse3.EntryAttributes:
         return await self.model.mkdir(parent_inode, _name(name), mode, ctx)
 
-    @_guard(META_TIMEOUT)
+    @_guard(LONG_TIMEOUT)
     async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
         await self.model.unlink(parent_inode, _name(name, lookup=True))
 
@@ -167,16 +168,16 @@ class Operations(pyfuse3.Operations):
         raise pyfuse3.FUSEError(errno.EPERM)      # objects cannot share content
 
     # -- files ------------------------------------------------------------------------------
-    @_guard(META_TIMEOUT)
+    @_guard(LONG_TIMEOUT)
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
         return await self.model.open(inode, flags)
 
-    @_guard(META_TIMEOUT)
+    @_guard(LONG_TIMEOUT)
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: Any) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         return await self.model.create(parent_inode, _name(name), mode, flags, ctx)
 
-    @_guard(META_TIMEOUT)
+    @_guard(LONG_TIMEOUT)
     async def read(self, fh: int, off: int, size: int) -> bytes:
         return await self.model.read(fh, off, size)
 

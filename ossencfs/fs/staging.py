@@ -11,11 +11,16 @@ Why this shape:
 - Every upload needs a fresh key and IV. Once a staging has been uploaded it is *sealed*; a
   later write starts a successor (``StagingArea.rekey``) that re-encrypts the sealed file under
   a new key locally (no download), so no (key, IV) ever covers two different uploaded
-  plaintexts at one offset.
+  plaintexts at one offset. ``sealed`` is set (and journaled) before the bytes are sent and is
+  restored from the entry after a crash; a successor started while the last attempt's fate is
+  unknown remembers its wrapped key (``prior_keys``) so the uploader knows that object as ours.
 - Each staging has a JSON manifest beside its data file (object key, base ETag, size, dirty
   extents, the *wrapped* key headers, POSIX attributes): the write-back journal entry
   (``fs.journal``). It is written durably (fsync file + directory) when a close or fsync is
-  acknowledged (``committed``) and replayed after a crash (``StagingArea.restore``).
+  acknowledged (``committed``) and replayed after a crash (``StagingArea.restore``); it is
+  removed once the upload landed, even while the file stays open.
+- Disk calls that may be slow (create/truncate, unlink + directory fsync, quarantine) run in
+  worker threads, never on the trio loop.
 - Staged bytes count against the cache limit (``--cache-size``) and are never evicted: when
   a write would pass the limit, clean cache blocks are evicted first, and if the staged data
   alone would pass it the write fails with ENOSPC.
@@ -24,13 +29,15 @@ from __future__ import annotations
 
 import bisect
 import errno
+import functools
 import logging
 import os
 import uuid
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Awaitable, Callable, Mapping, Protocol
 
 import trio
 
+from ..envelope import format as fmt
 from ..envelope.ctr import crypt_at
 from .journal import Journal, MountIdentity
 
@@ -118,10 +125,18 @@ class Staging:
         self.synced = False          # the last entry (and the data) were fsynced
         self.usage = 0               # staged bytes counted against the cache limit
         self.posix: dict[str, str] = {}
+        # wrapped keys of earlier stagings of this file whose upload may have landed (reply
+        # lost, crash): an object carrying one of them is ours, not another client's
+        self.prior_keys: list[str] = []
         self.data_path = os.path.join(area.directory, ident + ".data")
         self.manifest_path = os.path.join(area.directory, ident + ".json")
         flags = os.O_RDWR if restore else os.O_RDWR | os.O_CREAT | os.O_TRUNC
         self._fd = os.open(self.data_path, flags, 0o600)
+
+    @property
+    def wrapped_key(self) -> str | None:
+        """The wrapped data key header: unique to this staging, so it identifies its uploads."""
+        return {k.lower(): v for k, v in self.crypto_headers.items()}.get(fmt.H_KEY)
 
     # -- crypto helpers ----------------------------------------------------------------------
     def _enc(self, off: int, data: bytes) -> bytes:
@@ -157,19 +172,19 @@ class Staging:
 
     async def write(self, off: int, data: bytes) -> None:
         assert not self.sealed
-        self.area.reserve(self.extents.uncovered(off, off + len(data)))
+        await self.area.reserve(self.extents.uncovered(off, off + len(data)))
         await trio.to_thread.run_sync(self._write_sync, off, data)
         self.extents.add(off, off + len(data))
         self._account()
         if off + len(data) > self.size:
             self.size = off + len(data)
 
-    def truncate(self, size: int) -> None:
+    async def truncate(self, size: int) -> None:
         assert not self.sealed
         if size < self.size:
             self.extents.truncate(size)
             self.base_len = min(self.base_len, size)
-            os.ftruncate(self._fd, size)
+            await trio.to_thread.run_sync(os.ftruncate, self._fd, size)
             self._account()
         self.size = size
 
@@ -196,11 +211,11 @@ class Staging:
     def complete(self) -> bool:
         return self.extents.uncovered(0, self.size) == 0
 
-    async def materialize(self) -> None:
+    async def materialize(self, alive: Callable[[], None] | None = None) -> None:
         """Fill every hole with the old object's bytes (or zeros) re-encrypted under the new key.
 
         Each filled range is recorded as it lands, so an interrupted materialize (network,
-        ENOSPC) resumes where it stopped."""
+        ENOSPC) resumes where it stopped; ``alive`` is called after each chunk (progress)."""
         for s, e, staged in self.extents.segments(0, self.size):
             if staged:
                 continue
@@ -208,11 +223,13 @@ class Staging:
             while pos < e:
                 n = min(CHUNK, e - pos)
                 plain = await self._base_plain(pos, pos + n)
-                self.area.reserve(n)
+                await self.area.reserve(n)
                 await trio.to_thread.run_sync(self._write_sync, pos, plain)
                 self.extents.add(pos, pos + n)
                 self._account()
                 pos += n
+                if alive is not None:
+                    alive()
         self.extents.add(0, self.size)
         self._account()
         self.base = None
@@ -234,6 +251,7 @@ class Staging:
             "base_len": self.base_len, "extents": self.extents.as_list(),
             "crypto_headers": self.crypto_headers, "posix": dict(self.posix),
             "sealed": self.sealed, "committed": self.committed,
+            "prior_keys": list(self.prior_keys),
         }
 
     async def save_manifest(self, posix: Mapping[str, str] | None = None, *,
@@ -251,13 +269,21 @@ class Staging:
         await trio.to_thread.run_sync(write)
         self.synced = durable
 
-    def discard(self) -> None:
+    async def discard(self) -> None:
+        """Free the data file and the entry; the unlinks and directory fsync run in a worker
+        thread (shielded: a cancelled caller must not leave a stale entry behind)."""
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
         self.area.used -= self.usage
         self.usage = 0
-        self.area.journal.remove(self.ident, durable=self.synced)
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(functools.partial(
+                self.area.journal.remove, self.ident, durable=self.synced))
+
+
+async def _no_room(target: int) -> None:
+    return None
 
 
 class StagingArea:
@@ -271,18 +297,18 @@ class StagingArea:
                                           MountIdentity("", "", ""))
         self.limit = limit
         self.used = 0                 # staged bytes (never evicted)
-        self.make_room: Callable[[int], None] = lambda target: None   # evicts clean blocks
+        self.make_room: Callable[[int], Awaitable[None]] = _no_room   # evicts clean blocks
         os.makedirs(directory, mode=0o700, exist_ok=True)
         self.active: set[Staging] = set()
 
-    def reserve(self, n: int) -> None:
+    async def reserve(self, n: int) -> None:
         """Room for ``n`` more staged bytes: evict clean cache blocks, else ENOSPC."""
         if n <= 0:
             return
         if self.used + n > self.limit:
             raise OSError(errno.ENOSPC, f"cache limit reached: {self.used} bytes staged and not "
                                         f"yet uploaded, limit {self.limit}")
-        self.make_room(self.limit - self.used - n)
+        await self.make_room(self.limit - self.used - n)
 
     async def _fresh(self) -> tuple[Any, dict[str, str]]:
         material, headers = await trio.to_thread.run_sync(lambda: self.keyring.new_object())
@@ -291,11 +317,13 @@ class StagingArea:
     async def new(self, key: str, size: int, base: PlainSource | None, base_len: int,
                   base_etag: str | None) -> Staging:
         material, headers = await self._fresh()
-        st = Staging(self, uuid.uuid4().hex, key, material, headers, size, base, base_len, base_etag)
+        st = await trio.to_thread.run_sync(functools.partial(
+            Staging, self, uuid.uuid4().hex, key, material, headers, size, base, base_len,
+            base_etag))
         try:
             await st.save_manifest()
         except BaseException:
-            st.discard()
+            await st.discard()
             raise
         self.active.add(st)
         return st
@@ -306,7 +334,8 @@ class StagingArea:
                      entry["size"], base, entry["base_len"], entry.get("base_etag"), restore=True)
         for s, e in entry["extents"]:
             st.extents.add(s, e)
-        st.sealed = False
+        st.sealed = bool(entry["sealed"])     # sent before: a change needs a new key
+        st.prior_keys = [k for k in entry.get("prior_keys", []) if isinstance(k, str)]
         st.committed = True
         st.synced = True
         st.posix = dict(entry["posix"])
@@ -314,15 +343,22 @@ class StagingArea:
         self.active.add(st)
         return st
 
-    async def rekey(self, old: Staging, base_etag: str | None, *, committed: bool = False) -> Staging:
+    async def rekey(self, old: Staging, base_etag: str | None, *, committed: bool = False,
+                    unconfirmed: bool = False) -> Staging:
         """A successor of a sealed (sent, fully materialized) staging under a fresh key.
 
         ``committed``: the old content is acknowledged but not in the bucket (its upload
-        failed), so the successor takes over its journal entry durably before the old goes."""
+        failed), so the successor takes over its journal entry durably before the old goes.
+        ``unconfirmed``: the old upload's fate is unknown (it may have landed); the successor
+        remembers its wrapped key so that such an object is recognised as ours."""
         material, headers = await self._fresh()
-        st = Staging(self, uuid.uuid4().hex, old.key, material, headers, old.size, None, 0, base_etag)
+        st = await trio.to_thread.run_sync(functools.partial(
+            Staging, self, uuid.uuid4().hex, old.key, material, headers, old.size, None, 0,
+            base_etag))
         st.committed = committed
         st.posix = dict(old.posix)
+        if unconfirmed:
+            st.prior_keys = [k for k in [*old.prior_keys, old.wrapped_key] if k]
 
         def transcode() -> None:
             pos = 0
@@ -331,23 +367,23 @@ class StagingArea:
                 st._write_sync(pos, old._read_plain_sync(pos, n))
                 pos += n
         try:
-            self.reserve(max(0, old.size - old.usage))    # old is dropped right after
+            await self.reserve(max(0, old.size - old.usage))    # old is dropped right after
             await trio.to_thread.run_sync(transcode)
             st.extents.add(0, old.size)
             st._account()
             await st.save_manifest(durable=committed)
         except BaseException:
-            st.discard()
+            await st.discard()
             raise
         self.active.add(st)
-        self.drop(old)
+        await self.drop(old)
         return st
 
-    def drop(self, st: Staging) -> None:
-        st.discard()
+    async def drop(self, st: Staging) -> None:
         self.active.discard(st)
+        await st.discard()
 
-    def quarantine(self, st: Staging, reason: str) -> str:
+    async def quarantine(self, st: Staging, reason: str) -> str:
         """Keep a staging that can no longer be uploaded aside (reported by status)."""
         if st._fd >= 0:
             os.close(st._fd)
@@ -355,4 +391,5 @@ class StagingArea:
         self.used -= st.usage
         st.usage = 0
         self.active.discard(st)
-        return self.journal.quarantine(st.ident, reason)
+        with trio.CancelScope(shield=True):
+            return await trio.to_thread.run_sync(self.journal.quarantine, st.ident, reason)

@@ -10,7 +10,12 @@ the other client's version stays at NAME.
 
 A precondition failure can also be our own earlier attempt (a retried request whose reply was
 lost, or a replay after a crash whose upload had landed): the wrapped data key is unique to
-one staging, so an object carrying it *is* this upload, and that counts as success.
+one staging, so an object carrying it *is* this upload, and that counts as success. A staging
+is sealed (durably in its journal entry when it has one) *before* its bytes are sent, so a
+key that may be in the bucket is never used again for other data. An object carrying the key
+of an earlier staging of the same file (``prior_keys``: a write after an attempt whose reply
+was lost) is our own older version: it is replaced with ``If-Match`` on its ETag rather than
+treated as another client's change.
 
 ``pending`` (in-flight attempts with progress), ``failures`` and ``conflicts`` are what
 ``ossencfs status`` shows.
@@ -40,7 +45,9 @@ class BaseGoneError(ConflictError):
 
 
 def upload_timeout(size: int) -> float:
-    """Nothing waits forever, yet a large file on a slow link is not cut off: 2 min + 1 s/MiB."""
+    """How long an upload may go without progress: 2 min + 1 s/MiB of the largest single
+    request (one PUT, or one part). A stalled attempt is cut off, yet a large file on a slow
+    link is not: each part sent (or MiB of old content fetched) restarts the clock."""
     return 120.0 + size / (1 << 20)
 
 
@@ -61,6 +68,12 @@ class Pending:
     size: int
     started: float
     sent: int = 0
+    watchdog: trio.CancelScope | None = None    # its deadline moves on with each progress
+    stall: float = 0.0
+
+    def alive(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.deadline = trio.current_time() + self.stall
 
 
 @dataclass
@@ -77,19 +90,11 @@ class Uploader:
     conflicts: list[dict[str, Any]] = field(default_factory=list)
     uploads: int = 0
 
-    async def _ours(self, key: str, staging: Staging) -> str | None:
-        """The ETag of ``key`` if the object there is this very staging's upload."""
-        info = await self.objects.store.head(key)
-        wrapped = {k.lower(): v for k, v in staging.crypto_headers.items()}.get(fmt.H_KEY)
-        if info is not None and wrapped and info.size == staging.size and \
-                info.headers.get(fmt.H_KEY) == wrapped:
-            return info.etag
-        return None
-
     async def _send(self, key: str, staging: Staging, extra: Mapping[str, str], *,
                     forbid_overwrite: bool, if_match: str | None, entry: Pending) -> str:
         def progress(n: int) -> None:
             entry.sent += n
+            entry.alive()
         entry.sent = 0
         try:
             return await self.objects.upload(key, staging.size, staging.read_cipher,
@@ -97,10 +102,18 @@ class Uploader:
                                              forbid_overwrite=forbid_overwrite, if_match=if_match,
                                              progress=progress)
         except ConflictError:
-            etag = await self._ours(key, staging)
-            if etag is None:
+            info = await self.objects.store.head(key)
+            found = info.headers.get(fmt.H_KEY) if info is not None else None
+            if not found:
                 raise
-            return etag
+            if staging.sealed and found == staging.wrapped_key and info.size == staging.size:
+                return info.etag             # this very upload landed earlier
+            if found in staging.prior_keys and info.etag != if_match:
+                log.info("oss://%s/%s: replacing our own earlier upload (ETag %s)",
+                         self.objects.store.name, key, info.etag)
+                return await self._send(key, staging, extra, forbid_overwrite=False,
+                                        if_match=info.etag, entry=entry)
+            raise
 
     async def upload(self, staging: Staging, extra_headers: Mapping[str, str]) -> UploadResult:
         """Upload ``staging`` under ``staging.key`` (or beside it on a conflict); seals it."""
@@ -110,10 +123,14 @@ class Uploader:
         self.pending[token] = entry
         result: UploadResult
         sending = False
+        unit = self.objects.multipart_part_size(staging.size) or staging.size
+        entry.stall = upload_timeout(min(unit, staging.size))
         try:
-            with trio.fail_after(upload_timeout(staging.size)):
+            with trio.CancelScope() as watchdog:
+                entry.watchdog = watchdog
+                entry.alive()
                 try:
-                    await staging.materialize()
+                    await staging.materialize(entry.alive)
                 except BaseException as raw:
                     exc = first_error(raw)
                     if isinstance(exc, ConflictError):
@@ -122,6 +139,9 @@ class Uploader:
                         raise exc from None
                     raise
                 sending = True
+                staging.sealed = True        # from here on its key may be in the bucket
+                if staging.committed:
+                    await staging.save_manifest(durable=staging.synced)
                 try:
                     etag = await self._send(key, staging, extra_headers,
                                             forbid_overwrite=staging.base_etag is None,
@@ -129,10 +149,8 @@ class Uploader:
                     result = UploadResult(etag)
                 except ConflictError as exc:
                     result = await self._conflict(key, staging, extra_headers, entry, exc)
-        except trio.TooSlowError:
-            exc2 = NetworkError(f"{key}: upload timed out")
-            self._failed(key, exc2)
-            raise exc2 from None
+            if watchdog.cancelled_caught:
+                raise NetworkError(f"{key}: upload made no progress for {entry.stall:.0f} s")
         except Exception as exc:
             self._failed(key, first_error(exc))
             raise

@@ -8,6 +8,7 @@ import stat
 
 import pytest
 import trio
+import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -117,7 +118,7 @@ def test_staging_keeps_only_ciphertext_and_reads_back(tmp_path, rsa_key_path):
             if off > len(model):
                 model += bytes(off - len(model))
             model[off:off + n] = data
-        stg.truncate(40_000)
+        await stg.truncate(40_000)
         del model[40_000:]
         await stg.write(45_000, b"end")
         model += bytes(5000) + b"end"
@@ -133,6 +134,72 @@ def test_staging_keeps_only_ciphertext_and_reads_back(tmp_path, rsa_key_path):
         nxt = await area.rekey(stg, "etag1")                           # fresh key, same content
         assert nxt.crypto_headers != stg.crypto_headers
         assert await nxt.read(0, 100_000) == bytes(model)
-        area.drop(nxt)
+        await area.drop(nxt)
         assert os.listdir(tmp_path / "s") == []
     trio.run(main)
+
+
+def test_restore_keeps_sealed_and_prior_keys(tmp_path, rsa_key_path):
+    """A replayed entry whose key may be in the bucket stays sealed: a later write re-keys
+    instead of encrypting other data under the same (key, IV)."""
+    from ossencfs.envelope.keys import KeyRing, RsaMasterKey
+    ring = KeyRing([RsaMasterKey.from_pem_file(rsa_key_path)])
+
+    async def main():
+        area = StagingArea(str(tmp_path / "s"), ring)
+        stg = await area.new("f", 0, None, 0, None)
+        await stg.write(0, b"A" * 32)
+        stg.committed, stg.sealed, stg.prior_keys = True, True, ["earlier-wrapped-key"]
+        await stg.save_manifest(durable=True)
+        entry = area.journal.scan()[0][0]
+        again = StagingArea(str(tmp_path / "s"), ring)
+        restored = again.restore(entry, ring.open(entry["crypto_headers"]), None)
+        assert restored.sealed and restored.committed
+        assert restored.prior_keys == ["earlier-wrapped-key"]
+        nxt = await again.rekey(restored, None, committed=True, unconfirmed=True)
+        assert not nxt.sealed and nxt.crypto_headers != restored.crypto_headers
+        assert nxt.prior_keys == ["earlier-wrapped-key", restored.wrapped_key]
+        assert await nxt.read(0, 32) == b"A" * 32
+    trio.run(main)
+
+
+class _SlowObjects:
+    """Stands in for EncryptedObjects (no network): a multipart upload that sends one part
+    every ``gap`` seconds of (mock) time."""
+
+    def __init__(self, gap: float, parts: int) -> None:
+        self.gap, self.parts = gap, parts
+        self.store = type("S", (), {"name": "b"})()
+
+    def multipart_part_size(self, size):
+        return size // self.parts
+
+    async def upload(self, key, size, read_cipher, crypto, extra, *, forbid_overwrite,
+                     if_match, progress):
+        for _ in range(self.parts):
+            await trio.sleep(self.gap)
+            progress(size // self.parts)
+        return "etag-1"
+
+
+@pytest.mark.parametrize("gap,ok", [(100.0, True), (500.0, False)])
+def test_upload_deadline_is_a_no_progress_timeout(tmp_path, rsa_key_path, gap, ok):
+    """A slow upload that keeps making progress is never cut off (10 parts, 100 s apart, far
+    beyond 2 min + 1 s/MiB in total); one that stalls longer than that is."""
+    from ossencfs.envelope.keys import KeyRing, RsaMasterKey
+    from ossencfs.errors import NetworkError
+    from ossencfs.fs.uploader import Uploader
+    ring = KeyRing([RsaMasterKey.from_pem_file(rsa_key_path)])
+
+    async def main():
+        area = StagingArea(str(tmp_path / "s"), ring)
+        stg = await area.new("big", 0, None, 0, None)
+        await stg.write(0, b"z" * 100_000)
+        up = Uploader(_SlowObjects(gap, 10))
+        if ok:
+            assert (await up.upload(stg, {})).etag == "etag-1"
+        else:
+            with pytest.raises(NetworkError):
+                await up.upload(stg, {})
+        assert stg.sealed
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
