@@ -1,0 +1,81 @@
+"""The benchmark script runs end to end (quick mode) and reports every figure.
+
+No timing assertions: speed is measured by ``scripts/bench.py``, never asserted. This test only
+proves that the script drives every workload through every system, that the reads really went
+to OSS, and that the JSON carries what the README table is made from.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKLOADS = ("seq_write", "seq_read", "random_read_4k", "small_create", "small_read", "ls_l", "cp_a", "kms")
+SYSTEMS = ("mount", "crypto_bucket", "plain_bucket")
+_PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy")
+
+
+def _fuse_ok() -> bool:
+    return os.path.exists("/dev/fuse") and os.geteuid() == 0 and shutil.which("fusermount3") is not None
+
+
+@pytest.mark.mount
+@pytest.mark.timeout(150)
+def test_quick_bench_reports_every_workload_for_every_system(tmp_path: Path) -> None:
+    if not _fuse_ok():
+        pytest.skip("needs root, /dev/fuse and fusermount3")
+    out = tmp_path / "bench.json"
+    env = {k: v for k, v in os.environ.items() if k not in _PROXY_VARS}
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--profile", "loopback",
+                        "--json", str(out), "--workdir", str(tmp_path / "work")],
+                       capture_output=True, text=True, timeout=140, cwd=str(ROOT), env=env)
+    assert r.returncode == 0, f"bench failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    assert "ls -l" in r.stdout and "(a) mount" in r.stdout            # the terminal table was printed
+    data = json.loads(out.read_text())
+
+    dt.datetime.fromisoformat(data["date"])
+    machine = data["machine"]
+    assert machine["nproc"] >= 1 and machine["memory_bytes"] > 0 and "cpu_model" in machine
+    assert data["parameters"]["quick"] is True
+
+    workloads = data["profiles"]["loopback"]["workloads"]
+    assert set(WORKLOADS) <= set(workloads)
+    size = data["parameters"]["size"]
+    for w in WORKLOADS:
+        entry = workloads[w]
+        assert entry["ratio_vs_crypto_bucket"] > 0 and entry["ratio_vs_plain_bucket"] > 0, w
+        for s in SYSTEMS:
+            rec = entry["systems"][s]
+            assert rec["seconds"] > 0, (w, s)
+            assert rec["rate"] > 0, (w, s)
+            assert rec["total_requests"] > 0, (w, s)               # counted by the emulator
+            assert rec["total_requests"] == sum(rec["requests"].values()), (w, s)
+
+    for s in SYSTEMS:
+        # every system really wrote and read the whole file through OSS
+        assert workloads["seq_write"]["systems"][s]["bytes_to_oss"] >= size, s
+        assert workloads["seq_read"]["systems"][s]["bytes_from_oss"] >= size, s
+        assert workloads["random_read_4k"]["systems"][s]["bytes_from_oss_per_byte_read"] >= 1.0, s
+        assert workloads["ls_l"]["systems"][s]["entries"] == data["parameters"]["ls_entries"], s
+    for w in ("small_create", "cp_a"):                              # the --write-back mount, beside the default
+        wb = workloads[w]["variants"]["mount_write_back"]
+        assert wb["seconds"] > 0 and wb["rate"] > 0 and wb["total_requests"] > 0, w
+        assert wb["bytes_to_oss"] > 0, w
+    assert workloads["seq_write"]["systems"]["mount"]["peak_rss_bytes"] > 0
+    assert workloads["seq_read"]["systems"]["mount"]["peak_rss_bytes"] > 0
+    ls_mount = workloads["ls_l"]["systems"]["mount"]
+    assert ls_mount["listing_requests_seconds"] > 0 and ls_mount["time_vs_listing_requests"] > 0
+
+    kms = workloads["kms"]["systems"]
+    for s in ("mount", "crypto_bucket"):
+        assert kms[s]["kms_calls_per_object_write"] > 0, s           # counted at the KMS server
+        assert kms[s]["kms_calls_per_object_open"] > 0, s
+        assert kms[s]["kms_calls_per_object_reopen"] >= 0, s
+    assert kms["plain_bucket"]["kms_calls_per_object_write"] == 0
