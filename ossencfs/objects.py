@@ -102,7 +102,7 @@ class ObjectReader:
             return b""
         return await self.store.get_range(self.key, start, end, if_match=self.info.etag or None)
 
-    def decrypt(self, offset: int, cipher: bytes) -> bytes:
+    def decrypt(self, offset: int, cipher: bytes | memoryview) -> bytes:
         """Plaintext of ``cipher`` that starts at object offset ``offset`` (any alignment)."""
         if self.material is None:
             return cipher

@@ -45,7 +45,7 @@ class BlockCache:
     """LRU of ciphertext blocks; disk I/O runs in worker threads."""
 
     def __init__(self, directory: str | None, *, block_size: int = BLOCK_SIZE,
-                 max_bytes: int = 1 << 30, hot_bytes: int = 32 << 20) -> None:
+                 max_bytes: int = 1 << 30, hot_bytes: int = 64 << 20) -> None:
         assert block_size % 16 == 0
         self.block_size = block_size
         self.directory = directory
@@ -59,6 +59,11 @@ class BlockCache:
         self.hits = 0
         self.misses = 0
         self.reserved: Callable[[], int] = lambda: 0     # staged bytes sharing the limit
+        # background block writes: few threads, and a cap on the bytes they hold, so a slow
+        # cache disk costs cache hits rather than memory
+        self._disk_limiter = trio.CapacityLimiter(2)
+        self._writing_bytes = 0
+        self._writing_max = 64 << 20
         if directory:
             os.makedirs(directory, mode=0o700, exist_ok=True)
             self._scan()
@@ -189,6 +194,106 @@ class BlockCache:
         finally:
             del self._inflight[name]
             event.set()
+
+    # -- batched API (read-ahead fetches several blocks with one GET) ---------------------
+    def peek(self, key: str, etag: str, index: int) -> bytes | None:
+        """The block if it is in memory: no await, so a hit costs no scheduling."""
+        name = _name(key, etag, index)
+        data = self._hot.get(name)
+        if data is not None:
+            self._hot.move_to_end(name)
+            self.hits += 1
+        return data
+
+    def in_memory(self, key: str, etag: str, index: int) -> bool:
+        return _name(key, etag, index) in self._hot
+
+    def on_disk(self, key: str, etag: str, index: int) -> bool:
+        return bool(self.directory) and _name(key, etag, index) in self._disk
+
+    def pending(self, key: str, etag: str, index: int) -> trio.Event | None:
+        """The event of a fetch of this block already under way, if any."""
+        return self._inflight.get(_name(key, etag, index))
+
+    def claim(self, key: str, etag: str, index: int) -> None:
+        """Announce that the caller fetches this block; others wait instead of fetching it too.
+        The caller must ``settle`` it, with or without data."""
+        name = _name(key, etag, index)
+        assert name not in self._inflight
+        self._inflight[name] = trio.Event()
+        self.misses += 1
+
+    def settle(self, key: str, etag: str, index: int, data: bytes | None) -> None:
+        """End a claim: keep the block in memory (if fetched) and wake the waiters."""
+        name = _name(key, etag, index)
+        if data is not None:
+            self._hot_put(name, data)
+        event = self._inflight.pop(name, None)
+        if event is not None:
+            event.set()
+
+    async def store_disk(self, key: str, etag: str, blocks: list[tuple[int, bytes]]) -> None:
+        """Write freshly fetched blocks to disk in one worker-thread job (read-ahead runs this
+        in the background, so a read never waits for the cache disk). Blocks that do not fit
+        under the limit, or that the disk refuses, are simply not cached."""
+        if not self.directory:
+            return
+        todo: list[tuple[str, bytes]] = []
+        for index, data in blocks:
+            name = _name(key, etag, index)
+            if name in self._disk or self._writing_bytes + len(data) > self._writing_max:
+                continue
+            if self.reserved() + len(data) > self.max_bytes:
+                continue
+            todo.append((name, data))
+        if not todo:
+            return
+        size = sum(len(d) for _, d in todo)
+        self._writing_bytes += size
+        try:
+            written = await trio.to_thread.run_sync(self._write_many, todo,
+                                                    limiter=self._disk_limiter)
+        finally:
+            self._writing_bytes -= size
+        for name, n in written:
+            if name not in self._disk:
+                self._disk[name] = n
+                self._disk_bytes += n
+        if self._disk_bytes + self.reserved() > self.max_bytes:
+            await self.make_room(self.max_bytes - self.reserved())
+
+    def _write_many(self, todo: list[tuple[str, bytes]]) -> list[tuple[str, int]]:
+        done = []
+        for name, data in todo:
+            try:
+                self._write_disk(name, data)
+            except OSError as exc:   # a full cache disk only costs performance
+                log.warning("block cache: cannot store a block: %s", exc)
+                break
+            done.append((name, len(data)))
+        return done
+
+    async def load_disk(self, key: str, etag: str, indices: list[int]) -> dict[int, bytes]:
+        """Blocks of ``indices`` found on disk, read in one worker-thread job."""
+        if not self.directory:
+            return {}
+        names = {i: _name(key, etag, i) for i in indices}
+        names = {i: n for i, n in names.items() if n in self._disk}
+        if not names:
+            return {}
+        for n in names.values():
+            self._disk.move_to_end(n)
+        found = await trio.to_thread.run_sync(
+            lambda: {i: self._read_disk(n) for i, n in names.items()})
+        out: dict[int, bytes] = {}
+        for i, data in found.items():
+            if data is None:
+                self._disk_bytes -= self._disk.pop(names[i], 0)
+                continue
+            self.hits += 1
+            self._hot_put(names[i], data)
+            out[i] = data
+        return out
 
     @property
     def disk_bytes(self) -> int:

@@ -266,6 +266,8 @@ class Mount:
         except RuntimeError as exc:
             raise OssEncError(f"cannot mount on {self.mountpoint}: {exc} "
                               f"(stale mount? try fusermount3 -u)") from None
+        from .readahead import raise_kernel_readahead
+        raise_kernel_readahead(self.mountpoint)
         from .state import publish, snapshot, state_path_for, write_state
         pidfile = self.pidfile
         state_path = state_path_for(pidfile)

@@ -2,8 +2,21 @@
 
 A read costs what it reads: only the blocks that cover the request are fetched (ranged GETs,
 16-byte aligned because blocks are), and only the requested slice is decrypted. Sequential
-access doubles a read-ahead window (up to ``max_window`` blocks) whose blocks are fetched in
-parallel in the background; a seek resets it.
+access doubles a read-ahead window (up to ``max_window`` bytes) which is fetched in the
+background, several GETs at once; a seek resets it.
+
+Missing blocks that are next to each other are fetched with *one* ranged GET of up to
+``fetch_size`` bytes and split into cache blocks: per-request overhead (signing, HTTP, a
+thread hop) dominated streaming reads when every 256 KiB block was its own GET. Read-ahead
+issues its GETs only once a whole ``fetch_size`` of the window is unfetched, so that steady
+streaming keeps that size instead of degenerating into one block per GET. A random read still
+fetches only the block(s) it touches. Fetched blocks go to the on-disk cache in the background
+(one worker-thread job per GET): a read never waits for the cache disk.
+
+Scan resistance: a long sequential run caches only its first ``STREAM_DISK_LIMIT`` bytes on
+disk; the rest is kept in memory until read. Creating a cache file per block was the largest
+remaining cost of streaming, a re-read while mounted comes from the kernel page cache anyway,
+and a 1 GiB copy would otherwise evict the whole random-access working set from the cache.
 """
 from __future__ import annotations
 
@@ -18,19 +31,23 @@ from .cache import BlockCache
 log = logging.getLogger(__name__)
 
 FETCH_TIMEOUT = 120.0
+FETCH_SIZE = 2 << 20          # bytes per read-ahead GET (a multiple of the block size)
+MAX_WINDOW = 32 << 20        # read-ahead window: up to MAX_WINDOW / FETCH_SIZE GETs in flight
+STREAM_DISK_LIMIT = 16 << 20  # a sequential run caches only its first 16 MiB on disk
+_THREAD_DECRYPT_MIN = 1 << 20   # up to this (a whole FUSE read), AES-NI in the loop beats a thread hop
 
 
 class CipherReader(Protocol):
     encrypted: bool
 
     async def read_cipher(self, start: int, end: int) -> bytes: ...
-    def decrypt(self, offset: int, cipher: bytes) -> bytes: ...
+    def decrypt(self, offset: int, cipher: bytes | memoryview) -> bytes: ...
 
 
 class BlockSource:
     def __init__(self, cache: BlockCache, reader: CipherReader, key: str, etag: str, size: int,
-                 spawn: Callable[[Callable[[], Awaitable[Any]]], None], *,
-                 max_window: int = 16) -> None:
+                 spawn: Callable[[Callable[[], Awaitable[Any]]], Any], *,
+                 max_window: int = MAX_WINDOW, fetch_size: int = FETCH_SIZE) -> None:
         self.cache = cache
         self.reader = reader
         self.key = key
@@ -38,47 +55,115 @@ class BlockSource:
         self.size = size
         self._spawn = spawn
         self._bs = cache.block_size
-        self._max_window = max_window
+        self._fetch_blocks = max(1, fetch_size // self._bs)
+        self._max_window = max(1, max_window // self._bs)       # in blocks
+        self._last_block = max(0, (size - 1) // self._bs)
         self._window = 0
         self._sequential = 0
         self._last_end = -1
         self._prefetched_to = -1
+        self._run_start = 0
 
-    async def _fetch(self, index: int) -> bytes:
-        start = index * self._bs
-        end = min(start + self._bs, self.size) - 1
+    # ------------------------------------------------------------------ fetching
+    async def _fetch_run(self, first: int, last: int) -> dict[int, bytes]:
+        """One ranged GET for blocks first..last (all claimed by us), split into blocks.
+
+        Every claimed block is settled whatever happens, so waiters never hang; the disk copy
+        is written in the background."""
+        start = first * self._bs
+        end = min((last + 1) * self._bs, self.size) - 1
+        got: dict[int, bytes] = {}
         try:
-            with trio.fail_after(FETCH_TIMEOUT):
-                data = await self.reader.read_cipher(start, end)
-        except trio.TooSlowError:
-            raise NetworkError(f"{self.key}: ranged GET {start}-{end} timed out") from None
-        if len(data) != end - start + 1:
-            raise NetworkError(f"{self.key}: short ranged GET {start}-{end} ({len(data)} bytes)")
-        return data
+            try:
+                with trio.fail_after(FETCH_TIMEOUT):
+                    data = await self.reader.read_cipher(start, end)
+            except trio.TooSlowError:
+                raise NetworkError(f"{self.key}: ranged GET {start}-{end} timed out") from None
+            if len(data) != end - start + 1:
+                raise NetworkError(f"{self.key}: short ranged GET {start}-{end} "
+                                   f"({len(data)} bytes)")
+            if first == last:
+                got[first] = data
+            else:
+                for i in range(first, last + 1):
+                    rel = (i - first) * self._bs
+                    got[i] = data[rel:rel + self._bs]
+        finally:
+            for i in range(first, last + 1):
+                self.cache.settle(self.key, self.etag, i, got.get(i))
+        if got and self.reader.encrypted and self.cache.directory \
+                and start - self._run_start < STREAM_DISK_LIMIT:
+            blocks = sorted(got.items())
+            if not self._spawn(lambda: self.cache.store_disk(self.key, self.etag, blocks)):
+                await self.cache.store_disk(self.key, self.etag, blocks)
+        return got
+
+    async def _load(self, indices: list[int], out: dict[int, bytes]) -> None:
+        """Fill ``out`` with blocks ``indices``: memory, disk, else a GET per run of adjacent
+        missing blocks, else wait for a fetch already under way."""
+        for i in indices:
+            data = self.cache.peek(self.key, self.etag, i)
+            if data is not None:
+                out[i] = data
+        on_disk = [i for i in indices
+                   if i not in out and self.cache.on_disk(self.key, self.etag, i)]
+        if on_disk:
+            out.update(await self.cache.load_disk(self.key, self.etag, on_disk))
+        waits: list[tuple[int, trio.Event]] = []
+        mine: list[int] = []
+        for i in indices:
+            if i in out:
+                continue
+            data = self.cache.peek(self.key, self.etag, i)     # arrived while we read the disk
+            if data is not None:
+                out[i] = data
+                continue
+            event = self.cache.pending(self.key, self.etag, i)
+            if event is not None:
+                waits.append((i, event))
+            else:
+                self.cache.claim(self.key, self.etag, i)
+                mine.append(i)
+        runs = _runs(mine, self._fetch_blocks)
+        if len(runs) == 1:
+            out.update(await self._fetch_run(*runs[0]))
+        elif runs:
+            async def one(first: int, last: int) -> None:
+                out.update(await self._fetch_run(first, last))
+            async with trio.open_nursery() as nursery:
+                for first, last in runs:
+                    nursery.start_soon(one, first, last)
+        again: list[int] = []
+        for i, event in waits:
+            await event.wait()
+            data = self.cache.peek(self.key, self.etag, i)
+            if data is None:            # the other fetch failed, or the block was evicted
+                again.append(i)
+            else:
+                out[i] = data
+        if again:
+            await self._load(again, out)
+
+    async def blocks(self, first: int, last: int) -> list[bytes]:
+        out: dict[int, bytes] = {}
+        await self._load(list(range(first, last + 1)), out)
+        return [out[i] for i in range(first, last + 1)]
 
     async def block(self, index: int) -> bytes:
-        return await self.cache.get_or_fetch(self.key, self.etag, index,
-                                             lambda: self._fetch(index),
-                                             on_disk=self.reader.encrypted)
+        return (await self.blocks(index, index))[0]
 
-    async def cipher_range(self, off: int, n: int) -> bytes:
-        """Ciphertext of [off, off+n) (clipped at EOF), fetching missing blocks in parallel."""
+    async def cipher_range(self, off: int, n: int) -> bytes | memoryview:
+        """Ciphertext of [off, off+n) (clipped at EOF), fetching missing blocks."""
         end = min(off + n, self.size)
         if end <= off:
             return b""
         first, last = off // self._bs, (end - 1) // self._bs
-        blocks: dict[int, bytes] = {}
-        if first == last:
-            blocks[first] = await self.block(first)
-        else:
-            async def one(i: int) -> None:
-                blocks[i] = await self.block(i)
-            async with trio.open_nursery() as nursery:
-                for i in range(first, last + 1):
-                    nursery.start_soon(one, i)
-        joined = b"".join(blocks[i] for i in range(first, last + 1))
+        parts = await self.blocks(first, last)
+        joined = parts[0] if len(parts) == 1 else b"".join(parts)
         rel = off - first * self._bs
-        return joined[rel:rel + (end - off)]
+        if rel == 0 and len(joined) == end - off:
+            return joined
+        return memoryview(joined)[rel:rel + (end - off)]
 
     async def read(self, off: int, n: int) -> bytes:
         """Plaintext of [off, off+n) clipped at EOF."""
@@ -86,38 +171,90 @@ class BlockSource:
         if end <= off:
             return b""
         self._advance_window(off, end)
-        log.debug("read %s [%d, %d) window %d", self.key, off, end, self._window)
         cipher = await self.cipher_range(off, end - off)
         if not self.reader.encrypted:
-            return cipher
-        if len(cipher) > (1 << 20):
+            return bytes(cipher)
+        if len(cipher) > _THREAD_DECRYPT_MIN:
             return await trio.to_thread.run_sync(self.reader.decrypt, off, cipher)
         return self.reader.decrypt(off, cipher)
 
+    # ------------------------------------------------------------------ read-ahead
     def _advance_window(self, off: int, end: int) -> None:
         """Sequential reads grow the window (after a few, since the kernel's own read-ahead
         turns even a tiny random read into two or three sequential requests); a seek resets."""
         if off == self._last_end:
             self._sequential += 1
-        elif self._last_end != -1:
+        else:
             self._sequential = 0
             self._prefetched_to = -1
+            self._run_start = off
         self._last_end = end
         self._window = 0 if self._sequential < 3 else \
-            min(1 << (self._sequential - 3), self._max_window)
+            min(1 << min(self._sequential - 3, 30), self._max_window)
         if self._window == 0:
             return
         last_needed = (end - 1) // self._bs
-        last_block = (self.size - 1) // self._bs
         start = max(last_needed + 1, self._prefetched_to + 1)
-        stop = min(last_needed + self._window, last_block)
-        for i in range(start, stop + 1):
-            self._spawn(lambda i=i: self._prefetch(i))
-        if stop >= start:
-            self._prefetched_to = stop
+        stop = min(last_needed + self._window, self._last_block)
+        chunk = min(self._fetch_blocks, self._window)
+        while start <= stop:
+            n = min(chunk, stop - start + 1)
+            if n < chunk and stop < self._last_block:
+                break               # wait until a whole chunk of the window is unfetched
+            self._spawn(lambda a=start, b=start + n - 1: self._prefetch(a, b))
+            self._prefetched_to = start + n - 1
+            start += n
 
-    async def _prefetch(self, index: int) -> None:
+    async def _prefetch(self, first: int, last: int) -> None:
+        todo = [i for i in range(first, last + 1)
+                if not self.cache.in_memory(self.key, self.etag, i)
+                and self.cache.pending(self.key, self.etag, i) is None]
+        if not todo:
+            return
         try:
-            await self.block(index)
+            await self._load(todo, {})
         except Exception as exc:    # read-ahead is best effort; the real read reports errors
-            log.debug("read-ahead of %s block %d failed: %s", self.key, index, exc)
+            log.debug("read-ahead of %s blocks %d-%d failed: %s", self.key, first, last, exc)
+
+
+def _runs(indices: list[int], longest: int) -> list[tuple[int, int]]:
+    """Sorted block indices grouped into (first, last) runs of adjacent blocks, each at most
+    ``longest`` blocks long."""
+    runs: list[tuple[int, int]] = []
+    for i in sorted(indices):
+        if runs and runs[-1][1] == i - 1 and i - runs[-1][0] < longest:
+            runs[-1] = (runs[-1][0], i)
+        else:
+            runs.append((i, i))
+    return runs
+
+
+KERNEL_READAHEAD_KB = 4096
+
+
+def raise_kernel_readahead(mountpoint: str, kb: int = KERNEL_READAHEAD_KB) -> bool:
+    """Let the kernel read ahead ``kb`` KiB on this mount (best effort; needs root).
+
+    FUSE starts every mount with a 128 KiB read-ahead, and FUSE_INIT can only lower it, so a
+    streaming reader arrives as 128 KiB requests: per-request overhead then caps throughput.
+    With a larger window the kernel sends up to 1 MiB per request (libfuse's max_pages).
+    Call right after mounting; the mount is found through /proc/self/mountinfo, never by
+    touching the mount point (this very process serves it, so a stat would deadlock).
+    """
+    dev = None
+    escaped = (mountpoint.replace("\\", "\\134").replace(" ", "\\040")
+               .replace("\t", "\\011").replace("\n", "\\012"))
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 4 and fields[4] == escaped:
+                    dev = fields[2]          # major:minor; the last match is the newest mount
+        if dev is None:
+            return False
+        with open(f"/sys/class/bdi/{dev}/read_ahead_kb", "w") as f:
+            f.write(str(kb))
+        return True
+    except OSError as exc:
+        log.debug("cannot raise the kernel read-ahead of %s: %s", mountpoint, exc)
+        return False
