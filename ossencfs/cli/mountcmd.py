@@ -173,6 +173,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--upload-parallelism", type=int, default=4, metavar="N",
                    help="parts uploaded at once, and files uploaded at once by the "
                         "background queue (default 4)")
+    p.add_argument("--upload-small-files", type=int, default=16, metavar="N",
+                   help="files under 1 MiB uploaded at once by the background queue "
+                        "(default 16)")
     p.add_argument("--write-back", type=float, default=0.0, metavar="SECONDS",
                    help="0 (default): close returns once the file is in the bucket. N > 0: "
                         "close returns once the file is staged and journaled on local disk; "

@@ -227,7 +227,8 @@ class Mount:
                              read_only=self.opts.read_only, spawn=spawn,
                              write_back=self.write_back)
         self.model.writeback = WriteBack(self.model, delay=self.write_back,
-                                         parallel=max(2, self.args.upload_parallelism))
+                                         parallel=max(2, self.args.upload_parallelism),
+                                         small_parallel=self.args.upload_small_files)
         return Operations(self.model)
 
     async def _replay(self) -> None:

@@ -7,6 +7,9 @@ Why it looks like this:
 - Retries never give up (an acknowledged write must not be dropped) but are bounded in rate:
   exponential backoff per job from 1 s to ``backoff_max`` with jitter, at most ``parallel``
   uploads at a time. Each failure is logged once per attempt and kept for ``status``.
+- Small files (below ``SMALL_FILE``) have their own, wider limit (``small_parallel``): their
+  uploads are one round trip each, so latency, not bandwidth or memory, bounds a tree copy;
+  many at once cost little memory (each holds at most ``SMALL_FILE`` bytes).
 - A file that is open for writing is not uploaded under its writer's feet: its job waits for
   the last close (or an fsync, which uploads at once anyway).
 - ``drain`` (unmount) makes every job due now and waits until the queue is empty.
@@ -25,6 +28,8 @@ from ..objects import first_error
 
 log = logging.getLogger(__name__)
 
+SMALL_FILE = 1 << 20
+
 
 @dataclass(eq=False)
 class Job:
@@ -37,12 +42,13 @@ class Job:
 
 
 class WriteBack:
-    def __init__(self, model: Any, *, delay: float, parallel: int = 4,
+    def __init__(self, model: Any, *, delay: float, parallel: int = 4, small_parallel: int = 16,
                  backoff_max: float = 60.0) -> None:
         self.model = model
         self.delay = delay
         self.backoff_max = backoff_max
         self.limiter = trio.CapacityLimiter(max(1, parallel))
+        self.small_limiter = trio.CapacityLimiter(max(1, small_parallel))
         self.jobs: dict[int, Job] = {}
         self._wake = trio.Event()
         self.changed = trio.Event()
@@ -112,8 +118,9 @@ class WriteBack:
 
     async def _work(self, job: Job) -> None:
         node = job.node
+        size = node.staging.size if node.staging is not None else node.size
         try:
-            async with self.limiter:
+            async with (self.small_limiter if size < SMALL_FILE else self.limiter):
                 if self.model.writers(node) and not self.draining:
                     job.due = trio.current_time() + max(self.delay, 1.0)   # wait for the close
                     return
