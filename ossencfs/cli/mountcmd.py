@@ -171,8 +171,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--multipart-threshold", type=int, default=16 << 20, metavar="BYTES",
                    help="files at least this big upload in parts (default 16 MiB)")
     p.add_argument("--upload-parallelism", type=int, default=4, metavar="N",
-                   help="parts uploaded at once, and files uploaded at once by the "
-                        "background queue (default 4)")
+                   help="parts uploaded at once, and files of 1 MiB or more uploaded at "
+                        "once by the background queue (default 4)")
     p.add_argument("--upload-small-files", type=int, default=16, metavar="N",
                    help="files under 1 MiB uploaded at once by the background queue "
                         "(default 16)")
