@@ -137,12 +137,10 @@ class BlockCache:
 
     # -- API --------------------------------------------------------------------------------
     async def get(self, key: str, etag: str, index: int) -> bytes | None:
-        name = _name(key, etag, index)
-        data = self._hot.get(name)
+        data = self.peek(key, etag, index)
         if data is not None:
-            self._hot.move_to_end(name)
-            self.hits += 1
             return data
+        name = _name(key, etag, index)
         if self.directory and name in self._disk:
             self._disk.move_to_end(name)
             data = await trio.to_thread.run_sync(self._read_disk, name)

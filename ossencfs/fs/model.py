@@ -356,16 +356,6 @@ class FsModel:
             raise _err(errno.ENOENT)
         return self.attrs(node)
 
-    async def readdir_entries(self, ino: int) -> list[tuple[str, Node]]:
-        node = self.node(ino)
-        if not node.is_dir:
-            raise _err(errno.ENOTDIR)
-        entries = await self.list_dir(node)
-        out = []
-        for name in sorted(entries):
-            out.append((name, self._node_from_entry(node, entries[name])))
-        return out
-
     def forget(self, ino: int, n: int) -> None:
         self.inodes.forget(ino, n)
 

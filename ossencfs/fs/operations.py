@@ -17,6 +17,7 @@ import pyfuse3
 import trio
 
 from ..errors import ConflictError, OssEncError
+from .inodes import Entry
 from .model import FsModel
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class Operations(pyfuse3.Operations):
     def __init__(self, model: FsModel) -> None:
         super().__init__()
         self.model = model
-        self._dirs: dict[int, tuple[int, list[str] | None]] = {}
+        self._dirs: dict[int, tuple[int, list[tuple[str, Entry]] | None]] = {}
         self._next_dh = 0
 
     def _errno_for(self, op: str, args: Sequence[Any], exc: BaseException) -> int:
@@ -213,16 +214,14 @@ class Operations(pyfuse3.Operations):
         if inode is None:
             raise pyfuse3.FUSEError(errno.EBADF)
         if snapshot is None or start_id == 0:
-            # one snapshot per opendir, so offsets stay valid while the bucket changes
-            snapshot = [name for name, _ in await self.model.readdir_entries(inode)]
+            # one snapshot per opendir, so offsets stay valid while the bucket changes, and a
+            # long walk (`ls -l` of 10,000 entries) never lists the directory again midway
+            entries = await self.model.list_dir(self.model.node(inode))
+            snapshot = [(name, entries[name]) for name in sorted(entries)]
             self._dirs[fh] = (inode, snapshot)
         parent = self.model.node(inode)
-        entries = await self.model.list_dir(parent)
         for i in range(start_id, len(snapshot)):
-            name = snapshot[i]
-            entry = entries.get(name)
-            if entry is None:
-                continue
+            name, entry = snapshot[i]
             node = self.model._node_from_entry(parent, entry)
             if not pyfuse3.readdir_reply(token, os.fsencode(name), self.model.attrs(node), i + 1):
                 return

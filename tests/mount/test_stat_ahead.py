@@ -84,3 +84,20 @@ def test_first_stat_fetches_the_next_entries_ahead(mount, oss2_bucket, emulator)
     eventually(fetched, timeout=20)
     heads = {e[4] for e in emulator.request_log if e[1] == "HeadObject"}
     assert f"big/{names[70]}" not in heads                 # bounded: not the whole directory
+
+
+def test_a_long_directory_walk_lists_the_directory_once(make_mount, oss2_bucket, emulator):
+    """readdir continuations come from the opendir snapshot, even after the listing expired."""
+    m = make_mount("walk", extra=["-o", "attr_timeout=0.2"])
+    _seed(oss2_bucket, 1500)
+    os.stat(m.path / "big")
+    emulator.reset_stats()
+    names = []
+    with os.scandir(m.path / "big") as it:
+        for i, entry in enumerate(it):
+            names.append(entry.name)
+            if i == 10:
+                time.sleep(0.6)          # the listing's lifetime ends in the middle of the walk
+    assert len(names) == 1500
+    counts = emulator.request_counts
+    assert counts["ListObjects"] + counts["ListObjectsV2"] == 2, counts   # 1,500 keys: 2 pages
