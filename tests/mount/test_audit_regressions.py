@@ -16,6 +16,17 @@ def _keys(bucket: oss2.Bucket) -> list[str]:
     return sorted(o.key for o in oss2.ObjectIterator(bucket))
 
 
+def _crash_and_remount(m, fd: int) -> None:
+    """kill -9 the mount while ``fd`` is open on it, then mount again and let replay finish."""
+    m.kill9()
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+    m.start()
+    m.wait_uploaded()
+
+
 def _quarantined(m) -> list[str]:
     return [json.load(open(x))["reason"] for x in
             glob.glob(str(m.base_dir() / "quarantine" / "*" / "reason.json"))]
@@ -86,13 +97,7 @@ def test_fsync_keep_open_then_crash(make_mount, crypto_bucket):
     os.fsync(fd)                        # in the bucket now; the file stays open
     want = b"B" * 100 + b"A" * (200000 - 100)
     assert crypto_bucket.get_object("db").read() == want
-    m.kill9()
-    try:
-        os.close(fd)
-    except OSError:
-        pass
-    m.start()
-    m.wait_uploaded()
+    _crash_and_remount(m, fd)
     assert not _quarantined(m), m.log()
     assert _keys(crypto_bucket) == ["db"], m.log()
     assert crypto_bucket.get_object("db").read() == want
@@ -181,12 +186,6 @@ def test_rename_over_open_dirty_target_then_crash(make_mount, crypto_bucket):
     fd = os.open(p / "dst", os.O_RDONLY)     # still open when replaced
     os.rename(p / "src", p / "dst")
     assert crypto_bucket.get_object("dst").read() == b"S" * 50
-    m.kill9()
-    try:
-        os.close(fd)
-    except OSError:
-        pass
-    m.start()
-    m.wait_uploaded()
+    _crash_and_remount(m, fd)
     assert _keys(crypto_bucket) == ["dst"], m.log()
     assert crypto_bucket.get_object("dst").read() == b"S" * 50

@@ -388,19 +388,23 @@ def _wait_until(pred, timeout=30.0):
     raise AssertionError("condition not reached")
 
 
-def test_single_flight_for_concurrent_opens(pair):
-    material, headers = KeyRing([pair]).new_object()
-    slow = SlowMaster(pair)
-    ring = KeyRing([slow])
-    threads, results, errors = _run_concurrently(ring, headers)
+def _release_after_followers_park(slow, threads) -> None:
+    """Let the leader's unwrap finish only once every other thread waits for its result."""
     try:
         assert slow.entered.wait(30)
-        # release only once every other thread is parked waiting for the leader's result
         _wait_until(lambda: sum(_waiting_in_open(t) for t in threads) == len(threads) - 1)
     finally:
         slow.release.set()
     for t in threads:
         t.join(30)
+
+
+def test_single_flight_for_concurrent_opens(pair):
+    material, headers = KeyRing([pair]).new_object()
+    slow = SlowMaster(pair)
+    ring = KeyRing([slow])
+    threads, results, errors = _run_concurrently(ring, headers)
+    _release_after_followers_park(slow, threads)
     assert not errors and len(results) == 8 and all(r == material for r in results)
     assert slow.calls == 1 and ring.unwrap_calls == 1
 
@@ -410,13 +414,7 @@ def test_single_flight_shares_failure_and_does_not_cache_it(pair):
     slow = SlowMaster(pair, fail=KeyUnavailableError("KMS throttled"))
     ring = KeyRing([slow])
     threads, results, errors = _run_concurrently(ring, headers, n=4)
-    try:
-        assert slow.entered.wait(30)
-        _wait_until(lambda: sum(_waiting_in_open(t) for t in threads) == len(threads) - 1)
-    finally:
-        slow.release.set()
-    for t in threads:
-        t.join(30)
+    _release_after_followers_park(slow, threads)
     assert not results and len(errors) == 4
     assert all(isinstance(e, KeyUnavailableError) and "throttled" in str(e) for e in errors)
     assert slow.calls == 1
