@@ -14,6 +14,7 @@ import hashlib
 import logging
 import random
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Mapping, Sequence, TypeVar
 
@@ -118,7 +119,19 @@ class ObjectStore:
         self.retried: collections.Counter[str] = collections.Counter()
         self.bytes_fetched = 0
         self.bytes_sent = 0
+        self._clock_offset = 0.0          # OSS's clock minus ours, from the Date of replies
         _size_pool(bucket, concurrency)
+
+    def _dated(self, result: T) -> T:
+        """Learn OSS's clock from a reply's Date header (whole seconds: floored)."""
+        when = _http_time(getattr(result, "headers", {}).get("Date"))
+        if when:
+            self._clock_offset = when - time.time()
+        return result
+
+    def server_now(self) -> float:
+        """An upper bound of OSS's clock now, for comparing with Last-Modified values."""
+        return time.time() + self._clock_offset + 1.0
 
     @classmethod
     def connect(cls, endpoint: str, bucket: str, access_key_id: str, access_key_secret: str,
@@ -288,7 +301,7 @@ class ObjectStore:
         attempts: list[int] = []
         try:
             etag = await self._call("put", key,
-                                    lambda: self.bucket.put_object(key, data, headers=h).etag,
+                                    lambda: self._dated(self.bucket.put_object(key, data, headers=h)).etag,
                                     attempts)
         except ConflictError:
             # A retried PUT whose first attempt did land (reply lost) must not report a
@@ -336,7 +349,7 @@ class ObjectStore:
             h["x-oss-copy-source-if-match"] = f'"{if_match}"'
         return await self._call(
             "copy", dst,
-            lambda: self.bucket.copy_object(self.name, src, dst, headers=h).etag)
+            lambda: self._dated(self.bucket.copy_object(self.name, src, dst, headers=h)).etag)
 
     async def delete(self, key: str) -> None:
         await self._call("delete", key, lambda: self.bucket.delete_object(key))
@@ -372,7 +385,8 @@ class ObjectStore:
         infos = [oss2.models.PartInfo(n, etag) for n, etag in sorted(parts)]
         return await self._call(
             "complete_multipart", key,
-            lambda: self.bucket.complete_multipart_upload(key, upload_id, infos, headers=h).etag)
+            lambda: self._dated(
+                self.bucket.complete_multipart_upload(key, upload_id, infos, headers=h)).etag)
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         try:

@@ -59,6 +59,7 @@ class Node:
     object_type: str = "Normal"
     headers: dict[str, str] | None = None     # full object headers from a HEAD (None: unknown)
     headers_expires: float = 0.0
+    meta_expires: float = 0.0                 # POSIX attributes trusted without a HEAD until
     exists_remote: bool = True                # False: created here, not uploaded yet
     marker: bool = False                      # directory has its own ``dir/`` object
     nlookup: int = 0

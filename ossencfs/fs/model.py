@@ -34,6 +34,7 @@ from ..errors import ConflictError, NetworkError, OssEncError
 from ..objects import first_error
 from ..store import ObjectInfo
 from . import posix
+from .attrcache import AttrCache
 from .cache import BlockCache
 from .inodes import ROOT_INO, Entry, InodeTable, Node, join
 from .readahead import BlockSource
@@ -86,8 +87,11 @@ class FsModel:
     def __init__(self, store: Any, objects: Any, cache: BlockCache, staging: StagingArea,
                  uploader: Uploader, *, prefix: str, policy: posix.MountPolicy, ttl: float,
                  read_only: bool, spawn: Callable[[Callable[[], Awaitable[Any]]], bool],
-                 write_back: float = 0.0) -> None:
+                 write_back: float = 0.0, attr_cache: AttrCache | None = None,
+                 listing_attrs: bool = False) -> None:
         self.store = store
+        self.attr_cache = attr_cache if attr_cache is not None else AttrCache(None)
+        self.listing_attrs = listing_attrs
         self.write_back = write_back
         self.writeback: Any = None          # fs.writeback.WriteBack, set by the mounter
         self.objects = objects
@@ -136,7 +140,8 @@ class FsModel:
         a.st_blksize = 128 * 1024
         a.st_blocks = (size + 511) // 512
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = node.meta.mtime_ns
-        known = node.headers is not None or not node.exists_remote or node.dirty
+        known = node.headers is not None or node.meta_expires > 0 or not node.exists_remote \
+            or node.dirty
         a.attr_timeout = self.ttl if known else 0
         # a listing cannot tell a symlink object from a file: let the kernel re-lookup
         a.entry_timeout = self.ttl if (known or node.is_dir) else 0
@@ -154,9 +159,11 @@ class FsModel:
         node.exists_remote = True
         if info.headers:
             node.headers = dict(info.headers)
-            node.headers_expires = time.monotonic() + self.ttl
+            node.headers_expires = node.meta_expires = time.monotonic() + self.ttl
             node.meta = posix.from_headers(info.headers, is_dir=False, fallback_mtime=info.mtime,
                                            policy=self.policy)
+            self.attr_cache.record(self.okey(node.path), info.etag, info.size, info.headers,
+                                   info.object_type, lastmod=info.mtime)
         elif node.headers is None:
             node.meta = posix.default_meta(is_dir=False, mtime=info.mtime, policy=self.policy)
 
@@ -212,38 +219,76 @@ class FsModel:
         path = join(parent.path, entry.name)
         existing = self.inodes.at(path)
         if existing is not None and (existing.kind == entry.kind or existing.headers is not None
+                                     or existing.meta_expires > 0
                                      or existing.dirty or not existing.exists_remote):
             if entry.kind != stat.S_IFDIR and existing.kind != stat.S_IFDIR and \
-                    entry.etag and entry.etag != existing.etag and not existing.dirty:
-                # changed remotely: take size/time from the listing, re-HEAD on next stat
-                existing.size, existing.etag, existing.mtime = entry.size, entry.etag, entry.mtime
-                existing.headers = None
-                existing.symlink_target = None
+                    not existing.dirty and existing.exists_remote:
+                if entry.etag and entry.etag != existing.etag:
+                    # changed remotely: take size/time from the listing, re-HEAD on next stat
+                    existing.size, existing.etag, existing.mtime = entry.size, entry.etag, entry.mtime
+                    existing.headers = None
+                    existing.symlink_target = None
+                    existing.meta_expires = 0
+                if not self._meta_fresh(existing):
+                    known = self._listed_meta(path, entry)
+                    if known is not None and known.kind == existing.kind:
+                        existing.meta = known
+                    if (known is not None and known.kind == existing.kind) or \
+                            (self.listing_attrs and existing.headers is None):
+                        existing.meta_expires = self._listing_expiry(parent)
             return existing
         is_dir = entry.kind == stat.S_IFDIR
-        meta = posix.default_meta(is_dir=is_dir, mtime=entry.mtime or time.time(), policy=self.policy)
-        if entry.kind == stat.S_IFLNK:
-            meta.mode = stat.S_IFLNK | 0o777
-        node = self.inodes.bind(path, entry.kind, meta)
+        meta = None if is_dir else self._listed_meta(path, entry)
+        trusted = meta is not None or (self.listing_attrs and not is_dir)
+        if meta is None:
+            meta = posix.default_meta(is_dir=is_dir, mtime=entry.mtime or time.time(),
+                                      policy=self.policy)
+            if entry.kind == stat.S_IFLNK:
+                meta.mode = stat.S_IFLNK | 0o777
+        node = self.inodes.bind(path, entry.kind if is_dir else meta.kind, meta)
         node.size, node.etag, node.mtime, node.object_type = (entry.size, entry.etag, entry.mtime,
                                                               entry.object_type)
+        if trusted:
+            node.meta_expires = self._listing_expiry(parent)
         return node
+
+    def _listed_meta(self, path: str, entry: Entry) -> posix.PosixMeta | None:
+        """The attributes recorded for exactly the version a listing shows (``attrcache``)."""
+        hit = self.attr_cache.lookup(self.okey(path), entry.etag, entry.size, entry.mtime)
+        if hit is None:
+            return None
+        headers, object_type = hit
+        meta = posix.from_headers(headers, is_dir=False, fallback_mtime=entry.mtime,
+                                  policy=self.policy)
+        if object_type == "Symlink":
+            meta.mode = stat.S_IFLNK | stat.S_IMODE(meta.mode)
+        return meta
+
+    def _listing_expiry(self, parent: Node) -> float:
+        lst = self.inodes.stale_listing(parent.path)
+        return lst.expires if lst is not None else time.monotonic() + self.ttl
 
     @staticmethod
     def _fresh(node: Node) -> bool:
         return node.headers is not None and node.headers_expires > time.monotonic()
 
-    def _needs_head(self, node: Node) -> bool:
-        return not (node.ino == ROOT_INO or node.dirty or not node.exists_remote
-                    or self._fresh(node))
+    def _meta_fresh(self, node: Node) -> bool:
+        return node.meta_expires > time.monotonic() or self._fresh(node)
 
-    async def _resolve(self, node: Node) -> Node:
-        """Make sure ``node``'s headers are fresh (one HEAD); may return a new node (type)."""
+    def _needs_head(self, node: Node, full: bool = False) -> bool:
+        """``full``: every header is needed (to open it), not only its POSIX attributes."""
+        if node.ino == ROOT_INO or node.dirty or not node.exists_remote:
+            return False
+        return not (self._fresh(node) if full else self._meta_fresh(node))
+
+    async def _resolve(self, node: Node, full: bool = False) -> Node:
+        """Make sure ``node``'s attributes (``full``: all its headers) are fresh, with one HEAD
+        if need be; may return a new node (type)."""
         pending = self._resolving.get(node.path)
         if pending is not None:           # a stat-ahead HEAD is on its way: share it
             await pending.wait()
             node = self.inodes.at(node.path) or node
-        if not self._needs_head(node):
+        if not self._needs_head(node, full):
             return node
         try:
             return await self._resolve_remote(node)
@@ -268,6 +313,7 @@ class FsModel:
             return node
         info = await self.store.head(self.okey(node.path))
         if info is None:
+            self.attr_cache.forget(self.okey(node.path))
             self.inodes.drop_entry(node.parent_path, node.name)
             if node.open_count == 0:
                 self.inodes.detach(node)
@@ -286,7 +332,7 @@ class FsModel:
         path = join(parent.path, name)
         existing = self.inodes.at(path)
         if existing is not None and (existing.dirty or not existing.exists_remote
-                                     or (not existing.is_dir and self._fresh(existing))):
+                                     or (not existing.is_dir and self._meta_fresh(existing))):
             return existing          # a HEAD within ttl proves it exists
         self._stat_ahead(parent, name)
         if existing is not None and not existing.is_dir and not existing.unlinked \
@@ -363,7 +409,7 @@ class FsModel:
     async def _source(self, node: Node) -> BlockSource:
         headers = node.headers
         if headers is None or not headers:
-            await self._resolve(node)
+            await self._resolve(node, full=True)
             headers = node.headers or {}
         info = ObjectInfo(key=self.okey(node.path), size=node.size, etag=node.etag or "",
                           mtime=node.mtime, object_type=node.object_type, headers=dict(headers))
@@ -394,8 +440,7 @@ class FsModel:
             raise _err(errno.EISDIR)
         if not node.dirty and node.exists_remote and not node.unlinked:
             before = node.etag
-            node.headers_expires = 0 if node.headers is None else node.headers_expires
-            resolved = await self._resolve(node)
+            resolved = await self._resolve(node, full=True)
             if resolved is not node:
                 raise _err(errno.ESTALE)
             if node.etag != before and node.staging is not None and node.staging.sealed:
@@ -584,7 +629,9 @@ class FsModel:
         node.exists_remote = True
         node.mtime = time.time()
         node.headers = {**{k.lower(): v for k, v in st.crypto_headers.items()}, **extra}
-        node.headers_expires = time.monotonic() + self.ttl
+        node.headers_expires = node.meta_expires = time.monotonic() + self.ttl
+        self.attr_cache.record(self.okey(node.path), etag, node.size, extra,
+                               not_after=self.store.server_now())
         node.kernel_etag = etag
         self.inodes.note_entry(node.parent_path, Entry(node.name, node.kind, node.size, etag,
                                                        node.mtime))
@@ -852,7 +899,9 @@ class FsModel:
         headers = {**self._kept(info.headers), **extra}
         etag = await self.store.copy(key, key, headers=headers, if_match=info.etag)
         node.headers = {**info.headers, **extra}
-        node.headers_expires = time.monotonic() + self.ttl
+        node.headers_expires = node.meta_expires = time.monotonic() + self.ttl
+        self.attr_cache.record(key, etag, node.size, extra, node.object_type,
+                               not_after=self.store.server_now())
         if node.kernel_etag == node.etag:
             node.kernel_etag = etag            # same bytes: keep the page cache
         node.etag = etag
@@ -913,7 +962,9 @@ class FsModel:
         node.exists_remote, node.unlinked = True, False
         node.symlink_target = target
         node.headers = extra
-        node.headers_expires = time.monotonic() + self.ttl
+        node.headers_expires = node.meta_expires = time.monotonic() + self.ttl
+        self.attr_cache.record(self.okey(path), etag, len(body), extra,
+                               not_after=self.store.server_now())
         self.inodes.note_entry(parent.path, Entry(name, stat.S_IFREG, len(body), etag, node.mtime))
         node.nlookup += 1
         return self.attrs(node)
@@ -928,6 +979,7 @@ class FsModel:
         async with node.lock:
             if node.exists_remote:
                 await self.store.delete(self.okey(node.path))
+            self.attr_cache.forget(self.okey(node.path))
             node.dirty = False
             if node.staging is not None:
                 if node.open_count == 0:
@@ -1005,6 +1057,7 @@ class FsModel:
                     # leaves two copies, never none
                     copied = await self.store.copy(self.okey(src.path), self.okey(new_path))
                     await self.store.delete(self.okey(src.path))
+                    self.attr_cache.forget(self.okey(src.path))
                     if st is not None and st.base_etag is not None:
                         st.base_etag = copied        # the version we now build on
                     src.etag = copied
@@ -1060,6 +1113,7 @@ class FsModel:
             if old_prefix not in keys:
                 await self.store.put(new_prefix, b"", posix.to_headers(src.meta))
             await self.store.delete_many(keys)
+            self.attr_cache.forget_under(old_prefix)
             if dst is not None:
                 self.inodes.detach(dst)
             self.inodes.move(src.path, new_path)

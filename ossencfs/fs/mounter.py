@@ -48,6 +48,7 @@ class MountOptions:
     read_only: bool = False
     policy: posix.MountPolicy | None = None
     ttl: float = 2.0
+    listing_attrs: bool = False
 
 
 def _octal(name: str, value: str) -> int:
@@ -66,7 +67,8 @@ def _number(name: str, value: str, kind: Callable[[str], Any] = int) -> Any:
 
 def parse_mount_options(items: list[str] | None) -> MountOptions:
     """ossfs-style ``-o`` options: allow_other, ro, uid=, gid=, umask=, file_mode=, dir_mode=,
-    attr_timeout= (seconds; also the listing/HEAD cache lifetime)."""
+    attr_timeout= (seconds; also the listing/HEAD cache lifetime), listing_attrs (objects whose
+    attributes are not cached locally get theirs from the listing: no HEAD per entry)."""
     opts = MountOptions(policy=posix.MountPolicy(default_uid=os.getuid(), default_gid=os.getgid()))
     policy = opts.policy
     assert policy is not None
@@ -80,6 +82,8 @@ def parse_mount_options(items: list[str] | None) -> MountOptions:
                 opts.allow_other = True
             elif name == "ro" and not eq:
                 opts.read_only = True
+            elif name == "listing_attrs" and not eq:
+                opts.listing_attrs = True
             elif name == "uid" and eq:
                 policy.uid = _number(name, value)
             elif name == "gid" and eq:
@@ -194,6 +198,7 @@ class Mount:
 
     def _build(self, spawn: _Spawner) -> Any:
         from ..objects import EncryptedObjects
+        from .attrcache import AttrCache
         from .cache import BlockCache
         from .journal import Journal, MountIdentity
         from .model import FsModel
@@ -225,7 +230,9 @@ class Mount:
         self.model = FsModel(self.store, objects, cache, staging, Uploader(objects),
                              prefix=self.prefix, policy=self.opts.policy, ttl=self.opts.ttl,
                              read_only=self.opts.read_only, spawn=spawn,
-                             write_back=self.write_back)
+                             write_back=self.write_back,
+                             attr_cache=AttrCache(os.path.join(self.base_dir, "attrs.sqlite")),
+                             listing_attrs=self.opts.listing_attrs)
         self.model.writeback = WriteBack(self.model, delay=self.write_back,
                                          parallel=max(2, self.args.upload_parallelism),
                                          small_parallel=self.args.upload_small_files)
@@ -307,6 +314,7 @@ class Mount:
         finally:
             if not closed:
                 pyfuse3.close(unmount=True)
+            self.model.attr_cache.close()
             for path in (pidfile, state_path):
                 try:
                     os.unlink(path)

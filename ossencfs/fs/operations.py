@@ -238,15 +238,18 @@ class Operations(pyfuse3.Operations):
         return self.model.statfs()
 
     # -- extended attributes: not stored (header names/values are too restricted to keep
-    # -- arbitrary user.* data safely); tools like cp -a / rsync -X treat ENOTSUP as "none"
+    # -- arbitrary user.* data safely). ENOSYS, not ENOTSUP: the kernel then remembers that
+    # -- this file system has none and answers EOPNOTSUPP itself, so `ls -l` (which asks for
+    # -- ACLs and security labels of every entry) costs no round trip per file; cp -a and
+    # -- rsync -X treat EOPNOTSUPP as "no extended attributes".
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
-        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
-        return []
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
-        raise pyfuse3.FUSEError(errno.ENOTSUP)
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
-        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        raise pyfuse3.FUSEError(errno.ENOSYS)

@@ -88,6 +88,7 @@ async def publish(mount: Any, path: str) -> None:
     wb = mount.model.writeback
     while True:
         try:
+            mount.model.attr_cache.commit()
             write_state(path, snapshot(mount))
         except Exception as exc:      # the state file is a convenience; never kill the mount
             log.debug("state snapshot failed: %s", exc)

@@ -1,0 +1,163 @@
+"""POSIX attributes of objects, kept on local disk and validated by listings.
+
+A listing names every object with its ETag, size and Last-Modified, but not the
+``x-oss-meta-mode/uid/gid/mtime`` headers that hold its POSIX attributes: without this cache
+``ls -l`` costs one HEAD per entry, on every mount. Any change to an object on OSS, be it new
+content or a metadata-only self-copy (chmod, touch), gives it a new Last-Modified, so a record
+whose (ETag, size, Last-Modified) equals what a fresh listing shows is still right: a listing
+validates every record it names at no extra cost, and a remount finds them again.
+
+What is kept: the object key, those three validators and the POSIX header values, which are
+already stored unencrypted on OSS. Never object bodies, data keys or symlink targets (a
+symlink target is an encrypted body).
+
+A write through the mount knows its new ETag but not the Last-Modified OSS gave it (PutObject
+does not return one), only an upper bound of it (OSS's clock when the reply came). Its record
+adopts the first Last-Modified a listing shows with the same ETag and size, if not later than
+that bound: a later one means another client changed the metadata since (a self-copy keeps
+the ETag), and costs a HEAD. Last-Modified has whole seconds, so a metadata change by another
+client within about a second of the version recorded here goes unseen until the object
+changes again; that is the price of answering from the listing.
+
+This is a cache: it is written without fsync, a damaged database is discarded and started
+again, and an error while using it (a full disk) turns it off for the rest of the mount: all
+of which only costs HEADs, never a failed file operation.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import time
+from typing import Mapping
+
+from .posix import POSIX_HEADERS
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS attrs (
+    key TEXT PRIMARY KEY,
+    etag TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    lastmod REAL,
+    not_after REAL,
+    object_type TEXT NOT NULL,
+    posix TEXT NOT NULL
+)"""
+COMMIT_EVERY = 1.0        # seconds between commits (a crash loses at most this much cache)
+
+
+class AttrCache:
+    def __init__(self, path: str | None) -> None:
+        """``path`` None keeps the cache in memory (read-only cache directories, tests)."""
+        self.path = path
+        self.db = self._open(path)
+        self._dirty = False
+        self._last_commit = time.monotonic()
+        self.hits = 0
+        self.misses = 0
+        self.broken = False
+
+    def _failed(self, exc: sqlite3.Error) -> None:
+        if not self.broken:
+            log.warning("attribute cache %s: %s; going on without it", self.path or "(memory)", exc)
+        self.broken = True
+
+    @staticmethod
+    def _open(path: str | None) -> sqlite3.Connection:
+        target = path or ":memory:"
+        for attempt in (1, 2):
+            try:
+                db = sqlite3.connect(target, isolation_level="DEFERRED", check_same_thread=False)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=OFF")
+                db.execute(_SCHEMA)
+                db.execute("SELECT count(*) FROM attrs").fetchone()
+                return db
+            except sqlite3.DatabaseError as exc:
+                if path is None:
+                    raise
+                if attempt == 2:
+                    log.warning("attribute cache %s: %s; keeping it in memory", path, exc)
+                    return AttrCache._open(None)
+                log.warning("attribute cache %s is damaged (%s); starting a new one", path, exc)
+                for suffix in ("", "-wal", "-shm"):
+                    try:
+                        os.unlink(path + suffix)
+                    except FileNotFoundError:
+                        pass
+        raise AssertionError("unreachable")
+
+    def lookup(self, key: str, etag: str | None, size: int, lastmod: float) -> tuple[dict[str, str], str] | None:
+        """(POSIX headers, object type) recorded for this exact version of ``key``, or None."""
+        if not etag or self.broken:
+            return None
+        try:
+            row = self.db.execute("SELECT etag, size, lastmod, not_after, object_type, posix "
+                                  "FROM attrs WHERE key=?", (key,)).fetchone()
+            if row is None or row[0] != etag or row[1] != size:
+                self.misses += 1
+                return None
+            if row[2] is None and (row[3] is None or lastmod <= row[3]):
+                # our own write: adopt the Last-Modified OSS gave it
+                self.db.execute("UPDATE attrs SET lastmod=? WHERE key=?", (lastmod, key))
+                self._touch()
+            elif row[2] is None or abs(row[2] - lastmod) > 0.5:
+                self.misses += 1
+                return None
+            posix = json.loads(row[5])
+        except (sqlite3.Error, ValueError) as exc:
+            self._failed(sqlite3.Error(str(exc)))
+            return None
+        self.hits += 1
+        return posix, row[4]
+
+    def record(self, key: str, etag: str | None, size: int, headers: Mapping[str, str],
+               object_type: str = "Normal", *, lastmod: float | None = None,
+               not_after: float | None = None) -> None:
+        """Remember the POSIX headers of this version of ``key``: seen by a HEAD (``lastmod``)
+        or just written (``not_after``: OSS's clock, at most, when the write was answered)."""
+        if not etag:
+            return
+        posix = {k: v for k, v in ((k.lower(), v) for k, v in headers.items()) if k in POSIX_HEADERS}
+        self._write("INSERT OR REPLACE INTO attrs VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (key, etag, size, lastmod, not_after, object_type,
+                     json.dumps(posix, sort_keys=True)))
+
+    def forget(self, key: str) -> None:
+        self._write("DELETE FROM attrs WHERE key=?", (key,))
+
+    def forget_under(self, prefix: str) -> None:
+        """Everything below a directory prefix (``a/b/``), e.g. after it was renamed."""
+        self._write("DELETE FROM attrs WHERE key >= ? AND key < ?", (prefix, prefix + "\U0010ffff"))
+
+    def _write(self, sql: str, params: tuple[object, ...]) -> None:
+        if self.broken:
+            return
+        try:
+            self.db.execute(sql, params)
+        except sqlite3.Error as exc:
+            self._failed(exc)
+            return
+        self._touch()
+
+    def _touch(self) -> None:
+        self._dirty = True
+        if time.monotonic() - self._last_commit >= COMMIT_EVERY:
+            self.commit()
+
+    def commit(self) -> None:
+        """Make the records so far survive the mount (called every second and at unmount)."""
+        if self._dirty and not self.broken:
+            try:
+                self.db.commit()
+            except sqlite3.Error as exc:
+                self._failed(exc)
+            self._dirty = False
+        self._last_commit = time.monotonic()
+
+    def close(self) -> None:
+        self.commit()
+        self.db.close()
