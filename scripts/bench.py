@@ -274,10 +274,13 @@ def stats_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]
 class MountProc:
     """One ``python -m ossencfs mount ... -f`` process with a fresh cache dir; samples its RSS."""
 
-    def __init__(self, bench: "Bench", name: str, key_args: list[str]) -> None:
+    def __init__(self, bench: "Bench", name: str, key_args: list[str], cache_dir: Path | None = None,
+                 keep_cache: bool = False) -> None:
         self.bench = bench
         self.path = bench.workdir / f"mnt-{name}"
-        self.cache_dir = bench.workdir / f"cache-{name}"
+        self.cache_dir = cache_dir or bench.workdir / f"cache-{name}"
+        self.fresh_cache = cache_dir is None   # else: an earlier mount's, attribute cache and all
+        self.keep_cache = keep_cache         # another mount takes this cache directory over
         self.log_path = bench.workdir / f"mount-{name}.log"
         self.key_args = key_args
         self.proc: subprocess.Popen | None = None
@@ -288,7 +291,8 @@ class MountProc:
         self.spy: subprocess.Popen | None = None
 
     def start(self) -> "MountProc":
-        shutil.rmtree(self.cache_dir, ignore_errors=True)
+        if self.fresh_cache:
+            shutil.rmtree(self.cache_dir, ignore_errors=True)
         self.path.mkdir(exist_ok=True)
         argv = [sys.executable, "-m", "ossencfs", "mount", f"oss://{BUCKET}", str(self.path),
                 "--endpoint", self.bench.emu.endpoint, "--cache-dir", str(self.cache_dir),
@@ -364,7 +368,8 @@ class MountProc:
             self.spy = None
         if self._sampler is not None:
             self._sampler.join(timeout=5)
-        shutil.rmtree(self.cache_dir, ignore_errors=True)
+        if not self.keep_cache:
+            shutil.rmtree(self.cache_dir, ignore_errors=True)
 
     def log_tail(self) -> str:
         try:
@@ -439,13 +444,14 @@ class Bench:
             list(pool.map(put, range(n)))
         log(f"seeded {n} objects in lsdir/ in {time.monotonic() - t0:.1f} s")
 
-    def mount(self, label: str, kms: bool = False, extra: list[str] | None = None) -> MountProc:
+    def mount(self, label: str, kms: bool = False, extra: list[str] | None = None,
+              cache_dir: Path | None = None, keep_cache: bool = False) -> MountProc:
         self._mount_seq += 1
         if kms:
             keys = ["--kms-key", self.cmk, "--kms-region", KMS_REGION, "--kms-endpoint", self.kms.endpoint]
         else:
             keys = ["--rsa-key", str(self.key_pem)]
-        m = MountProc(self, f"{self._mount_seq:03d}-{label}", keys + list(extra or []))
+        m = MountProc(self, f"{self._mount_seq:03d}-{label}", keys + list(extra or []), cache_dir, keep_cache)
         self.mounts.append(m)
         return m.start()
 
@@ -609,21 +615,28 @@ class Bench:
         import oss2
         return sum(1 for o in oss2.ObjectIterator(self.plain, prefix=prefix) if not o.key.endswith("/"))
 
+    def _ls_l(self, m: MountProc) -> dict[str, Any]:
+        def run() -> int:
+            r = subprocess.run(["ls", "-l", str(m.path / "lsdir")], capture_output=True, timeout=3600)
+            check(r.returncode == 0, f"ls -l failed: {r.stderr[-500:]!r}")
+            return len(r.stdout.splitlines()) - 1           # minus the "total" line
+        s, d, entries = self.timed(run)
+        check(entries == self.args.ls_entries, f"ls -l listed {entries} != {self.args.ls_entries}")
+        return {"seconds": s, **d}
+
     def small_read_and_ls(self, run: int) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
-        """Both on one fresh mount: they touch different directories, so neither warms the other."""
+        """Both on one fresh mount: they touch different directories, so neither warms the other.
+
+        ``ls -l`` runs three times, each on a new mount process (nothing in memory):
+        ``mount`` with an empty cache directory (first sight: one HEAD per entry, to read the
+        POSIX attributes a listing does not carry); ``mount_warm`` on the cache directory the
+        first one left (its attribute cache, validated by the listing); and
+        ``mount_listing_attrs``, an empty cache with ``-o listing_attrs``."""
         n = self.args.files
         small: dict[str, dict[str, Any]] = {}
         ls: dict[str, dict[str, Any]] = {}
-        m = self.mount("small_read_ls")
-        lsdir = m.path / "lsdir"
-
-        def ls_l() -> int:
-            r = subprocess.run(["ls", "-l", str(lsdir)], capture_output=True, timeout=3600)
-            check(r.returncode == 0, f"ls -l failed: {r.stderr[-500:]!r}")
-            return len(r.stdout.splitlines()) - 1           # minus the "total" line
-        s, d, entries = self.timed(ls_l)
-        check(entries == self.args.ls_entries, f"ls -l listed {entries} != {self.args.ls_entries}")
-        ls["mount"] = {"seconds": s, **d}
+        m = self.mount("small_read_ls", keep_cache=True)
+        ls["mount"] = self._ls_l(m)
         sd = m.path / f"small-a-{run}"
 
         def read_small() -> None:
@@ -633,6 +646,11 @@ class Bench:
         s, d, _ = self.timed(read_small)
         small["mount"] = {"seconds": s, **d}
         self.unmount(m)
+        for name, kwargs in (("mount_warm", {"cache_dir": m.cache_dir}),
+                             ("mount_listing_attrs", {"extra": ["-o", "listing_attrs"]})):
+            mv = self.mount(name, **kwargs)
+            ls[name] = self._ls_l(mv)
+            self.unmount(mv)
         for sysname, bucket, prefix in (("crypto_bucket", self.crypto, f"small-b-{run}/"),
                                         ("plain_bucket", self.plain, f"small-c-{run}/")):
             def loop() -> None:
@@ -660,8 +678,9 @@ class Bench:
             r["entries"] = self.args.ls_entries
             r["rate"] = self.args.ls_entries / r["seconds"]
             r["requests_per_entry"] = r["total_requests"] / self.args.ls_entries
-        ls["mount"]["listing_requests_seconds"] = listing_alone
-        ls["mount"]["time_vs_listing_requests"] = ls["mount"]["seconds"] / listing_alone
+        for name in ("mount", "mount_warm", "mount_listing_attrs"):
+            ls[name]["listing_requests_seconds"] = listing_alone
+            ls[name]["time_vs_listing_requests"] = ls[name]["seconds"] / listing_alone
         return small, ls
 
     # -- cp -a of a source tree --
@@ -889,10 +908,12 @@ def print_table(profile: str, faults: dict[str, float], res: dict[str, Any], arg
         print(f"{labels[w]:<28}{e['unit']:<10}" + "".join(f"{fmt_rate(s[x]['rate']):>12}" for x in SYSTEMS)
               + f"{e['ratio_vs_crypto_bucket']:>8.2f}{e['ratio_vs_plain_bucket']:>8.2f}  {reqs:<18}{secs}")
         for v, rec in e.get("variants", {}).items():
-            label = "  (a) --write-back " + f"{args.write_back:g}" if v == "mount_write_back" else f"  {v}"
+            label = "  (a) --write-back " + f"{args.write_back:g}" if v == "mount_write_back" \
+                else "  (a) " + v.removeprefix("mount_").replace("_", " ")
+            closed = f" (closed after {rec['seconds_until_closed']:.2f})" if "seconds_until_closed" in rec else ""
             print(f"{label:<28}{e['unit']:<10}{fmt_rate(rec['rate']):>12}{'':>24}"
                   f"{rec['ratio_vs_crypto_bucket']:>8.2f}{rec['ratio_vs_plain_bucket']:>8.2f}  "
-                  f"{rec['total_requests']:<18}{rec['seconds']:.2f} (closed after {rec['seconds_until_closed']:.2f})")
+                  f"{rec['total_requests']:<18}{rec['seconds']:.2f}{closed}")
     s = {w: res[w]["systems"] for w in WORKLOADS if w in res}
     print()
     if "seq_write" in s:
@@ -911,9 +932,12 @@ def print_table(profile: str, faults: dict[str, float], res: dict[str, Any], arg
             f"({human(s['random_read_4k'][x]['bytes_from_oss_per_read'])}/read)" for x in SYSTEMS))
     if "ls_l" in s:
         lm = s["ls_l"]["mount"]
-        print(f"  ls -l (a): {lm['seconds']:.2f} s, {lm['total_requests']} requests {lm['requests']}; listing "
-              f"requests alone (oss2 list_objects pages): {lm['listing_requests_seconds']:.2f} s, "
-              f"{s['ls_l']['plain_bucket']['total_requests']} requests -> {lm['time_vs_listing_requests']:.2f}x")
+        print(f"  ls -l: listing requests alone (oss2 list_objects pages): {lm['listing_requests_seconds']:.2f} s, "
+              f"{s['ls_l']['plain_bucket']['total_requests']} requests")
+        for name, rec in (("cold", lm), *((v.removeprefix("mount_"), r) for v, r in
+                                          res["ls_l"].get("variants", {}).items())):
+            print(f"  ls -l (a) {name}: {rec['seconds']:.2f} s = {rec['time_vs_listing_requests']:.2f}x the listing, "
+                  f"{rec['total_requests']} requests {rec['requests']}")
     if "small_create" in s:
         print(f"  small create (a): close of the last file after "
               f"{s['small_create']['mount']['seconds_until_closed']:.2f} s, all in the bucket after "

@@ -72,6 +72,10 @@ def test_quick_bench_reports_every_workload_for_every_system(tmp_path: Path) -> 
     assert workloads["seq_read"]["systems"]["mount"]["peak_rss_bytes"] > 0
     ls_mount = workloads["ls_l"]["systems"]["mount"]
     assert ls_mount["listing_requests_seconds"] > 0 and ls_mount["time_vs_listing_requests"] > 0
+    entries = data["parameters"]["ls_entries"]
+    assert ls_mount["requests"].get("HeadObject", 0) >= entries      # first sight: attributes by HEAD
+    for v in ("mount_warm", "mount_listing_attrs"):                  # no request per file
+        assert workloads["ls_l"]["variants"][v]["requests"].get("HeadObject", 0) <= 1, v
 
     kms = workloads["kms"]["systems"]
     for s in ("mount", "crypto_bucket"):
