@@ -344,11 +344,28 @@ class FsModel:
             except pyfuse3.FUSEError as exc:
                 if exc.errno != errno.ENOENT:
                     raise             # ENOENT: it may be a directory now; list to find out
+        if existing is not None and existing.is_dir and not existing.unlinked \
+                and self.inodes.listing(parent.path) is None \
+                and self.inodes.stale_listing(parent.path) is not None \
+                and await self._dir_still_there(existing):
+            return existing           # the kernel revalidating a path: no listing of the parent
         entries = await self.list_dir(parent)
         entry = entries.get(name)
         if entry is None:
             raise _err(errno.ENOENT)
         return await self._resolve(self._node_from_entry(parent, entry))
+
+    async def _dir_still_there(self, node: Node) -> bool:
+        """A known directory, checked with one request (a HEAD of its marker, or a one-key
+        listing when it has none) instead of a listing of its whole parent."""
+        try:
+            node = await self._resolve(node)
+            if node.marker:
+                return True
+            page = await self.store.list_page(self.dkey(node.path), "/", None, 1)
+        except NetworkError:
+            return True               # offline: what we knew stays valid
+        return bool(page.objects or page.prefixes)
 
     def _stat_ahead(self, parent: Node, name: str) -> None:
         lst = self.inodes.stale_listing(parent.path)

@@ -101,3 +101,20 @@ def test_a_long_directory_walk_lists_the_directory_once(make_mount, oss2_bucket,
     assert len(names) == 1500
     counts = emulator.request_counts
     assert counts["ListObjects"] + counts["ListObjectsV2"] == 2, counts   # 1,500 keys: 2 pages
+
+
+def test_revalidating_a_path_does_not_list_its_parents(make_mount, oss2_bucket, emulator):
+    """After the listings expired, the kernel looks every component of a path up again: a known
+    directory is checked with one short request, not with a listing of its whole parent."""
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: oss2_bucket.put_object(f"wide/f{i:05d}", b""), range(2100)))
+    oss2_bucket.put_object("wide/sub/deep/file", b"data")          # implied directories only
+    m = make_mount("reval", extra=["-o", "attr_timeout=0.5"])
+    target = m.path / "wide" / "sub" / "deep" / "file"
+    assert target.read_bytes() == b"data"
+    time.sleep(1.2)
+    emulator.reset_stats()
+    assert os.stat(target).st_size == 4
+    counts = emulator.request_counts
+    # wide/ alone would take three pages; root, wide/sub/ and wide/sub/deep/ one short request each
+    assert counts["ListObjects"] + counts["ListObjectsV2"] <= 3, counts
