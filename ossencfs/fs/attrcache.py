@@ -133,6 +133,21 @@ class AttrCache:
         """Everything below a directory prefix (``a/b/``), e.g. after it was renamed."""
         self._write("DELETE FROM attrs WHERE key >= ? AND key < ?", (prefix, prefix + "\U0010ffff"))
 
+    def prune_dir(self, prefix: str, present: set[str]) -> None:
+        """A complete listing of ``prefix`` showed these keys: records of its other direct
+        children are of deleted objects (so the cache does not grow with every key ever seen)."""
+        if self.broken:
+            return
+        try:
+            rows = self.db.execute("SELECT key FROM attrs WHERE key > ? AND key < ?",
+                                   (prefix, prefix + "\U0010ffff")).fetchall()
+        except sqlite3.Error as exc:
+            self._failed(exc)
+            return
+        for (key,) in rows:
+            if key not in present and "/" not in key[len(prefix):]:
+                self._write("DELETE FROM attrs WHERE key=?", (key,))
+
     def _write(self, sql: str, params: tuple[object, ...]) -> None:
         if self.broken:
             return

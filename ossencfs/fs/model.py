@@ -204,6 +204,8 @@ class FsModel:
             if not page.next_token:
                 break
             token = page.next_token
+        self.attr_cache.prune_dir(prefix, {prefix + name for name, e in entries.items()
+                                           if e.kind != stat.S_IFDIR})
         return self.inodes.set_listing(node.path, self._with_local(node, entries)).entries
 
     def _with_local(self, node: Node, entries: dict[str, Entry]) -> dict[str, Entry]:

@@ -107,3 +107,18 @@ def test_no_extended_attributes(mount):
         with pytest.raises(OSError) as info:
             call()
         assert info.value.errno == errno.EOPNOTSUPP
+
+
+def test_records_of_deleted_objects_are_pruned_by_a_listing(make_mount, oss2_bucket):
+    import sqlite3
+    m = make_mount("a")
+    _populate(m, 4)
+    m.stop()
+    oss2_bucket.delete_object("d/f001")                          # by another client
+    m.start()
+    assert sorted(os.listdir(m.path / "d")) == ["f000", "f002", "f003", "link"]
+    m.stop()                                                     # commits the cache
+    db = sqlite3.connect(m.base_dir() / "attrs.sqlite")
+    keys = sorted(k for (k,) in db.execute("SELECT key FROM attrs"))
+    db.close()
+    assert keys == ["d/f000", "d/f002", "d/f003", "d/link"]
