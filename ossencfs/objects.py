@@ -194,27 +194,36 @@ class EncryptedObjects:
                      crypto_headers: Mapping[str, str],
                      extra_headers: Mapping[str, str] | None = None, *,
                      forbid_overwrite: bool = False, if_match: str | None = None,
-                     progress: Callable[[int], None] | None = None) -> str:
+                     progress: Callable[[int], None] | None = None,
+                     read_cipher_sync: Callable[[int, int], bytes] | None = None) -> str:
         """Upload ``size`` already-encrypted bytes; returns the new ETag.
 
         ``read_cipher(offset, n)`` is called in increasing offset order, once per byte, so
         it may be backed by a stream. data-size/part-size headers are set here (they describe
-        the upload layout, which only this method decides).
+        the upload layout, which only this method decides). ``read_cipher_sync`` (blocking,
+        same bytes): for a single PUT the body is then read in the request's worker thread.
         """
         base = {k.lower(): v for k, v in (extra_headers or {}).items()}
         crypto = {k.lower(): v for k, v in crypto_headers.items()
                   if k.lower() not in (fmt.H_DATA_SIZE, fmt.H_PART_SIZE)}
         part_size = self.multipart_part_size(size)
         if part_size is None:
-            data = await read_cipher(0, size) if size else b""
-            if len(data) != size:
-                raise OssEncError(f"oss://{self.store.name}/{key}: source gave {len(data)} "
-                                  f"bytes, expected {size}")
+            def checked(data: bytes) -> bytes:
+                if len(data) != size:
+                    raise OssEncError(f"oss://{self.store.name}/{key}: source gave "
+                                      f"{len(data)} bytes, expected {size}")
+                return data
+            source: bytes | Callable[[], bytes]
+            if read_cipher_sync is not None and size:
+                reader = read_cipher_sync
+                source = lambda: checked(reader(0, size))  # noqa: E731
+            else:
+                source = checked(await read_cipher(0, size) if size else b"")
             if if_match:
                 # The If-Match header is sent too, but OSS does not promise to honour it on
                 # PutObject; this check is what holds against real OSS.
                 await self._check_unchanged(key, if_match)
-            etag = await self.store.put(key, data, {**base, **crypto},
+            etag = await self.store.put(key, source, {**base, **crypto},
                                         forbid_overwrite=forbid_overwrite, if_match=if_match)
             if progress:
                 progress(size)

@@ -148,6 +148,8 @@ class RsaMasterKey:
     new objects but opens nothing.
     """
 
+    LOCAL_WRAP = True        # wrap_new is CPU only (KeyRing.local_writer)
+
     def __init__(self, private_key: rsa.RSAPrivateKey | None = None,
                  public_key: rsa.RSAPublicKey | None = None, *,
                  matdesc: Mapping[str, str] | None = None, write_alg: str = WRAP_RSA_PKCS1,
@@ -363,6 +365,9 @@ class KeyRing:
             raise ValueError("a KeyRing needs at least one master key")
         self.masters: tuple[MasterKey, ...] = tuple(masters)
         self.writer: MasterKey = self.masters[0]
+        #: ``new_object`` needs no I/O (the writer wraps locally): callers on an event loop
+        #: may call it there instead of in a worker thread
+        self.local_writer = bool(getattr(self.writer, "LOCAL_WRAP", False))
         self._cache_entries = max(0, int(cache_entries))
         self._cache_ttl = float(cache_ttl)
         self._negative_ttl = float(negative_ttl)

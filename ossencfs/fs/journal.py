@@ -8,7 +8,20 @@ Why it looks like this:
   safe to leave on disk as the object header is in the bucket.
 - ``write`` is tmp-file + fsync + rename + fsync(directory): an acknowledged close/fsync
   survives kill -9 and a power cut; a torn write leaves the previous entry (or a ``.tmp``
-  that is ignored).
+  that is ignored). Only an entry that replaces nothing acknowledged (one not ``committed``)
+  is overwritten in place instead (``in_place``): a torn one is corrupt and goes to
+  quarantine, as the uncommitted one would have.
+- Files are not created and deleted one by one: a removed entry or data file (of at most
+  ``SPARE_BYTES``) is kept as a *spare* (``*.spare``, at most ``SPARES`` of them), and the
+  next new file (data file, or the temporary file of an entry) is a spare renamed and
+  overwritten in place. On ext4 without a journal every inode allocation scans the recently
+  deleted inodes of its group, which with a stream of small files was most of the mount's
+  system time; and a block overwritten needs no allocation when it is fsynced. A spare keeps
+  its old bytes until it is reused: ciphertext, or an entry (wrapped keys only), no more
+  than the journal itself holds; a data file may so hold stale ciphertext past what its
+  staging wrote, which is never read (only ranges in its extents are). Spares stay after
+  an unmount; ``scan`` takes those of an earlier run up again (a spare is never trusted
+  for its content: data is written where it is read, an entry is rewritten whole).
 - Entries that cannot be replayed (corrupt, another bucket/prefix, data file missing, key
   not available, never closed before the crash) are *moved* into ``quarantine/`` with a
   ``reason.json`` and reported; nothing is deleted.
@@ -16,10 +29,12 @@ Why it looks like this:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +43,8 @@ from ..atomicfile import fsync_dir, replace_file
 
 log = logging.getLogger(__name__)
 
+SPARES = 1024        # removed files kept for reuse (see the module docstring) ...
+SPARE_BYTES = 64 << 10   # ... if they are no larger than this
 FORMAT = "ossencfs-journal"
 VERSION = 2
 _REQUIRED = {"format": str, "version": int, "mount": dict, "id": str, "key": str, "size": int,
@@ -62,6 +79,12 @@ def seal_entry(entry: dict[str, Any]) -> bytes:
 def write_durable(path: str, data: bytes) -> None:
     """Atomic and durable: the old content or the new one, never a mix, even on power loss."""
     replace_file(path, data, durable=True)
+
+
+def _pwrite_all(fd: int, data: bytes) -> None:
+    view, off = memoryview(data), 0
+    while off < len(data):
+        off += os.pwrite(fd, view[off:], off)
 
 
 class BadEntry(Exception):
@@ -107,6 +130,95 @@ class Journal:
         self.directory = directory
         self.quarantine_dir = quarantine_dir
         self.identity = identity
+        self._spares: list[str] = []          # used from worker threads: under _spare_lock
+        self._spare_lock = threading.Lock()
+        self._spare_seq = itertools.count()
+        self._spare_prefix = os.urandom(6).hex()   # this Journal's spare names: no clashes
+        self._removed: set[str] = set()       # removed while their staging stays open
+
+    def was_removed(self, ident: str) -> bool:
+        """Entry and data removed (``remove`` without ``data_closed``) while still open."""
+        return ident in self._removed
+
+    def forget_removed(self, ident: str) -> None:
+        self._removed.discard(ident)
+
+    def anonymous_file(self) -> int:
+        """A data file without a name (for a staging whose journal presence was removed)."""
+        try:
+            return os.open(self.directory, os.O_TMPFILE | os.O_RDWR, 0o600)
+        except (AttributeError, OSError):      # no O_TMPFILE here: create and unlink
+            while True:
+                name = os.path.join(self.directory,
+                                    f"{self._spare_prefix}-{next(self._spare_seq)}.tmp")
+                try:
+                    fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+                except FileExistsError:
+                    continue
+                os.unlink(name)
+                return fd
+
+    # -- spare files (inode reuse) -------------------------------------------------------------
+    def _take_spare(self) -> tuple[int, str]:
+        """(fd, name) of a spare opened for writing, or (-1, "") when there is none."""
+        while True:
+            with self._spare_lock:
+                if not self._spares:
+                    return -1, ""
+                name = self._spares.pop()
+            try:
+                return os.open(name, os.O_RDWR), name
+            except OSError:
+                continue                       # gone (a scan?): try the next one
+
+    def _keep_spare(self, path: str) -> None:
+        """Remove ``path`` from its name: kept as a spare, or unlinked."""
+        with self._spare_lock:
+            keep = len(self._spares) < SPARES
+        if not keep or os.stat(path).st_size > SPARE_BYTES:  # FileNotFoundError as unlink
+            os.unlink(path)
+            return
+        spare = os.path.join(self.directory, f"{self._spare_prefix}-{next(self._spare_seq)}.spare")
+        os.rename(path, spare)
+        with self._spare_lock:
+            self._spares.append(spare)
+
+    def create_data(self, ident: str) -> int:
+        """A new data file for ``ident``, open read-write: a spare when there is one (with
+        stale bytes, to be overwritten: see the module docstring)."""
+        path = self.data_path(ident)
+        fd, spare = self._take_spare()
+        if fd >= 0:
+            try:
+                os.rename(spare, path)
+                return fd
+            except OSError:
+                os.close(fd)
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+
+    def _replace(self, path: str, data: bytes, durable: bool) -> None:
+        """``atomicfile.replace_file`` with a spare as the temporary file."""
+        fd, spare = self._take_spare()
+        if fd < 0:
+            replace_file(path, data, durable=durable)
+            return
+        try:
+            try:
+                _pwrite_all(fd, data)
+                os.ftruncate(fd, len(data))
+                if durable:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(spare, path)
+        except BaseException:
+            try:
+                os.unlink(spare)
+            except OSError:
+                pass
+            raise
+        if durable:
+            fsync_dir(self.directory)
 
     def entry_path(self, ident: str) -> str:
         return os.path.join(self.directory, ident + ".json")
@@ -114,21 +226,45 @@ class Journal:
     def data_path(self, ident: str) -> str:
         return os.path.join(self.directory, ident + ".data")
 
-    def write(self, ident: str, entry: dict[str, Any], *, durable: bool) -> None:
+    def write(self, ident: str, entry: dict[str, Any], *, durable: bool,
+              in_place: bool = False) -> None:
+        """``in_place``: the caller knows that the entry on disk (if any) is not committed."""
         entry = {"format": FORMAT, "version": VERSION, "mount": self.identity.as_dict(),
                  "id": ident, "updated": time.time(), **entry}
         data = seal_entry(entry)
-        replace_file(self.entry_path(ident), data, durable=durable)
+        if not in_place:
+            self._replace(self.entry_path(ident), data, durable)
+            return
+        fd = os.open(self.entry_path(ident), os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            _pwrite_all(fd, data)
+            os.ftruncate(fd, len(data))
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        if durable:
+            fsync_dir(self.directory)
 
-    def remove(self, ident: str, *, durable: bool = True, entry_only: bool = False) -> None:
+    def remove(self, ident: str, *, durable: bool = True, entry_only: bool = False,
+               data_closed: bool = False) -> None:
         """Entry first: a crash in between leaves a data file without entry (ignored), never
         an entry without its data. ``entry_only``: the data file stays (still in use; a later
-        ``remove`` or the next scan deletes it)."""
+        ``remove`` or the next scan deletes it). ``data_closed``: no descriptor of the data
+        file is open any more, so its inode may be reused (else it is unlinked: a staging
+        that stays open keeps reading and writing it)."""
         paths = (self.entry_path(ident),) if entry_only else \
             (self.entry_path(ident), self.data_path(ident))
+        if data_closed:
+            self._removed.discard(ident)
+        elif not entry_only:
+            self._removed.add(ident)
         for path in paths:
             try:
-                os.unlink(path)
+                if path.endswith(".json") or data_closed:
+                    self._keep_spare(path)    # entries are never held open
+                else:
+                    os.unlink(path)
             except FileNotFoundError:
                 pass
         if durable:
@@ -147,6 +283,14 @@ class Journal:
             path = os.path.join(self.directory, name)
             if name.endswith(".tmp"):
                 os.unlink(path)                  # an unfinished write: the old entry stands
+                continue
+            if name.endswith(".spare"):          # an earlier run's: reused (no new inode)
+                with self._spare_lock:
+                    keep = path not in self._spares and len(self._spares) < SPARES
+                    if keep:
+                        self._spares.append(path)
+                if not keep and path not in self._spares:
+                    os.unlink(path)
                 continue
             if not name.endswith(".json"):
                 continue

@@ -587,9 +587,12 @@ class FsModel:
     def writers(self, node: Node) -> int:
         return sum(1 for h in self.handles.values() if h.node is node and h.writable)
 
-    async def commit_locked(self, node: Node, *, materialize: bool, durable: bool = True) -> None:
+    async def commit_locked(self, node: Node, *, materialize: bool, durable: bool = True,
+                            seal: bool = False) -> None:
         """The acknowledgement point: the staging and its journal entry are on disk, marked
         for replay; ``durable`` also fsyncs data, entry and directory (power cut safe).
+        ``seal``: an upload follows; a small complete staging is sealed in this very entry,
+        so that the upload needs no journal write of its own before sending.
         Raises OSError/OssEncError if they could not be written."""
         st = node.staging
         if st is None or not node.dirty or node.unlinked:
@@ -610,6 +613,8 @@ class FsModel:
                 log.warning("%s: untouched ranges not fetched yet (%s); they come from the "
                             "version opened (ETag %s) at upload time", self.where(node), exc,
                             st.base_etag)
+        if seal and st.sealable:
+            st.sealed = True
         await st.save_manifest(headers, durable=durable)
         st.changed = False
 
@@ -633,12 +638,15 @@ class FsModel:
             if self.writeback is not None:
                 self.writeback.notify()
         node.dirty = False
+        # closed: the staging goes below, its entry with its data in one worker call
+        drop = node.open_count == 0 and node.staging is st
         if st.committed:       # in the bucket now: nothing to replay (an old entry left by a
             st.committed = False   # crash is sealed, and its replay finds its own upload)
             st.synced = False
-            await trio.to_thread.run_sync(
-                functools.partial(self.staging.journal.remove, st.ident, durable=False,
-                                  entry_only=True))
+            if not drop:
+                await trio.to_thread.run_sync(
+                    functools.partial(self.staging.journal.remove, st.ident, durable=False,
+                                      entry_only=True))
         if result.conflict_key is not None:
             await self._after_conflict(node, st, result)
             return
@@ -654,6 +662,9 @@ class FsModel:
         node.kernel_etag = etag
         self.inodes.note_entry(node.parent_path, Entry(node.name, node.kind, node.size, etag,
                                                        node.mtime))
+        if drop and node.staging is st:
+            node.staging = None
+            await self.staging.drop(st)
 
     async def _after_conflict(self, node: Node, st: Any, result: UploadResult) -> None:
         """The local version went beside the object: show the other client's version at the
@@ -727,7 +738,7 @@ class FsModel:
             return
         if self.write_back > 0 and self.writeback is not None:
             try:
-                await self.commit_locked(node, materialize=True)
+                await self.commit_locked(node, materialize=True, seal=True)
             except (OSError, OssEncError) as exc:
                 # cannot journal (e.g. the cache disk is full): fall back to uploading now
                 log.warning("%s: cannot journal (%s); uploading at close instead",
@@ -737,7 +748,7 @@ class FsModel:
             self.writeback.schedule(node)
             return
         try:      # not fsynced: close is acknowledged only once the object is in the bucket
-            await self.commit_locked(node, materialize=False, durable=False)
+            await self.commit_locked(node, materialize=False, durable=False, seal=True)
         except (OSError, OssEncError) as exc:
             log.warning("%s: cannot journal (%s); uploading without it", self.where(node), exc)
         await self._upload_or_queue(node)
@@ -747,7 +758,7 @@ class FsModel:
         async with node.lock:
             if node.dirty and not node.unlinked and node.staging is not None \
                     and not node.staging.committed:
-                await self.commit_locked(node, materialize=False)
+                await self.commit_locked(node, materialize=False, seal=True)
             try:
                 await self.upload_locked(node)
             except BaseGoneError as exc:
@@ -758,6 +769,17 @@ class FsModel:
         if node.open_count == 0 and not node.dirty and node.staging is not None:
             old, node.staging = node.staging, None
             await self.staging.drop(old)
+        if node.open_count == 0 and not node.dirty:
+            if node.nlookup == 0 and node.exists_remote and not node.unlinked and \
+                    self.spawn(functools.partial(self._release_later, node)):
+                return
+            self.inodes.release_check(node)
+
+    async def _release_later(self, node: Node) -> None:
+        """A node the kernel holds no reference to (a replayed file) stays known for a
+        listing's lifetime after its upload: a listing fetched while the upload landed may
+        lack the object, and without the node a lookup would believe that listing."""
+        await trio.sleep(self.ttl)
         if node.open_count == 0 and not node.dirty:
             self.inodes.release_check(node)
 
@@ -776,7 +798,7 @@ class FsModel:
                 if not node.dirty:
                     return
                 try:
-                    await self.commit_locked(node, materialize=False, durable=False)
+                    await self.commit_locked(node, materialize=False, durable=False, seal=True)
                 except (OSError, OssEncError) as exc:
                     log.warning("%s: cannot journal (%s)", self.where(node), exc)
                 await self._upload_or_queue(node)

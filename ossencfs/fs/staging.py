@@ -20,7 +20,15 @@ Why this shape:
   acknowledged (``committed``) and replayed after a crash (``StagingArea.restore``); it is
   removed once the upload landed, even while the file stays open.
 - Disk calls that may be slow (create/truncate, unlink + directory fsync, quarantine) run in
-  worker threads, never on the trio loop.
+  worker threads, never on the trio loop. The data file is created by the first operation
+  that needs it (a write, a commit), in that operation's worker call, together with a first
+  entry that is not committed (data on disk always has an entry: kept aside after a crash),
+  so that creating a file costs no thread hop of its own; with a local master key (RSA) the
+  fresh data key is made on the loop as well (CPU only, less than a hop costs). Until then,
+  the ciphertext of a small file (up to ``BUFFER_FILE``, ``BUFFER_TOTAL`` for all) is kept in
+  memory: writing it costs no hop either, and it goes to disk with the close's commit (or
+  whatever needs the file first), fsynced before the entry that acknowledges it. Nothing of
+  it is on disk before that commit, so a crash before the close leaves nothing to keep aside.
 - Staged bytes count against the cache limit (``--cache-size``) and are never evicted: when
   a write would pass the limit, clean cache blocks are evicted first, and if the staged data
   alone would pass it the write fails with ENOSPC.
@@ -29,14 +37,15 @@ from __future__ import annotations
 
 import bisect
 import errno
-import functools
 import logging
 import os
+import threading
 import uuid
 from typing import Any, Awaitable, Callable, Mapping, Protocol
 
 import trio
 
+from ..atomicfile import fsync_dir
 from ..envelope import format as fmt
 from ..envelope.ctr import crypt_at
 from .journal import Journal, MountIdentity
@@ -44,6 +53,12 @@ from .journal import Journal, MountIdentity
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
+#: A complete staging up to this size is sealed when it is committed for an upload that follows
+#: (``Staging.sealable``): the entry then says so already, so the upload writes no entry before
+#: sending; a later change re-keys it, which for a small file is a cheap local transcode.
+SEAL_AT_COMMIT = 1 << 20
+BUFFER_FILE = 64 << 10      # ciphertext kept in memory until the data file is needed ...
+BUFFER_TOTAL = 32 << 20     # ... for all stagings together
 
 
 class PlainSource(Protocol):
@@ -123,6 +138,9 @@ class Staging:
         self.committed = False       # a close/fsync was acknowledged: replay after a crash
         self.changed = False         # written since the last journal entry
         self.synced = False          # the last entry (and the data) were fsynced
+        self.entry_sealed = False    # the last entry written says ``sealed``
+        self.entry_committed = False  # the entry on disk may say ``committed``
+        self.entry_written = restore  # an entry may be on disk (else the first one is new)
         self.usage = 0               # staged bytes counted against the cache limit
         self.posix: dict[str, str] = {}
         # wrapped keys of earlier stagings of this file whose upload may have landed (reply
@@ -130,8 +148,12 @@ class Staging:
         self.prior_keys: list[str] = []
         self.data_path = os.path.join(area.directory, ident + ".data")
         self.manifest_path = os.path.join(area.directory, ident + ".json")
-        flags = os.O_RDWR if restore else os.O_RDWR | os.O_CREAT | os.O_TRUNC
-        self._fd = os.open(self.data_path, flags, 0o600)
+        self._file_lock = threading.Lock()
+        self._gone = False           # discarded or quarantined: no file is made any more
+        # a new staging's data file is made on first use (``_file``)
+        self._fd = os.open(self.data_path, os.O_RDWR) if restore else -1
+        # the ciphertext of [0, len) while there is no data file (valid where extents say so)
+        self._buf: bytearray | None = None if restore else bytearray()
 
     @property
     def wrapped_key(self) -> str | None:
@@ -142,21 +164,69 @@ class Staging:
     def _enc(self, off: int, data: bytes) -> bytes:
         return crypt_at(self.material.key, self.material.counter0, off, data)
 
+    def _file(self, *, first_entry: bool = True) -> int:
+        """The data file (blocking; worker thread), made on first use: with a first entry,
+        not committed, unless the caller writes an entry itself (``first_entry=False``)."""
+        if self._fd >= 0:
+            return self._fd
+        with self._file_lock:
+            if self._fd >= 0:
+                return self._fd
+            if self._gone:
+                raise OSError(errno.EBADF, "staging already discarded")
+            journal = self.area.journal
+            removed = journal.was_removed(self.ident)
+            # (removed while it stays open, as by an unlink: nothing of it may be journaled
+            # any more, so the data goes to an anonymous file)
+            fd = journal.anonymous_file() if removed else journal.create_data(self.ident)
+            try:
+                if first_entry and not removed and not self.entry_written:
+                    self._write_entry({**self.manifest(), "committed": False}, False)
+                if self._buf:
+                    view, off = memoryview(self._buf), 0
+                    while off < len(view):
+                        off += os.pwrite(fd, view[off:], off)
+            except BaseException:
+                os.close(fd)
+                if not removed:
+                    try:
+                        os.unlink(self.data_path)
+                    except OSError:
+                        pass
+                raise
+            self._fd = fd
+            self._unbuffer()
+            return fd
+
+    def _unbuffer(self) -> None:
+        if self._buf is not None:
+            self.area.buffered(-len(self._buf))
+            self._buf = None
+
     def _write_sync(self, off: int, data: bytes) -> None:
         cipher = self._enc(off, data)
+        fd = self._file()
         view = memoryview(cipher)
         while view:
-            n = os.pwrite(self._fd, view, off)
+            n = os.pwrite(fd, view, off)
             view = view[n:]
             off += n
 
     def _read_plain_sync(self, off: int, n: int) -> bytes:
-        return self._enc(off, os.pread(self._fd, n, off))
+        buf = self._buf
+        if buf is not None:                  # reading needs no file (nor disk space)
+            return self._enc(off, bytes(buf[off:off + n]))
+        return self._enc(off, os.pread(self._file(), n, off))
 
     def _read_cipher_sync(self, off: int, n: int) -> bytes:
+        buf = self._buf
+        if buf is not None:
+            out = bytearray(buf[off:off + n])
+            return bytes(out + bytes(n - len(out)))
+        fd = self._file()
         out = bytearray()
         while len(out) < n:
-            chunk = os.pread(self._fd, n - len(out), off + len(out))
+            chunk = os.pread(fd, n - len(out), off + len(out))
             if not chunk:
                 break
             out += chunk
@@ -173,7 +243,15 @@ class Staging:
     async def write(self, off: int, data: bytes) -> None:
         assert not self.sealed
         await self.area.reserve(self.extents.uncovered(off, off + len(data)))
-        await trio.to_thread.run_sync(self._write_sync, off, data)
+        end = off + len(data)
+        buf = self._buf
+        if buf is not None and end <= BUFFER_FILE and \
+                self.area.buffered(max(0, end - len(buf))):
+            if end > len(buf):                   # (counted just above)
+                buf.extend(bytes(end - len(buf)))
+            buf[off:end] = self._enc(off, data)  # CPU only: no thread hop
+        else:
+            await trio.to_thread.run_sync(self._write_sync, off, data)
         self.extents.add(off, off + len(data))
         self._account()
         if off + len(data) > self.size:
@@ -184,7 +262,12 @@ class Staging:
         if size < self.size:
             self.extents.truncate(size)
             self.base_len = min(self.base_len, size)
-            await trio.to_thread.run_sync(os.ftruncate, self._fd, size)
+            if self._buf is not None:
+                if len(self._buf) > size:
+                    self.area.buffered(size - len(self._buf))
+                    del self._buf[size:]
+            elif self._fd >= 0:
+                await trio.to_thread.run_sync(os.ftruncate, self._fd, size)
             self._account()
         self.size = size
 
@@ -192,7 +275,10 @@ class Staging:
         end = min(off + n, self.size)
         parts: list[bytes] = []
         for s, e, staged in self.extents.segments(off, end) if end > off else []:
-            if staged:
+            buf = self._buf                  # (a worker may be writing it out meanwhile)
+            if staged and buf is not None:
+                parts.append(self._enc(s, bytes(buf[s:e])))
+            elif staged:
                 parts.append(await trio.to_thread.run_sync(self._read_plain_sync, s, e - s))
             else:
                 parts.append(await self._base_plain(s, e))
@@ -210,6 +296,11 @@ class Staging:
     @property
     def complete(self) -> bool:
         return self.extents.uncovered(0, self.size) == 0
+
+    @property
+    def sealable(self) -> bool:
+        """Small and complete: may be sealed at commit, ahead of its upload."""
+        return self.size <= SEAL_AT_COMMIT and self.complete
 
     async def materialize(self, alive: Callable[[], None] | None = None) -> None:
         """Fill every hole with the old object's bytes (or zeros) re-encrypted under the new key.
@@ -244,6 +335,10 @@ class Staging:
         """The uploader's callback: the future object's bytes, after ``materialize``."""
         return await trio.to_thread.run_sync(self._read_cipher_sync, off, n)
 
+    def read_cipher_sync(self, off: int, n: int) -> bytes:
+        """``read_cipher`` for a worker thread that is sending the bytes anyway."""
+        return self._read_cipher_sync(off, n)
+
     # -- bookkeeping -------------------------------------------------------------------------
     def manifest(self) -> dict[str, Any]:
         return {
@@ -260,26 +355,40 @@ class Staging:
         if posix is not None:
             self.posix = dict(posix)
         entry = self.manifest()
-
-        def write() -> None:
-            if durable:
-                self.sync_data()
-            self.area.journal.write(self.ident, entry, durable=durable)
         self.synced = False
-        await trio.to_thread.run_sync(write)
+        await trio.to_thread.run_sync(self._save_sync, entry, durable)
+
+    def _save_sync(self, entry: dict[str, Any], durable: bool) -> None:
+        self._file(first_entry=False)        # an entry names a data file that exists
+        if durable:
+            self.sync_data()
+        self._write_entry(entry, durable)
+
+    def _write_entry(self, entry: dict[str, Any], durable: bool) -> None:
+        # an entry that acknowledges nothing yet is overwritten in place (``Journal.write``)
+        in_place = self.entry_written and not self.entry_committed
+        self.entry_written = True
+        self.entry_committed = self.entry_committed or bool(entry["committed"])
+        self.area.journal.write(self.ident, entry, durable=durable, in_place=in_place)
         self.synced = durable
+        self.entry_sealed = bool(entry["sealed"])
 
     async def discard(self) -> None:
         """Free the data file and the entry; the unlinks and directory fsync run in a worker
         thread (shielded: a cancelled caller must not leave a stale entry behind)."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        with self._file_lock:
+            self._gone = True
+            fd, self._fd = self._fd, -1
+            self._unbuffer()
+        if fd >= 0:
+            os.close(fd)
         self.area.used -= self.usage
         self.usage = 0
+        if fd < 0 and not self.entry_written:
+            self.area.journal.forget_removed(self.ident)
+            return                           # never made it to disk
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(functools.partial(
-                self.area.journal.remove, self.ident, durable=self.synced))
+            await self.area.remove(self.ident, durable=self.synced)
 
 
 async def _no_room(target: int) -> None:
@@ -298,8 +407,58 @@ class StagingArea:
         self.limit = limit
         self.used = 0                 # staged bytes (never evicted)
         self.make_room: Callable[[int], Awaitable[None]] = _no_room   # evicts clean blocks
+        self._buffered = 0            # bytes of ciphertext kept in memory (``BUFFER_TOTAL``)
+        self._buffered_lock = threading.Lock()
+        # removals of discarded stagings, grouped into one worker call while one runs
+        self._rm_queue: list[list[Any]] = []      # [ident, durable, done event, error]
+        self._rm_busy = False
+        self._rm_idle = trio.Event()
         os.makedirs(directory, mode=0o700, exist_ok=True)
         self.active: set[Staging] = set()
+
+    async def remove(self, ident: str, *, durable: bool) -> None:
+        """``Journal.remove`` of a discarded staging (descriptor closed) in a worker thread.
+        Removals asked for while one is running go together in the next worker call, with
+        one directory fsync for those that need it: a stream of finished uploads would
+        otherwise cost a thread hop each."""
+        item: list[Any] = [ident, durable, trio.Event(), None]
+        self._rm_queue.append(item)
+        while not item[2].is_set():
+            if self._rm_busy:
+                await self._rm_idle.wait()
+                continue
+            self._rm_busy = True
+            batch, self._rm_queue = self._rm_queue, []
+            try:
+                await trio.to_thread.run_sync(self._remove_batch, batch)
+            finally:
+                self._rm_busy = False
+                for it in batch:
+                    it[2].set()
+                self._rm_idle.set()
+                self._rm_idle = trio.Event()
+        if item[3] is not None:
+            raise item[3]
+
+    def _remove_batch(self, batch: list[list[Any]]) -> None:
+        for it in batch:
+            try:
+                self.journal.remove(it[0], durable=False, data_closed=True)
+            except Exception as exc:             # reported to its own caller
+                it[3] = exc
+        if any(it[1] and it[3] is None for it in batch):
+            try:
+                fsync_dir(self.journal.directory)
+            except OSError as exc:
+                log.warning("journal: cannot fsync %s: %s", self.journal.directory, exc)
+
+    def buffered(self, n: int) -> bool:
+        """Count ``n`` more (or, negative, fewer) bytes kept in memory; False: over the cap."""
+        with self._buffered_lock:
+            if n > 0 and self._buffered + n > BUFFER_TOTAL:
+                return False
+            self._buffered += n
+            return True
 
     async def reserve(self, n: int) -> None:
         """Room for ``n`` more staged bytes: evict clean cache blocks, else ENOSPC."""
@@ -316,15 +475,13 @@ class StagingArea:
 
     async def new(self, key: str, size: int, base: PlainSource | None, base_len: int,
                   base_etag: str | None) -> Staging:
-        material, headers = await self._fresh()
-        st = await trio.to_thread.run_sync(functools.partial(
-            Staging, self, uuid.uuid4().hex, key, material, headers, size, base, base_len,
-            base_etag))
-        try:
-            await st.save_manifest()
-        except BaseException:
-            await st.discard()
-            raise
+        """A staging with a fresh data key; its files are made when first needed."""
+        if getattr(self.keyring, "local_writer", False):
+            material, headers = self.keyring.new_object()      # CPU only: cheaper than a hop
+        else:
+            material, headers = await self._fresh()           # KMS: may call out
+        st = Staging(self, uuid.uuid4().hex, key, material, headers, size, base, base_len,
+                     base_etag)
         self.active.add(st)
         return st
 
@@ -338,6 +495,8 @@ class StagingArea:
         st.prior_keys = [k for k in entry.get("prior_keys", []) if isinstance(k, str)]
         st.committed = True
         st.synced = True
+        st.entry_sealed = st.sealed
+        st.entry_committed = True
         st.posix = dict(entry["posix"])
         st._account()
         self.active.add(st)
@@ -351,27 +510,26 @@ class StagingArea:
         failed), so the successor takes over its journal entry durably before the old goes.
         ``unconfirmed``: the old upload's fate is unknown (it may have landed); the successor
         remembers its wrapped key so that such an object is recognised as ours."""
-        material, headers = await self._fresh()
-        st = await trio.to_thread.run_sync(functools.partial(
-            Staging, self, uuid.uuid4().hex, old.key, material, headers, old.size, None, 0,
-            base_etag))
+        st = await self.new(old.key, old.size, None, 0, base_etag)
+        self.active.discard(st)              # (added below, once it holds the content)
         st.committed = committed
         st.posix = dict(old.posix)
         if unconfirmed:
             st.prior_keys = [k for k in [*old.prior_keys, old.wrapped_key] if k]
+        st.extents.add(0, old.size)          # what transcode() writes, before its entry says so
 
         def transcode() -> None:
+            st._file(first_entry=False)      # its first entry is the one saved here
             pos = 0
             while pos < old.size:
                 n = min(CHUNK, old.size - pos)
                 st._write_sync(pos, old._read_plain_sync(pos, n))
                 pos += n
+            st._save_sync(st.manifest(), committed)
         try:
             await self.reserve(max(0, old.size - old.usage))    # old is dropped right after
             await trio.to_thread.run_sync(transcode)
-            st.extents.add(0, old.size)
             st._account()
-            await st.save_manifest(durable=committed)
         except BaseException:
             await st.discard()
             raise
@@ -385,9 +543,12 @@ class StagingArea:
 
     async def quarantine(self, st: Staging, reason: str) -> str:
         """Keep a staging that can no longer be uploaded aside (reported by status)."""
-        if st._fd >= 0:
-            os.close(st._fd)
-            st._fd = -1
+        with st._file_lock:
+            st._gone = True
+            fd, st._fd = st._fd, -1
+            st._unbuffer()
+        if fd >= 0:
+            os.close(fd)
         self.used -= st.usage
         st.usage = 0
         self.active.discard(st)

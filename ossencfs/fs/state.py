@@ -22,6 +22,8 @@ from .journal import list_quarantine
 log = logging.getLogger(__name__)
 
 INTERVAL = 1.0
+COALESCE = 0.05      # at least this long after a change before the next snapshot
+SHARE = 0.01         # ... and long enough that snapshots take at most this share of the loop
 
 
 def state_path_for(pidfile: str) -> str:
@@ -87,11 +89,15 @@ async def publish(mount: Any, path: str) -> None:
     """Every second, and soon after the upload queue changes, until cancelled."""
     wb = mount.model.writeback
     while True:
+        started = time.perf_counter()
         try:
             mount.model.attr_cache.commit()
             write_state(path, snapshot(mount))
         except Exception as exc:      # the state file is a convenience; never kill the mount
             log.debug("state snapshot failed: %s", exc)
+        cost = time.perf_counter() - started
         with trio.move_on_after(INTERVAL):
             await wb.changed.wait()
-        await trio.sleep(0.05)        # coalesce bursts of changes
+        # coalesce bursts of changes: a snapshot costs O(pending) on the event loop, and a
+        # stream of small files changes the queue hundreds of times a second
+        await trio.sleep(max(COALESCE, cost / SHARE))

@@ -100,7 +100,8 @@ class Uploader:
             return await self.objects.upload(key, staging.size, staging.read_cipher,
                                              staging.crypto_headers, dict(extra),
                                              forbid_overwrite=forbid_overwrite, if_match=if_match,
-                                             progress=progress)
+                                             progress=progress,
+                                             read_cipher_sync=staging.read_cipher_sync)
         except ConflictError:
             info = await self.objects.store.head(key)
             found = info.headers.get(fmt.H_KEY) if info is not None else None
@@ -140,7 +141,7 @@ class Uploader:
                     raise
                 sending = True
                 staging.sealed = True        # from here on its key may be in the bucket
-                if staging.committed:
+                if staging.committed and not staging.entry_sealed:   # (sealed at commit: no)
                     await staging.save_manifest(durable=staging.synced)
                 try:
                     etag = await self._send(key, staging, extra_headers,

@@ -13,9 +13,14 @@ Why it looks like this:
 - A file that is open for writing is not uploaded under its writer's feet: its job waits for
   the last close (or an fsync, which uploads at once anyway).
 - ``drain`` (unmount) makes every job due now and waits until the queue is empty.
+- Due times sit in a heap (an entry per (re)scheduling; outdated ones are skipped when they
+  come up): a stream of small files keeps hundreds of jobs waiting, and the runner wakes for
+  each one, so it must not look at all of them every time.
 """
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import random
 import time
@@ -50,6 +55,9 @@ class WriteBack:
         self.limiter = trio.CapacityLimiter(max(1, parallel))
         self.small_limiter = trio.CapacityLimiter(max(1, small_parallel))
         self.jobs: dict[int, Job] = {}
+        self._heap: list[tuple[float, int, Job]] = []    # (due, seq, job), outdated entries too
+        self._seq = itertools.count()
+        self._next_wake = float("inf")                    # when the runner wakes by itself
         self._wake = trio.Event()
         self.changed = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -67,7 +75,8 @@ class WriteBack:
             job.due = when if not job.attempts else max(job.due, when)
         if self.draining and not job.attempts:
             job.due = min(job.due, trio.current_time())
-        self._wake.set()
+        if not job.running:
+            self._due(job)
         self.notify()
 
     def failed(self, node: Any, exc: BaseException) -> None:
@@ -79,8 +88,14 @@ class WriteBack:
         job.last_error = str(first_error(exc)) or type(exc).__name__
         if not job.running:
             job.due = trio.current_time() + self._backoff(job.attempts)
-        self._wake.set()
+            self._due(job)
         self.notify()
+
+    def _due(self, job: Job) -> None:
+        """Record ``job.due`` (just set) for the runner; wake it if that is sooner."""
+        heapq.heappush(self._heap, (job.due, next(self._seq), job))
+        if job.due < self._next_wake:
+            self._wake.set()
 
     def _backoff(self, attempts: int) -> float:
         base = min(self.backoff_max, 2.0 ** (attempts - 1))
@@ -101,20 +116,20 @@ class WriteBack:
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            heap = self._heap
             while True:
                 now = trio.current_time()
-                next_due = float("inf")
-                for job in list(self.jobs.values()):
-                    if job.running:
-                        continue
-                    if job.due <= now:
-                        job.running = True
-                        nursery.start_soon(self._work, job)
-                    else:
-                        next_due = min(next_due, job.due)
+                while heap and heap[0][0] <= now:
+                    due, _, job = heapq.heappop(heap)
+                    if job.running or job.due != due or self.jobs.get(id(job.node)) is not job:
+                        continue                 # outdated entry, or already on its way
+                    job.running = True
+                    nursery.start_soon(self._work, job)
+                self._next_wake = heap[0][0] if heap else float("inf")
                 self._wake = trio.Event()
-                with trio.move_on_at(next_due):
+                with trio.move_on_at(self._next_wake):
                     await self._wake.wait()
+                self._next_wake = float("-inf")   # awake: every change wakes it again
 
     async def _work(self, job: Job) -> None:
         node = job.node
@@ -123,7 +138,7 @@ class WriteBack:
             async with (self.small_limiter if size < SMALL_FILE else self.limiter):
                 if self.model.writers(node) and not self.draining:
                     job.due = trio.current_time() + max(self.delay, 1.0)   # wait for the close
-                    return
+                    return                       # (``finally`` files the new due time)
                 await self.model.upload_job(node)
             if self.jobs.get(id(node)) is job:
                 if node.dirty:          # written and closed again meanwhile: keep its due time
@@ -140,6 +155,8 @@ class WriteBack:
                         "journal): %s", self.model.where(node), job.attempts, wait, job.last_error)
         finally:
             job.running = False
+            if self.jobs.get(id(node)) is job:
+                self._due(job)
             self._wake.set()
             self.notify()
 
@@ -148,8 +165,10 @@ class WriteBack:
         self.draining = True
         now = trio.current_time()
         for job in self.jobs.values():
-            if not job.attempts:
-                job.due = min(job.due, now)
+            if not job.attempts and job.due > now:
+                job.due = now
+                if not job.running:
+                    self._due(job)
         self._wake.set()
         while self.jobs:
             changed = self.changed
@@ -157,6 +176,9 @@ class WriteBack:
                 await changed.wait()
             now = trio.current_time()
             for job in self.jobs.values():     # retries go on with backoff, capped while draining
-                job.due = min(job.due, now + 5.0)
+                if job.due > now + 5.0:
+                    job.due = now + 5.0
+                    if not job.running:
+                        self._due(job)
             self._wake.set()
         return len(self.jobs)

@@ -2,6 +2,7 @@
 the block cache and a staging round trip (ciphertext on disk, plaintext back)."""
 from __future__ import annotations
 
+import json
 import os
 import random
 import stat
@@ -16,6 +17,7 @@ from ossencfs.errors import OssEncError
 from ossencfs.fs import posix
 from ossencfs.fs.cache import BlockCache
 from ossencfs.fs.mounter import parse_mount_options, parse_size
+from ossencfs.fs.journal import Journal
 from ossencfs.fs.staging import Extents, StagingArea
 
 
@@ -123,6 +125,8 @@ def test_staging_keeps_only_ciphertext_and_reads_back(tmp_path, rsa_key_path):
         await stg.write(45_000, b"end")
         model += bytes(5000) + b"end"
         assert await stg.read(0, 100_000) == bytes(model)
+        await stg.save_manifest()               # small writes reach the disk with an entry
+        assert await stg.read(0, 100_000) == bytes(model)
         raw = open(stg.data_path, "rb").read()
         assert bytes(model[:4000]) not in raw
         await stg.materialize()
@@ -135,7 +139,8 @@ def test_staging_keeps_only_ciphertext_and_reads_back(tmp_path, rsa_key_path):
         assert nxt.crypto_headers != stg.crypto_headers
         assert await nxt.read(0, 100_000) == bytes(model)
         await area.drop(nxt)
-        assert os.listdir(tmp_path / "s") == []
+        left = os.listdir(tmp_path / "s")        # only files kept for reuse (ciphertext)
+        assert all(n.endswith(".spare") for n in left), left
     trio.run(main)
 
 
@@ -163,6 +168,66 @@ def test_restore_keeps_sealed_and_prior_keys(tmp_path, rsa_key_path):
     trio.run(main)
 
 
+def test_staging_files_are_reused_never_while_open(tmp_path, rsa_key_path):
+    """Dropped stagings leave emptied spares that the next ones are made of (no inode is
+    created or deleted); a data file still open (unlink of an open file) is never reused; an
+    uncommitted entry is overwritten in place and a commit then replays; leftover spares of
+    an earlier run are taken up again by the next scan."""
+    from ossencfs.envelope.keys import KeyRing, RsaMasterKey
+    ring = KeyRing([RsaMasterKey.from_pem_file(rsa_key_path)])
+    d = tmp_path / "s"
+
+    async def main():
+        area = StagingArea(str(d), ring)
+        first = await area.new("a", 0, None, 0, None)
+        await first.write(0, b"first" * 100)
+        assert not os.listdir(d)                  # in memory until a commit needs the file
+        await first.save_manifest()
+        inodes = {os.stat(first.data_path).st_ino, os.stat(first.manifest_path).st_ino}
+        await area.drop(first)
+        assert len([n for n in os.listdir(d) if n.endswith(".spare")]) == 2
+        second = await area.new("b", 0, None, 0, None)       # made of the spares
+        await second.write(0, b"second")
+        await second.save_manifest()
+        assert {os.stat(second.data_path).st_ino, os.stat(second.manifest_path).st_ino} == inodes
+        assert not [n for n in os.listdir(d) if n.endswith(".spare")]
+        second.committed = True                               # uncommitted -> committed, in place
+        await second.save_manifest({"x-oss-meta-mode": "33188"}, durable=True)
+        assert os.stat(second.manifest_path).st_ino in inodes
+        # still open after an unlink: its data must survive the next stagings
+        area.journal.remove(second.ident, durable=False)
+        for i in range(3):
+            other = await area.new(f"c{i}", 0, None, 0, None)
+            await other.write(0, b"X" * 5000)
+            await other.save_manifest()
+            await area.drop(other)
+        assert await second.read(0, 100) == b"second"
+        await area.drop(second)
+        third = await area.new("d", 0, None, 0, None)
+        await third.write(0, b"third")
+        third.committed = True
+        await third.save_manifest({}, durable=True)
+        # unlinked while its data is still in memory: later data goes to no named file
+        gone = await area.new("e", 0, None, 0, None)
+        await gone.write(0, b"early")
+        area.journal.remove(gone.ident, durable=False)
+        big = os.urandom(100_000)                 # too big for memory: goes to a file
+        await gone.write(5, big)
+        assert await gone.read(0, 200_000) == b"early" + big
+        assert not [n for n in os.listdir(d) if n.startswith(gone.ident)]
+        await area.drop(gone)
+        (d / "123-4.spare").write_bytes(b"left by an earlier run")
+        later = Journal(str(d), str(tmp_path / "q"), area.journal.identity)
+        good, bad = later.scan()
+        assert [e["id"] for e in good] == [third.ident] and not bad
+        spares = {os.stat(d / n).st_ino for n in os.listdir(d) if n.endswith(".spare")}
+        assert os.stat(d / "123-4.spare").st_ino in spares
+        os.close(later.create_data("f" * 32))             # made of a spare, not a new inode
+        assert os.stat(d / ("f" * 32 + ".data")).st_ino in spares
+        assert len([n for n in os.listdir(d) if n.endswith(".spare")]) == len(spares) - 1
+    trio.run(main)
+
+
 class _SlowObjects:
     """Stands in for EncryptedObjects (no network): a multipart upload that sends one part
     every ``gap`` seconds of (mock) time."""
@@ -175,7 +240,7 @@ class _SlowObjects:
         return size // self.parts
 
     async def upload(self, key, size, read_cipher, crypto, extra, *, forbid_overwrite,
-                     if_match, progress):
+                     if_match, progress, read_cipher_sync=None):
         for _ in range(self.parts):
             await trio.sleep(self.gap)
             progress(size // self.parts)
@@ -202,4 +267,131 @@ def test_upload_deadline_is_a_no_progress_timeout(tmp_path, rsa_key_path, gap, o
             with pytest.raises(NetworkError):
                 await up.upload(stg, {})
         assert stg.sealed
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+class _OneShotObjects:
+    """EncryptedObjects stand-in: a single PUT that reads the body as the real one does."""
+
+    def __init__(self) -> None:
+        self.store = type("S", (), {"name": "b"})()
+        self.bodies: list[bytes] = []
+
+    def multipart_part_size(self, size):
+        return None
+
+    async def upload(self, key, size, read_cipher, crypto, extra, *, forbid_overwrite,
+                     if_match, progress, read_cipher_sync=None):
+        body = await trio.to_thread.run_sync(read_cipher_sync, 0, size) if read_cipher_sync \
+            else await read_cipher(0, size)
+        self.bodies.append(body)
+        return "etag-1"
+
+
+def test_sealed_at_commit_uploads_without_rewriting_its_entry(tmp_path, rsa_key_path):
+    """A small staging sealed in its commit entry goes up with no journal write in between
+    (the entry already says that its key may be in the bucket); one that was not sealed is
+    sealed in its entry before the bytes are sent; a write after the seal re-keys."""
+    from ossencfs.envelope.ctr import crypt_at
+    from ossencfs.envelope.keys import KeyRing, RsaMasterKey
+    from ossencfs.fs.uploader import Uploader
+    ring = KeyRing([RsaMasterKey.from_pem_file(rsa_key_path)])
+
+    async def main():
+        area = StagingArea(str(tmp_path / "s"), ring)
+        objects = _OneShotObjects()
+        up = Uploader(objects)
+        for presealed in (True, False):
+            stg = await area.new(f"f{presealed}", 0, None, 0, None)
+            await stg.write(0, b"payload")
+            stg.committed = True
+            if presealed:
+                assert stg.sealable
+                stg.sealed = True
+            await stg.save_manifest({}, durable=True)
+            before = os.stat(stg.manifest_path)
+            await up.upload(stg, {})
+            after = os.stat(stg.manifest_path)
+            rewritten = (before.st_ino, before.st_mtime_ns) != (after.st_ino, after.st_mtime_ns)
+            assert rewritten != presealed
+            entry = json.loads(open(stg.manifest_path, "rb").read())
+            assert entry["sealed"] and entry["committed"] and stg.sealed
+            m = ring.open(stg.crypto_headers)
+            assert crypt_at(m.key, m.counter0, 0, objects.bodies[-1]) == b"payload"
+            nxt = await area.rekey(stg, None, committed=True, unconfirmed=True)
+            assert nxt.crypto_headers != stg.crypto_headers and not nxt.sealed
+            assert await nxt.read(0, 100) == b"payload"
+    trio.run(main)
+
+
+def test_removals_of_many_stagings_share_worker_calls(tmp_path, rsa_key_path):
+    """Stagings dropped at the same time are all removed (entries first), each caller
+    returning once its own removal is done."""
+    from ossencfs.envelope.keys import KeyRing, RsaMasterKey
+    ring = KeyRing([RsaMasterKey.from_pem_file(rsa_key_path)])
+    d = tmp_path / "s"
+
+    async def main():
+        area = StagingArea(str(d), ring)
+        calls = []
+        real = area._remove_batch
+        area._remove_batch = lambda batch: (calls.append(len(batch)), real(batch))[1]
+        stagings = []
+        for i in range(40):
+            stg = await area.new(f"f{i}", 0, None, 0, None)
+            await stg.write(0, b"x" * 100)
+            stg.committed = True
+            await stg.save_manifest({}, durable=bool(i % 2))
+            stagings.append(stg)
+
+        async def drop(stg):
+            await area.drop(stg)
+            assert not os.path.exists(stg.manifest_path)
+            assert not os.path.exists(stg.data_path)
+        async with trio.open_nursery() as nursery:
+            for stg in stagings:
+                nursery.start_soon(drop, stg)
+        assert sum(calls) == 40 and len(calls) < 40
+        assert not [n for n in os.listdir(d) if not n.endswith(".spare")]
+    trio.run(main)
+
+
+def test_write_back_runs_each_job_when_due_and_not_before():
+    """The queue keeps due times in a heap: a job rescheduled later is not run at its old
+    time, one rescheduled sooner is, and each runs once per schedule."""
+    from ossencfs.fs.writeback import WriteBack
+
+    class Node:
+        def __init__(self, name):
+            self.name, self.dirty, self.staging, self.size = name, True, None, 10
+
+    ran = []
+
+    class Model:
+        def writers(self, node):
+            return 0
+
+        async def upload_job(self, node):
+            ran.append((node.name, round(trio.current_time())))
+            node.dirty = False
+
+        def where(self, node):
+            return node.name
+
+    async def main():
+        wb = WriteBack(Model(), delay=10.0)
+        a, b, c = Node("a"), Node("b"), Node("c")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wb.run)
+            await trio.sleep(1)               # t=1
+            wb.schedule(a)                    # due 11
+            wb.schedule(b)                    # due 11
+            wb.schedule(c, 30)                # due 31
+            await trio.sleep(5)               # t=6
+            wb.schedule(a)                    # later: due 16
+            wb.schedule(c, 2)                 # sooner: due 8
+            await trio.sleep(40)
+            nursery.cancel_scope.cancel()
+        assert sorted(ran) == [("a", 16), ("b", 11), ("c", 8)]
+        assert not wb.jobs
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
