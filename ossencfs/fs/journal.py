@@ -81,10 +81,17 @@ def write_durable(path: str, data: bytes) -> None:
     replace_file(path, data, durable=True)
 
 
-def _pwrite_all(fd: int, data: bytes) -> None:
-    view, off = memoryview(data), 0
-    while off < len(data):
-        off += os.pwrite(fd, view[off:], off)
+def _overwrite(fd: int, data: bytes, durable: bool) -> None:
+    """Make the open file ``fd`` hold exactly ``data`` (fsynced if ``durable``), then close it."""
+    try:
+        view, off = memoryview(data), 0
+        while off < len(data):
+            off += os.pwrite(fd, view[off:], off)
+        os.ftruncate(fd, len(data))
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class BadEntry(Exception):
@@ -203,13 +210,7 @@ class Journal:
             replace_file(path, data, durable=durable)
             return
         try:
-            try:
-                _pwrite_all(fd, data)
-                os.ftruncate(fd, len(data))
-                if durable:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
+            _overwrite(fd, data, durable)
             os.replace(spare, path)
         except BaseException:
             try:
@@ -235,14 +236,7 @@ class Journal:
         if not in_place:
             self._replace(self.entry_path(ident), data, durable)
             return
-        fd = os.open(self.entry_path(ident), os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            _pwrite_all(fd, data)
-            os.ftruncate(fd, len(data))
-            if durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
+        _overwrite(os.open(self.entry_path(ident), os.O_WRONLY | os.O_CREAT, 0o600), data, durable)
         if durable:
             fsync_dir(self.directory)
 
