@@ -373,9 +373,9 @@ class Staging:
         self.synced = durable
         self.entry_sealed = bool(entry["sealed"])
 
-    async def discard(self) -> None:
-        """Free the data file and the entry; the unlinks and directory fsync run in a worker
-        thread (shielded: a cancelled caller must not leave a stale entry behind)."""
+    def close_for_good(self) -> bool:
+        """Stop using the data file: close it and give its bytes back to the area's budget
+        (False: it was not open)."""
         with self._file_lock:
             self._gone = True
             fd, self._fd = self._fd, -1
@@ -384,7 +384,12 @@ class Staging:
             os.close(fd)
         self.area.used -= self.usage
         self.usage = 0
-        if fd < 0 and not self.entry_written:
+        return fd >= 0
+
+    async def discard(self) -> None:
+        """Free the data file and the entry; the unlinks and directory fsync run in a worker
+        thread (shielded: a cancelled caller must not leave a stale entry behind)."""
+        if not self.close_for_good() and not self.entry_written:
             self.area.journal.forget_removed(self.ident)
             return                           # never made it to disk
         with trio.CancelScope(shield=True):
@@ -543,14 +548,7 @@ class StagingArea:
 
     async def quarantine(self, st: Staging, reason: str) -> str:
         """Keep a staging that can no longer be uploaded aside (reported by status)."""
-        with st._file_lock:
-            st._gone = True
-            fd, st._fd = st._fd, -1
-            st._unbuffer()
-        if fd >= 0:
-            os.close(fd)
-        self.used -= st.usage
-        st.usage = 0
+        st.close_for_good()
         self.active.discard(st)
         with trio.CancelScope(shield=True):
             return await trio.to_thread.run_sync(self.journal.quarantine, st.ident, reason)
