@@ -57,10 +57,45 @@ class ConflictError(StoreError):
     errno = errno.EEXIST
 
 
-class AccessDeniedError(StoreError):
+class RejectedError(StoreError):
+    """OSS refused a request for good: a 4xx that retrying cannot fix (NotImplemented,
+    InvalidObjectName, InvalidArgument, metadata too large, ...). ``code`` is OSS's error Code;
+    ``errno`` is the closest POSIX answer for it (``errno_for``). Never retried, never
+    queued for retry: a write that meets one is quarantined (``fs.writeback``)."""
+
+    def __init__(self, message: str, code: str = "", key_length: int = 0) -> None:
+        super().__init__(message)
+        self.code = code
+        self.errno = errno_for(code, key_length)
+
+
+def errno_for(code: str, key_length: int = 0) -> int:
+    """The errno a refused request maps to. InvalidObjectName is almost always a key over
+    1023 bytes (SPEC D.5, DOC 185228), which a local file system reports as ENAMETOOLONG."""
+    if code == "InvalidObjectName":
+        return errno.ENAMETOOLONG if key_length > 1023 or not key_length else errno.EINVAL
+    if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+        return errno.EACCES
+    if code in ("EntityTooLarge", "FileTooLarge"):
+        return errno.EFBIG
+    return errno.EIO
+
+
+class AccessDeniedError(RejectedError):
     """Credentials rejected (bad signature, unknown key, denied)."""
 
-    errno = errno.EACCES
+    def __init__(self, message: str, code: str = "AccessDenied") -> None:
+        super().__init__(message, code)
+        self.errno = errno.EACCES
+
+
+class ArchivedError(StoreError):
+    """The object is in the Archive or Cold Archive class and not restored (403
+    InvalidObjectState, EC 0016-00000404, SPEC D.13): readable only after RestoreObject
+    (``ossencfs restore``). ENODATA ("No data available"), never EACCES: nothing is wrong
+    with the caller's rights."""
+
+    errno = errno.ENODATA
 
 
 class NetworkError(StoreError):

@@ -32,10 +32,12 @@ import urllib3.exceptions
 
 from .errors import (
     AccessDeniedError,
+    ArchivedError,
     ConflictError,
     NetworkError,
     NotFoundError,
     OssEncError,
+    RejectedError,
     StoreError,
 )
 
@@ -51,11 +53,17 @@ logging.getLogger("oss2.models").addFilter(_drop_raw_get_warning)
 
 T = TypeVar("T")
 META_CONCURRENCY = 64
-_META_OPS = frozenset({"head", "list", "delete", "delete_many", "get_symlink", "put_symlink"})
+_META_OPS = frozenset({"head", "list", "delete", "delete_many", "get_symlink", "put_symlink",
+                       "restore"})
 
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+# Throttling and overload answers (SPEC D.13: 503 with these codes, 429 QpsLimitExceeded):
+# retried with backoff like any 5xx.
 _THROTTLE_CODES = {"Throttling", "SlowDown", "RequestTimeout", "ServiceUnavailable",
-                   "InternalError", "QpsLimitExceeded", "TooManyRequests"}
+                   "InternalError", "QpsLimitExceeded", "TooManyRequests",
+                   "TotalQpsLimitExceeded", "MetaOperationQpsLimitExceeded",
+                   "DownloadTrafficRateLimitExceeded", "UploadTrafficRateLimitExceeded",
+                   "ActiveRequestLimitExceeded"}
 _NOT_FOUND_CODES = {"NoSuchKey", "NoSuchBucket", "NoSuchUpload", "SymlinkTargetNotExist", ""}
 
 
@@ -69,6 +77,7 @@ class ObjectInfo:
     mtime: float
     object_type: str
     headers: dict[str, str] = field(default_factory=dict)
+    storage_class: str = ""      # Standard, IA, Archive, ColdArchive, DeepColdArchive
 
 
 @dataclass
@@ -118,6 +127,7 @@ def _info_from_headers(key: str, headers: Mapping[str, str]) -> ObjectInfo:
         mtime=_http_time(h.get("last-modified")),
         object_type=h.get("x-oss-object-type", "Normal"),
         headers=h,
+        storage_class=h.get("x-oss-storage-class", ""),
     )
 
 
@@ -234,10 +244,17 @@ class ObjectStore:
                 return False, ConflictError(detail)
             if status == 409:
                 return False, ConflictError(detail)
+            if status == 403 and code == "InvalidObjectState":
+                return False, ArchivedError(
+                    f"{what}: the object is archived and not restored; restore it with "
+                    f"`ossencfs restore` (RestoreObject) and read it once the restore is done")
             if status == 403:
-                return False, AccessDeniedError(detail)
+                return False, AccessDeniedError(detail, code or "AccessDenied")
             if status == 404:
                 return False, NotFoundError(detail)
+            if 400 <= status < 500:
+                # a refusal retrying cannot change (NotImplemented, InvalidObjectName, ...)
+                return False, RejectedError(detail, code, len(key.encode("utf-8", "replace")))
             return False, StoreError(detail)
         if isinstance(exc, oss2.exceptions.OssError):
             return False, StoreError(f"{what}: {_short(exc)}")
@@ -315,14 +332,17 @@ class ObjectStore:
         return data
 
     async def put(self, key: str, data: bytes | Callable[[], bytes], headers: Mapping[str, str],
-                  *, forbid_overwrite: bool = False, if_match: str | None = None) -> str:
-        """``data`` may be a function giving the body (called in the worker thread, so that
-        reading it from disk costs no thread hop of its own)."""
+                  *, forbid_overwrite: bool = False) -> str:
+        """PutObject; returns the new ETag. ``data`` may be a function giving the body (called
+        in the worker thread, so that reading it from disk costs no thread hop of its own).
+
+        PutObject takes no condition headers on real OSS (If-Match and the other three give
+        400 NotImplemented, EC 0017-00000245, SPEC D.13): a caller that must not overwrite a
+        newer version checks with a HEAD first (``EncryptedObjects.upload``); a new name is
+        protected with ``x-oss-forbid-overwrite`` (409 FileAlreadyExists)."""
         h = dict(headers)
         if forbid_overwrite:
             h["x-oss-forbid-overwrite"] = "true"
-        if if_match:
-            h["If-Match"] = f'"{if_match}"'
         attempts: list[int] = []
         if callable(data):
             source: Callable[[], bytes] = data
@@ -358,7 +378,8 @@ class ObjectStore:
             r = self.bucket.list_objects_v2(prefix=prefix, delimiter=delimiter,
                                             continuation_token=token or "", max_keys=max_keys)
             objs = [ObjectInfo(key=o.key, size=int(o.size), etag=(o.etag or "").strip('"'),
-                               mtime=float(o.last_modified or 0), object_type=o.type or "Normal")
+                               mtime=float(o.last_modified or 0), object_type=o.type or "Normal",
+                               storage_class=o.storage_class or "")
                     for o in r.object_list]
             nxt = r.next_continuation_token if r.is_truncated else None
             return Listing(objs, list(r.prefix_list), nxt or None)
@@ -377,6 +398,13 @@ class ObjectStore:
 
     async def copy(self, src: str, dst: str, *, headers: Mapping[str, str] | None = None,
                    if_match: str | None = None) -> str:
+        """CopyObject ``src`` to ``dst`` in this bucket; returns the new ETag.
+
+        ``headers``: REPLACE the metadata with these (refused by OSS for a client-side-
+        encrypted source, EC 0005-00000421, SPEC D.13: use a re-upload for those); None:
+        COPY directive, every header kept. Refused by OSS for appendable sources and above
+        the copy size limit (SPEC D.13), which callers check first (``fs.moves``).
+        ``if_match``: the source must still have this ETag (else ConflictError)."""
         h: dict[str, str] = {}
         if headers is not None:
             h.update(headers)
@@ -386,6 +414,23 @@ class ObjectStore:
         return await self._call(
             "copy", dst,
             lambda: self._dated(self.bucket.copy_object(self.name, src, dst, headers=h)).etag)
+
+    async def restore(self, key: str, days: int = 1, tier: str | None = None) -> bool:
+        """RestoreObject (``POST ?restore``) of an Archive / Cold Archive object: True when a
+        restore was started (202), False when one is running already (409
+        RestoreAlreadyInProgress) or the object is restored (200; its expiry is extended).
+        ``tier`` (Expedited, Standard, Bulk) is sent for Cold Archive objects only, which
+        require a JobParameters element; Archive objects take ``days`` alone."""
+        def run() -> int:
+            config = oss2.models.RestoreConfiguration(
+                days=days, job_parameters=oss2.models.RestoreJobParameters(tier)
+                if tier else None)
+            return self.bucket.restore_object(key, input=config).status
+        try:
+            status = await self._call("restore", key, run)
+        except ConflictError:
+            return False
+        return status == 202
 
     async def delete(self, key: str) -> None:
         await self._call("delete", key, lambda: self.bucket.delete_object(key))

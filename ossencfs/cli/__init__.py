@@ -20,6 +20,7 @@ _COMMAND_MODULES = (
     "ossencfs.cli.transfer",    # cp, cat
     "ossencfs.cli.mountcmd",    # mount, umount
     "ossencfs.cli.statuscmd",   # status
+    "ossencfs.cli.restorecmd",  # restore
 )
 
 

@@ -19,6 +19,8 @@ import sys
 import time
 from typing import Any
 
+from ..objects import COPY_LIMIT
+
 from .options import add_connection_options, add_key_options
 
 
@@ -170,6 +172,10 @@ def register(subparsers: Any) -> None:
                    help="multipart part size (multiple of 16, >= 102400; default 8 MiB)")
     p.add_argument("--multipart-threshold", type=int, default=16 << 20, metavar="BYTES",
                    help="files at least this big upload in parts (default 16 MiB)")
+    p.add_argument("--copy-limit", type=int, default=COPY_LIMIT, metavar="BYTES",
+                   help="largest object moved by CopyObject on rename; larger ones (and "
+                        "appendable ones) are relayed through this machine, ciphertext only "
+                        "(default 10^9: the 1 GB of OSS's older documentation)")
     p.add_argument("--upload-parallelism", type=int, default=4, metavar="N",
                    help="parts uploaded at once, and files of 1 MiB or more uploaded at "
                         "once by the background queue (default 4)")

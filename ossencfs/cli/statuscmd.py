@@ -55,6 +55,17 @@ def _run_dirs() -> list[str]:
             if os.path.isdir(d)]
 
 
+def running_mounts() -> list[dict[str, Any]]:
+    """The state (``fs.state.snapshot``) of every running mount this user can see."""
+    states = []
+    for d in _run_dirs():
+        for path in sorted(glob.glob(os.path.join(d, "*.json"))):
+            state = _load(path)
+            if state is not None:
+                states.append(state)
+    return states
+
+
 def _offline_dir(base: str) -> dict[str, Any]:
     """What a cache directory of a mount that is not running holds."""
     from ..fs.journal import list_quarantine
@@ -93,6 +104,8 @@ def _print_state(s: dict[str, Any], out: Any) -> None:
                     f"{p['last_error']}")
         else:
             what = "uploading"
+        if p.get("kind") == "metadata":
+            what += " (metadata change: re-upload of the stored bytes)"
         print(f"    {p['path']}  {_size(p['size'])}  {pct:.0f}%  {what}", file=out)
     failures = s.get("failures") or []
     if failures:
@@ -101,8 +114,12 @@ def _print_state(s: dict[str, Any], out: Any) -> None:
             stamp = time.strftime("%H:%M:%S", time.localtime(f["time"]))
             print(f"    {stamp} {f['key']}: {f['error']}", file=out)
     for c in s.get("conflicts") or []:
-        print(f"  conflict: {c['key']} changed by another client; local version saved as "
-              f"{c['copy']}", file=out)
+        if c.get("copy"):
+            print(f"  conflict: {c['key']} changed by another client; local version saved as "
+                  f"{c['copy']}", file=out)
+        else:
+            print(f"  conflict: {c['key']} changed or deleted by another client; a metadata "
+                  f"change made here was dropped", file=out)
     _print_quarantine(s.get("quarantine") or [], out)
     for o in s.get("other_journals") or []:
         print(f"  journal of another mount: {o['entries']} entr"
@@ -139,11 +156,7 @@ def _status(args: argparse.Namespace) -> int:
         if state is not None:
             states.append(state)
     else:
-        for d in _run_dirs():
-            for path in sorted(glob.glob(os.path.join(d, "*.json"))):
-                state = _load(path)
-                if state is not None:
-                    states.append(state)
+        states = running_mounts()
     offline: list[dict[str, Any]] = []
     if args.cache_dir:
         live = {os.path.realpath(s["cache_dir"]) for s in states}

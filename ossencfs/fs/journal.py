@@ -299,6 +299,9 @@ class Journal:
                     raise BadEntry("never closed or fsynced before the mount stopped "
                                    "(not acknowledged); kept aside, not uploaded")
                 dpath = self.data_path(ident)
+                if entry.get("relay"):           # a re-upload (``fs.reupload``): no data file
+                    good.append(entry)
+                    continue
                 if not os.path.exists(dpath):
                     raise BadEntry("data file missing")
                 have = os.path.getsize(dpath)

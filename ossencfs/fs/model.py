@@ -24,29 +24,33 @@ import logging
 import os
 import stat
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 import pyfuse3
 import trio
 
-from ..errors import ConflictError, NetworkError, OssEncError
-from ..objects import first_error
+from ..envelope import format as fmt
+from ..errors import ArchivedError, ConflictError, NetworkError, OssEncError, RejectedError
+from ..objects import first_error, kept_headers
 from ..store import ObjectInfo
 from . import posix
 from .attrcache import AttrCache
 from .cache import BlockCache
 from .inodes import ROOT_INO, Entry, InodeTable, Node, join
 from .readahead import BlockSource
+from .reupload import Reupload, restore_reupload
 from .staging import StagingArea
 from .uploader import BaseGoneError, Uploader, UploadResult
 
 log = logging.getLogger(__name__)
 
 STAT_AHEAD = 64        # entries resolved ahead of a stat walk, in parallel
-
-_KEPT_STANDARD = ("content-type", "cache-control", "content-disposition", "content-encoding",
-                  "content-language", "expires")
+#: seconds a metadata change of a closed file waits for more changes before its re-upload
+#: (``cp -a``/``rsync -a``/``tar x`` set mode, owner and times in separate calls)
+META_DELAY = 1.0
+MAX_KEY_BYTES = 1023   # the longest object key OSS takes (SPEC D.5, InvalidObjectName)
 
 
 def _err(code: int) -> pyfuse3.FUSEError:
@@ -120,6 +124,13 @@ class FsModel:
 
     def dkey(self, path: str) -> str:
         return self.prefix + path + "/" if path else self.prefix
+
+    def check_key_length(self, path: str, *, is_dir: bool = False) -> None:
+        """ENAMETOOLONG for a name whose object key OSS would refuse (over 1023 bytes, DOC
+        185228 in SPEC D.5): refused when the name is made, not at the upload after close."""
+        key = self.dkey(path) if is_dir else self.okey(path)
+        if len(key.encode("utf-8", "surrogateescape")) > MAX_KEY_BYTES:
+            raise _err(errno.ENAMETOOLONG)
 
     def where(self, node: Node) -> str:
         return f"oss://{self.store.name}/{self.dkey(node.path) if node.is_dir else self.okey(node.path)}"
@@ -484,6 +495,7 @@ class FsModel:
             raise _err(errno.EROFS)
         parent = self.node(parent_ino)
         path = join(parent.path, name)
+        self.check_key_length(path)
         existing = self.inodes.at(path)
         meta = posix.new_meta(stat.S_IFREG, mode, ctx.uid, ctx.gid)
         if existing is not None and existing.kind == stat.S_IFREG and not existing.unlinked:
@@ -519,11 +531,11 @@ class FsModel:
     async def read(self, fh: int, off: int, size: int) -> bytes:
         h = self.handle(fh)
         node = h.node
-        if node.staging is not None:
+        if node.staging is not None and not node.staging.relay:
             if node.upload_busy:            # the uploader holds the lock; staging is frozen
                 return await node.staging.read(off, size)
             async with node.lock:
-                if node.staging is not None:
+                if node.staging is not None and not node.staging.relay:
                     return await node.staging.read(off, size)
         if not node.exists_remote:
             return b""
@@ -534,6 +546,17 @@ class FsModel:
 
     async def _ensure_staging(self, node: Node) -> Any:
         st = node.staging
+        if st is not None and st.relay:
+            # new content replaces a pending metadata change: an ordinary staging on the
+            # version the re-upload was of (an object carrying its key is still ours)
+            node.staging = None
+            await self.staging.drop(st)
+            base = await self._source(node) if node.size > 0 else None
+            node.staging = await self.staging.new(self.okey(node.path), node.size, base,
+                                                  node.size, st.base_etag)
+            node.staging.prior_keys = [k for k in [*st.prior_keys, st.wrapped_key] if k] \
+                if st.sealed else list(st.prior_keys)
+            return node.staging
         if st is not None and not st.sealed:
             return st
         if st is not None:
@@ -563,7 +586,7 @@ class FsModel:
         return len(buf)
 
     async def _truncate_locked(self, node: Node, size: int) -> None:
-        if size == 0 and (node.staging is None or node.staging.sealed):
+        if size == 0 and (node.staging is None or node.staging.sealed or node.staging.relay):
             old = node.staging
             base_etag = node.etag if node.exists_remote else None
             prior: list[str] = []
@@ -647,19 +670,23 @@ class FsModel:
                 await trio.to_thread.run_sync(
                     functools.partial(self.staging.journal.remove, st.ident, durable=False,
                                       entry_only=True))
-        if result.conflict_key is not None:
+        if result.conflict_key is not None or result.superseded:
             await self._after_conflict(node, st, result)
             return
         etag = result.etag
+        if st.relay and node.kernel_etag == node.etag:
+            node.kernel_etag = etag             # same bytes: the page cache stays valid
         node.etag = etag
         node.size = st.size
         node.exists_remote = True
         node.mtime = time.time()
-        node.headers = {**{k.lower(): v for k, v in st.crypto_headers.items()}, **extra}
+        node.headers = {**(st.kept if st.relay else {}),
+                        **{k.lower(): v for k, v in st.crypto_headers.items()}, **extra}
         node.headers_expires = node.meta_expires = time.monotonic() + self.ttl
         self.attr_cache.record(self.okey(node.path), etag, node.size, extra,
                                not_after=self.store.server_now())
-        node.kernel_etag = etag
+        if not st.relay:
+            node.kernel_etag = etag
         self.inodes.note_entry(node.parent_path, Entry(node.name, node.kind, node.size, etag,
                                                        node.mtime))
         if drop and node.staging is st:
@@ -667,12 +694,13 @@ class FsModel:
             await self.staging.drop(st)
 
     async def _after_conflict(self, node: Node, st: Any, result: UploadResult) -> None:
-        """The local version went beside the object: show the other client's version at the
-        name (fetched afresh) and the conflict copy next to it."""
-        assert result.conflict_key is not None
-        copy_name = result.conflict_key[len(self.prefix):].rsplit("/", 1)[-1]
-        self.inodes.note_entry(node.parent_path, Entry(copy_name, stat.S_IFREG, st.size,
-                                                       result.etag, time.time()))
+        """The local version went beside the object (or, for a metadata change, was dropped):
+        show the other client's version at the name (fetched afresh) and the conflict copy
+        next to it."""
+        if result.conflict_key is not None:
+            copy_name = result.conflict_key[len(self.prefix):].rsplit("/", 1)[-1]
+            self.inodes.note_entry(node.parent_path, Entry(copy_name, stat.S_IFREG, st.size,
+                                                           result.etag, time.time()))
         if node.staging is st:
             node.staging = None
             await self.staging.drop(st)
@@ -688,6 +716,9 @@ class FsModel:
             node.exists_remote = True
             node.etag = None                 # force _apply_file_info to take the new version
             self._apply_file_info(node, info)
+        elif result.superseded:              # deleted by another client: gone here too
+            self.inodes.drop_entry(node.parent_path, node.name)
+            self.inodes.detach(node)
         else:
             node.exists_remote = False
             node.size = 0
@@ -700,6 +731,9 @@ class FsModel:
             await self._base_gone(node, exc)
             raise
         except BaseException as exc:
+            if isinstance(first_error(exc), (RejectedError, ArchivedError)):
+                await self._refused(node, first_error(exc))
+                raise
             if node.dirty and not node.unlinked and node.staging is not None:
                 with trio.CancelScope(shield=True):
                     try:
@@ -709,6 +743,36 @@ class FsModel:
                 if self.writeback is not None:
                     self.writeback.failed(node, exc)
             raise
+
+    async def _refused(self, node: Node, exc: BaseException) -> None:
+        """OSS refused the upload for good (a 4xx that no retry changes: NotImplemented, a
+        name it does not take, access denied, an archived base): it is not retried. The
+        staging goes to quarantine with the reason (``ossencfs status`` lists it; nothing
+        written is lost), the upload queue forgets it (unmount never waits for it), and the
+        name shows what the bucket holds."""
+        st = node.staging
+        if st is None:
+            return
+        with trio.CancelScope(shield=True):
+            if not st.relay:
+                try:                         # its data and entry on disk before moving them
+                    await self.commit_locked(node, materialize=False, durable=True)
+                except (OSError, OssEncError) as jexc:
+                    log.warning("%s: cannot journal (%s)", self.where(node), jexc)
+            what = "metadata change" if st.relay else "upload"
+            where = await self.staging.quarantine(st, f"{what} refused by OSS: {exc}")
+        log.error("%s: %s refused by OSS, not retried (%s); kept in %s", self.where(node), what,
+                  exc, where)
+        node.staging = None
+        node.dirty = False
+        node.headers = None
+        node.headers_expires = node.meta_expires = 0
+        node.kernel_etag = None
+        if self.writeback is not None:
+            self.writeback.forget(node)
+        if not node.exists_remote:           # the name never reached the bucket
+            self.inodes.drop_entry(node.parent_path, node.name)
+            self.inodes.detach(node)
 
     async def _base_gone(self, node: Node, exc: Exception) -> None:
         """The untouched ranges of a partly rewritten file can no longer be fetched (another
@@ -763,6 +827,10 @@ class FsModel:
                 await self.upload_locked(node)
             except BaseGoneError as exc:
                 await self._base_gone(node, exc)
+            except Exception as raw:
+                if not isinstance(first_error(raw), (RejectedError, ArchivedError)):
+                    raise
+                await self._refused(node, first_error(raw))
             await self._drop_if_clean(node)
 
     async def _drop_if_clean(self, node: Node) -> None:
@@ -849,6 +917,10 @@ class FsModel:
             if not path or path.endswith("/") or "//" in path:
                 quarantine(entry["id"], f"not a file key: {key!r}")
                 continue
+            if entry.get("relay"):            # a metadata change (fs.reupload): no key needed
+                self._restored(path, entry, restore_reupload(self.staging, entry))
+                restored += 1
+                continue
             try:
                 material = await trio.to_thread.run_sync(
                     lambda e=entry: self.staging.keyring.open(
@@ -865,24 +937,28 @@ class FsModel:
             except OSError as exc:
                 quarantine(entry["id"], f"cannot open its data file: {exc.strerror}")
                 continue
-            meta = posix.from_headers(entry["posix"], is_dir=False, fallback_mtime=time.time(),
-                                      policy=self.policy)
-            node = self.inodes.bind(path, stat.S_IFREG, meta)
-            node.meta = meta
-            node.staging = st
-            node.dirty = True
-            node.unlinked = False
-            node.exists_remote = base_etag is not None
-            node.etag = base_etag
-            node.size = entry["size"]
-            node.headers = {}
-            node.headers_expires = float("inf")
-            if self.writeback is not None:
-                self.writeback.schedule(node, 0)
+            self._restored(path, entry, st)
             restored += 1
-            log.warning("journal: replayed %s (%d bytes), upload queued", self.where(node),
-                        entry["size"])
         return restored
+
+    def _restored(self, path: str, entry: dict[str, Any], st: Any) -> None:
+        """A replayed staging becomes its file's pending upload."""
+        meta = posix.from_headers(entry["posix"], is_dir=False, fallback_mtime=time.time(),
+                                  policy=self.policy)
+        node = self.inodes.bind(path, stat.S_IFREG, meta)
+        node.meta = meta
+        node.staging = st
+        node.dirty = True
+        node.unlinked = False
+        node.exists_remote = st.base_etag is not None
+        node.etag = st.base_etag
+        node.size = entry["size"]
+        node.headers = dict(st.kept) if st.relay else {}
+        node.headers_expires = float("inf")
+        if self.writeback is not None:
+            self.writeback.schedule(node, 0)
+        log.info("journal: replayed %s (%d bytes%s), upload queued", self.where(node),
+                 entry["size"], ", metadata change" if st.relay else "")
 
     # ------------------------------------------------------------------ attributes
     async def setattr(self, ino: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
@@ -908,24 +984,38 @@ class FsModel:
             if fields.update_mtime:
                 node.meta.mtime_ns = attr.st_mtime_ns
                 meta_changed = True
-            if node.dirty:
+            st = node.staging
+            if node.dirty and st is not None and st.relay:
+                st.changed = True                   # acknowledged: journal the change
+                await self.commit_locked(node, materialize=False, durable=False)
+                if node.open_count == 0:
+                    self._reupload_later(node)      # a burst costs one re-upload
+            elif node.dirty:
                 if fh is None and node.open_count == 0:
                     await self._close_locked(node)
-                elif node.staging is not None and node.staging.committed:
-                    node.staging.changed = True
+                elif st is not None and st.committed:
+                    st.changed = True
             elif meta_changed and not node.unlinked:
                 await self._persist_meta(node)
         return self.attrs(node)
 
     async def _persist_meta(self, node: Node) -> None:
-        """Metadata-only change: CopyObject onto itself, REPLACE, every CSE header re-sent."""
+        """A metadata-only change of a clean node (caller holds its lock).
+
+        Directory markers and native symlinks are small and plain: written again at once.
+        Plain objects that CopyObject may copy take a CopyObject onto themselves (REPLACE).
+        Every other object (client-side-encrypted ones, appendable ones, those above the
+        copy limit: SPEC D.13) gets a ``Reupload`` of its unchanged stored bytes with the
+        new headers, journaled now and sent by the upload queue after ``META_DELAY`` (so
+        that a burst of changes costs one upload), at the next close of a writer, at fsync,
+        or at unmount."""
         extra = posix.to_headers(node.meta)
         if node.ino == ROOT_INO and not self.prefix:
             return                              # the bucket root has no object to carry it
         if node.is_dir:
             key = self.dkey(node.path)
             info = await self.store.head(key)
-            kept = self._kept(info.headers) if info is not None else {}
+            kept = kept_headers(info.headers) if info is not None else {}
             await self.store.put(key, b"", {**kept, **extra})
             node.marker = True
             node.headers = {**kept, **extra}
@@ -934,12 +1024,23 @@ class FsModel:
         if not node.exists_remote:
             return
         key = self.okey(node.path)
+        if node.object_type == "Symlink":
+            await self._persist_native_symlink(node, key, extra)
+            return
         info = await self.store.head(key)
         if info is None:
             raise _err(errno.ENOENT)
-        headers = {**self._kept(info.headers), **extra}
+        if fmt.parse_headers(info.headers) is not None or info.object_type == "Appendable" \
+                or info.size > self.objects.copy_limit:
+            await self._start_reupload(node, info)
+            return
+        headers = {**kept_headers(info.headers), **extra}
         etag = await self.store.copy(key, key, headers=headers, if_match=info.etag)
         node.headers = {**info.headers, **extra}
+        self._meta_stored(node, key, etag, extra)
+
+    def _meta_stored(self, node: Node, key: str, etag: str, extra: dict[str, str]) -> None:
+        """Bookkeeping after new metadata of a file is in the bucket as version ``etag``."""
         node.headers_expires = node.meta_expires = time.monotonic() + self.ttl
         self.attr_cache.record(key, etag, node.size, extra, node.object_type,
                                not_after=self.store.server_now())
@@ -949,12 +1050,30 @@ class FsModel:
         self.inodes.note_entry(node.parent_path, Entry(node.name, node.kind, node.size, etag,
                                                        node.mtime, node.object_type))
 
-    @staticmethod
-    def _kept(headers: dict[str, str]) -> dict[str, str]:
-        """What REPLACE must carry to keep the object as it was: all user meta (incl. every
-        CSE header, SPEC A.10 #8) and the standard headers."""
-        return {k: v for k, v in headers.items()
-                if k.startswith("x-oss-meta-") or k in _KEPT_STANDARD}
+    async def _persist_native_symlink(self, node: Node, key: str, extra: dict[str, str]) -> None:
+        """A native symlink keeps its own metadata (SPEC D.6): PutSymlink again, same target."""
+        target = await self.store.get_symlink(key)
+        await self.store.put_symlink(key, target, extra)
+        node.headers = dict(extra)
+        node.headers_expires = node.meta_expires = time.monotonic() + self.ttl
+
+    async def _start_reupload(self, node: Node, info: ObjectInfo) -> None:
+        """Make ``node`` dirty with a journaled ``Reupload`` of ``info``'s version."""
+        kept = kept_headers(info.headers)
+        crypto = {k: v for k, v in kept.items() if k not in fmt.strip_crypto_headers(kept)}
+        st = Reupload(self.staging, uuid.uuid4().hex, info.key, info.size, info.etag,
+                      info.object_type, kept, crypto)
+        self.staging.active.add(st)
+        node.headers = dict(info.headers)
+        node.staging = st
+        node.dirty = True
+        await self.commit_locked(node, materialize=False, durable=False)
+        if node.open_count == 0:
+            self._reupload_later(node)
+
+    def _reupload_later(self, node: Node) -> None:
+        if self.writeback is not None:
+            self.writeback.schedule(node, max(self.write_back, META_DELAY))
 
     # ------------------------------------------------------------------ namespace changes
     async def _ensure_marker(self, dir_node: Node) -> None:
@@ -972,6 +1091,7 @@ class FsModel:
             raise _err(errno.EROFS)
         parent = self.node(parent_ino)
         path = join(parent.path, name)
+        self.check_key_length(path, is_dir=True)
         meta = posix.new_meta(stat.S_IFDIR, mode, ctx.uid, ctx.gid)
         headers = posix.to_headers(meta)
         await self.store.put(self.dkey(path), b"", headers)
@@ -993,6 +1113,7 @@ class FsModel:
             raise _err(errno.EROFS)
         parent = self.node(parent_ino)
         path = join(parent.path, name)
+        self.check_key_length(path)
         meta = posix.new_meta(stat.S_IFLNK, 0o777, ctx.uid, ctx.gid)
         body = target.encode("utf-8", "surrogateescape")
         extra = posix.to_headers(meta)
@@ -1084,6 +1205,7 @@ class FsModel:
             if dst.is_dir and not await self._dir_is_empty(dst):
                 raise _err(errno.ENOTEMPTY)
         new_path = join(new_parent.path, n_new)
+        self.check_key_length(new_path, is_dir=src.is_dir)
         if src.is_dir:
             if new_path.startswith(src.path + "/"):
                 raise _err(errno.EINVAL)
@@ -1093,10 +1215,29 @@ class FsModel:
                 st = src.staging if src.dirty else None
                 if st is not None and not st.complete:
                     await st.materialize()          # the old name's object goes away below
-                if src.exists_remote:
+                if src.exists_remote and st is not None and st.relay:
+                    # a pending metadata change goes to the new name at once: one re-upload
+                    # instead of a copy now and a re-upload later (rsync's temp file + rename)
+                    extra = posix.to_headers(src.meta)
+                    copied = await self.objects.relay(st.source(), self.okey(new_path),
+                                                      {**st.kept, **extra})
+                    await self.store.delete(self.okey(src.path))
+                    self.attr_cache.forget(self.okey(src.path))
+                    self.attr_cache.record(self.okey(new_path), copied, src.size, extra,
+                                           src.object_type, not_after=self.store.server_now())
+                    src.staging, src.dirty = None, False
+                    if self.writeback is not None:
+                        self.writeback.forget(src)
+                    await self.staging.drop(st)     # its journal entry is done with
+                    st = None
+                    src.etag = copied
+                elif src.exists_remote:
                     # copy first (replacing any target), then delete: a failure in between
                     # leaves two copies, never none
-                    copied = await self.store.copy(self.okey(src.path), self.okey(new_path))
+                    copied = await self._copy_object(
+                        self.okey(src.path), self.okey(new_path),
+                        ObjectInfo(self.okey(src.path), src.size, src.etag or "", src.mtime,
+                                   src.object_type))
                     await self.store.delete(self.okey(src.path))
                     self.attr_cache.forget(self.okey(src.path))
                     if st is not None and st.base_etag is not None:
@@ -1134,7 +1275,8 @@ class FsModel:
     async def _rename_dir(self, src: Node, new_path: str, dst: Node | None) -> None:
         """Copy every object, then delete the originals: a failure leaves both, never neither."""
         old_prefix, new_prefix = self.dkey(src.path), self.dkey(new_path)
-        keys = [o.key async for o in self.store.iter_objects(old_prefix, "")]
+        objects = [o async for o in self.store.iter_objects(old_prefix, "")]
+        keys = [o.key for o in objects]
         busy = [n for n in self.inodes.under(src.path) if n.dirty or n.open_count]
         for n in busy:
             await n.lock.acquire()
@@ -1145,12 +1287,13 @@ class FsModel:
             limiter = trio.CapacityLimiter(8)
             copied: dict[str, str] = {}
 
-            async def copy_one(k: str) -> None:
+            async def copy_one(o: ObjectInfo) -> None:
                 async with limiter:
-                    copied[k] = await self.store.copy(k, new_prefix + k[len(old_prefix):])
+                    copied[o.key] = await self._copy_object(
+                        o.key, new_prefix + o.key[len(old_prefix):], o)
             async with trio.open_nursery() as nursery:
-                for k in keys:
-                    nursery.start_soon(copy_one, k)
+                for o in objects:
+                    nursery.start_soon(copy_one, o)
             if old_prefix not in keys:
                 await self.store.put(new_prefix, b"", posix.to_headers(src.meta))
             await self.store.delete_many(keys)
@@ -1173,6 +1316,19 @@ class FsModel:
         finally:
             for n in busy:
                 n.lock.release()
+
+    async def _copy_object(self, src: str, dst: str, info: ObjectInfo) -> str:
+        """One object of a rename, copied with its headers (``EncryptedObjects.copy``); a
+        native symlink is made again with its own target and metadata, since GET/HEAD of a
+        link answer for its target (SPEC D.6). Returns the new ETag ("" for a link)."""
+        if info.object_type != "Symlink":
+            return await self.objects.copy(src, dst, info)
+        target = await self.store.get_symlink(src)
+        own = await self.store.head(src)
+        meta = {k: v for k, v in (own.headers if own is not None else {}).items()
+                if k.startswith("x-oss-meta-")}
+        await self.store.put_symlink(dst, target, meta)
+        return ""
 
     def statfs(self) -> pyfuse3.StatvfsData:
         s = pyfuse3.StatvfsData()

@@ -217,7 +217,8 @@ class Mount:
                               f"oss://{self.bucket}/{self.prefix}; use another --cache-dir") from None
         objects = EncryptedObjects(self.store, self.keyring, part_size=self.args.part_size,
                                    multipart_threshold=self.args.multipart_threshold,
-                                   upload_parallelism=self.args.upload_parallelism)
+                                   upload_parallelism=self.args.upload_parallelism,
+                                   copy_limit=getattr(self.args, "copy_limit", 1 << 30))
         staging_dir = os.path.join(self.base_dir, "staging")
         os.makedirs(staging_dir, mode=0o700, exist_ok=True)
         self.journal = Journal(staging_dir, self.quarantine_dir,

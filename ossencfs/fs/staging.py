@@ -121,6 +121,8 @@ class Extents:
 
 
 class Staging:
+    relay = False                    # a ``fs.reupload.Reupload``: no data of its own
+
     def __init__(self, area: "StagingArea", ident: str, key: str, material: Any,
                  crypto_headers: Mapping[str, str], size: int, base: PlainSource | None,
                  base_len: int, base_etag: str | None, *, restore: bool = False) -> None:

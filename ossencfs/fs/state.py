@@ -51,6 +51,7 @@ def snapshot(mount: Any) -> dict[str, Any]:
                      ("retrying" if job.attempts else "waiting"),
             "attempts": job.attempts, "last_error": job.last_error,
             "due_in": max(0.0, job.due - now_mono), "since": job.since,
+            "kind": "metadata" if st is not None and st.relay else "data",
         })
     for p in uploader.pending.values():          # uploads at close/fsync (not queued)
         if not any(e["key"] == p.key for e in pending):

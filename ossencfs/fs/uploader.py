@@ -32,7 +32,7 @@ from typing import Any, Mapping
 import trio
 
 from ..envelope import format as fmt
-from ..errors import ConflictError, NetworkError
+from ..errors import ConflictError, NetworkError, NotFoundError
 from ..objects import first_error
 from .staging import Staging
 
@@ -80,6 +80,7 @@ class Pending:
 class UploadResult:
     etag: str
     conflict_key: str | None = None     # set when the local version went beside the object
+    superseded: bool = False            # a re-upload dropped: another client changed it first
 
 
 @dataclass
@@ -97,6 +98,11 @@ class Uploader:
             entry.alive()
         entry.sent = 0
         try:
+            if staging.relay:                # fs.reupload: the object's own bytes, new headers
+                return await self.objects.relay(staging.source(), key,
+                                                {**staging.kept, **extra},
+                                                forbid_overwrite=forbid_overwrite,
+                                                if_match=if_match, progress=progress)
             return await self.objects.upload(key, staging.size, staging.read_cipher,
                                              staging.crypto_headers, dict(extra),
                                              forbid_overwrite=forbid_overwrite, if_match=if_match,
@@ -105,7 +111,13 @@ class Uploader:
         except ConflictError:
             info = await self.objects.store.head(key)
             found = info.headers.get(fmt.H_KEY) if info is not None else None
-            if not found:
+            if not found or info is None:
+                raise
+            if staging.relay:
+                # the object's own key: the headers tell whether it is this re-upload
+                if found == staging.wrapped_key and info.size == staging.size and \
+                        all(info.headers.get(k) == v for k, v in extra.items()):
+                    return info.etag
                 raise
             if staging.sealed and found == staging.wrapped_key and info.size == staging.size:
                 return info.etag             # this very upload landed earlier
@@ -148,8 +160,13 @@ class Uploader:
                                             forbid_overwrite=staging.base_etag is None,
                                             if_match=staging.base_etag, entry=entry)
                     result = UploadResult(etag)
-                except ConflictError as exc:
-                    result = await self._conflict(key, staging, extra_headers, entry, exc)
+                except (ConflictError, NotFoundError) as exc:
+                    if staging.relay:
+                        result = self._superseded(key, exc)
+                    elif isinstance(exc, ConflictError):
+                        result = await self._conflict(key, staging, extra_headers, entry, exc)
+                    else:
+                        raise
             if watchdog.cancelled_caught:
                 raise NetworkError(f"{key}: upload made no progress for {entry.stall:.0f} s")
         except Exception as exc:
@@ -183,6 +200,15 @@ class Uploader:
             del self.conflicts[:-100]
             return UploadResult(etag, target)
         raise ConflictError(f"{key}: no free conflict name")
+
+    def _superseded(self, key: str, why: Exception) -> UploadResult:
+        """A metadata change whose object another client changed or deleted first: dropped,
+        since nothing local is lost (the content was never ours to keep)."""
+        log.warning("oss://%s/%s: metadata change not stored: the object was changed or "
+                    "deleted by another client first (%s)", self.objects.store.name, key, why)
+        self.conflicts.append({"time": time.time(), "key": key, "copy": None})
+        del self.conflicts[:-100]
+        return UploadResult("", superseded=True)
 
     def _failed(self, key: str, exc: BaseException) -> None:
         self.failures.append((time.time(), key, str(exc) or type(exc).__name__))

@@ -101,12 +101,22 @@ def test_attributes_persist_as_ossfs_headers(mount, oss2_bucket):
     os.chmod(f, 0o640)
     os.chown(f, 1234, 2345)
     os.utime(f, ns=(1_600_000_000_000_000_000, 1_600_000_000_500_000_000))
+    with open(f, "rb") as fd:           # fsync sends the pending metadata change at once
+        os.fsync(fd.fileno())
     h = oss2_bucket.head_object("attrs.txt").headers
     assert int(h["x-oss-meta-mode"]) == stat.S_IFREG | 0o640
     assert h["x-oss-meta-uid"] == "1234" and h["x-oss-meta-gid"] == "2345"
     assert h["x-oss-meta-mtime"].startswith("1600000000.5")
-    assert "x-oss-meta-client-side-encryption-key" in h      # REPLACE re-sent every CSE header
-    mount.remount()
+    assert "x-oss-meta-client-side-encryption-key" in h      # the re-upload kept its CSE set
+    os.chmod(f, 0o644)
+    mount.remount()                     # unmount sends what is pending
+    assert int(oss2_bucket.head_object("attrs.txt").headers["x-oss-meta-mode"]) == \
+        stat.S_IFREG | 0o644
+    os.chmod(f, 0o640)
+    mount.kill9()                       # journaled: the next mount sends it
+    mount.start()
+    eventually(lambda: int(oss2_bucket.head_object("attrs.txt").headers["x-oss-meta-mode"])
+               == stat.S_IFREG | 0o640)
     st = os.stat(f)
     assert stat.S_IMODE(st.st_mode) == 0o640 and st.st_uid == 1234 and st.st_gid == 2345
     assert st.st_mtime_ns == 1_600_000_000_500_000_000

@@ -1,0 +1,198 @@
+"""The mount within real OSS's rules (SPEC D.13), against the emulator that enforces them:
+no conditional PutObject, metadata of encrypted objects changed only by re-upload of the
+unchanged ciphertext, renames of large and appendable objects relayed through the client,
+archived objects, and refusals that are never retried forever. Every test runs in both
+write modes where the mode changes the path taken."""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import sqlite3
+import stat
+import subprocess
+import time
+
+import oss2
+import pytest
+
+from tests.mount.conftest import eventually
+
+pytestmark = pytest.mark.mount
+
+CSE_KEY = "x-oss-meta-client-side-encryption-key"
+MODES = [pytest.param([], id="on-close"), pytest.param(["--write-back", "1"], id="write-back")]
+
+
+def _stats(emulator) -> dict:
+    import json
+    import urllib.request
+    with urllib.request.urlopen(f"{emulator.endpoint}/-/admin/stats") as r:
+        return json.loads(r.read())
+
+
+def _raw(bucket: oss2.Bucket, key: str) -> tuple[bytes, dict]:
+    r = bucket.get_object(key)
+    return r.read(), {k.lower(): v for k, v in r.headers.items()}
+
+
+def _keys(bucket: oss2.Bucket, prefix: str = "") -> set[str]:
+    return {o.key for o in oss2.ObjectIterator(bucket, prefix=prefix)}
+
+
+@pytest.mark.parametrize("extra", MODES)
+def test_overwrite_append_and_cp_onto_a_file(make_mount, crypto_bucket, oss2_bucket, extra):
+    m = make_mount(extra=extra)
+    f = m.path / "new.txt"
+    m.run("sh", "-c", "echo hello > new.txt")
+    m.run("sh", "-c", "echo more >> new.txt")
+    m.run("cp", "/etc/hostname", "copied.txt")
+    m.run("cp", "/etc/hosts", "copied.txt")                 # cp onto an existing file
+    m.run("sh", "-c", "echo again > new.txt")                # truncate + rewrite
+    m.wait_uploaded()
+    assert f.read_bytes() == b"again\n"
+    assert crypto_bucket.get_object("new.txt").read() == b"again\n"
+    assert crypto_bucket.get_object("copied.txt").read() == open("/etc/hosts", "rb").read()
+    assert _keys(oss2_bucket) == {"new.txt", "copied.txt"}
+    assert "unexpected" not in m.log() and "Traceback" not in m.log()
+
+
+@pytest.mark.parametrize("extra", MODES)
+def test_chmod_chown_touch_reupload_the_same_ciphertext(make_mount, crypto_bucket, oss2_bucket,
+                                                         extra):
+    m = make_mount(extra=extra)
+    (m.path / "f.bin").write_bytes(os.urandom(300_000))
+    m.wait_uploaded()
+    body, before = _raw(oss2_bucket, "f.bin")
+    os.chmod(m.path / "f.bin", 0o600)
+    os.chown(m.path / "f.bin", 1234, 2345)
+    os.utime(m.path / "f.bin", ns=(1_600_000_000_000_000_000, 1_600_000_000_250_000_000))
+    st = os.stat(m.path / "f.bin")                  # shown at once, before the re-upload
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o600, 1234, 2345)
+    m.wait_uploaded()
+    body2, after = _raw(oss2_bucket, "f.bin")
+    assert body2 == body                             # the same ciphertext ...
+    for name, value in before.items():               # ... the same data key, IV and layout
+        if name.startswith("x-oss-meta-client-side-encryption-"):
+            assert after[name] == value, name
+    assert int(after["x-oss-meta-mode"]) == stat.S_IFREG | 0o600
+    assert (after["x-oss-meta-uid"], after["x-oss-meta-gid"]) == ("1234", "2345")
+    assert after["x-oss-meta-mtime"].startswith("1600000000.25")
+    assert crypto_bucket.get_object("f.bin").read() == (m.path / "f.bin").read_bytes()
+    # `touch` of a file that exists: one more re-upload, no new data key
+    m.run("touch", "f.bin")
+    m.wait_uploaded()
+    _, touched = _raw(oss2_bucket, "f.bin")
+    assert touched[CSE_KEY] == before[CSE_KEY]
+    assert float(touched["x-oss-meta-mtime"]) > time.time() - 120
+
+
+def test_a_burst_of_metadata_changes_costs_one_reupload(make_mount, oss2_bucket, emulator):
+    m = make_mount()
+    for i in range(5):
+        (m.path / f"f{i}").write_bytes(b"x" * 1000)
+    puts = _stats(emulator)["requests"].get("PutObject", 0)
+    for i in range(5):
+        os.chmod(m.path / f"f{i}", 0o640)
+        os.chown(m.path / f"f{i}", 7, 8)
+        os.utime(m.path / f"f{i}", (1_500_000_000, 1_500_000_000))
+    m.wait_uploaded()
+    assert _stats(emulator)["requests"].get("PutObject", 0) - puts == 5
+    for i in range(5):
+        h = oss2_bucket.head_object(f"f{i}").headers
+        assert (h["x-oss-meta-mode"], h["x-oss-meta-uid"]) == (str(stat.S_IFREG | 0o640), "7")
+
+
+@pytest.mark.parametrize("extra", MODES)
+def test_cp_a_costs_one_put_per_file(make_mount, crypto_bucket, emulator, tmp_path, extra):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(20):
+        (src / f"f{i}.txt").write_bytes(f"file {i}\n".encode())
+        os.chmod(src / f"f{i}.txt", 0o640)
+        os.utime(src / f"f{i}.txt", (1_400_000_000 + i, 1_400_000_000 + i))
+    m = make_mount(extra=extra)
+    before = _stats(emulator)["requests"]
+    m.run("cp", "-a", str(src), "dst")
+    m.wait_uploaded()
+    after = _stats(emulator)["requests"]
+    puts = after.get("PutObject", 0) - before.get("PutObject", 0)
+    assert after.get("CopyObject", 0) == before.get("CopyObject", 0)
+    assert 20 <= puts <= 20 * 2 + 1                   # the files, at most one re-upload each
+    for i in range(20):
+        h = crypto_bucket.head_object(f"dst/f{i}.txt").headers
+        assert int(float(h["x-oss-meta-mtime"])) == 1_400_000_000 + i
+        assert crypto_bucket.get_object(f"dst/f{i}.txt").read() == f"file {i}\n".encode()
+
+
+@pytest.mark.parametrize("extra", MODES)
+def test_rsync_a_twice_and_tar_x(make_mount, crypto_bucket, oss2_bucket, tmp_path, extra):
+    src = tmp_path / "tree"
+    (src / "sub").mkdir(parents=True)
+    for i in range(8):
+        (src / "sub" / f"s{i}").write_bytes(os.urandom(1000 + i))
+    (src / "top.txt").write_bytes(b"top\n")
+    os.chmod(src / "top.txt", 0o751)
+    m = make_mount(extra=extra)
+    m.run("rsync", "-a", f"{src}/", "copy/")
+    (src / "top.txt").write_bytes(b"top, changed\n")
+    os.utime(src / "top.txt", (1_300_000_000, 1_300_000_000))
+    m.run("rsync", "-a", f"{src}/", "copy/")             # second run: updates and times
+    r = m.run("rsync", "-a", "-i", f"{src}/", "copy/")   # third: nothing left to do
+    assert b">f" not in r.stdout, r.stdout
+    subprocess.run(["tar", "cf", str(tmp_path / "t.tar"), "-C", str(src), "."], check=True)
+    (m.path / "untar").mkdir()
+    m.run("tar", "xf", str(tmp_path / "t.tar"), cwd=m.path / "untar")
+    m.wait_uploaded()
+    r = subprocess.run(["diff", "-r", str(src), str(m.path / "copy")], capture_output=True)
+    assert r.returncode == 0, r.stdout
+    assert os.stat(m.path / "untar" / "top.txt").st_mtime == 1_300_000_000
+    assert stat.S_IMODE(os.stat(m.path / "untar" / "top.txt").st_mode) == 0o751
+    assert crypto_bucket.get_object("copy/top.txt").read() == b"top, changed\n"
+    # the bucket holds exactly the tree twice, and no temporary file of rsync
+    files = {k for k in _keys(oss2_bucket) if not k.endswith("/")}
+    want = {f"{d}/{p}" for d in ("copy", "untar")
+            for p in ["top.txt", *(f"sub/s{i}" for i in range(8))]}
+    assert files == want
+
+
+@pytest.mark.parametrize("extra", MODES)
+def test_sqlite_git_and_editor_save(make_mount, crypto_bucket, extra):
+    m = make_mount(extra=extra)
+    db = sqlite3.connect(m.path / "db.sqlite")
+    db.execute("create table t (x)")
+    for i in range(50):
+        db.execute("insert into t values (?)", (i,))
+        db.commit()
+    db.close()
+    m.run("git", "init", "-q", "repo")
+    (m.path / "repo" / "a.txt").write_text("one\n")
+    m.run("git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "a.txt", cwd=m.path / "repo")
+    m.run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one",
+          cwd=m.path / "repo")
+    # an editor's save: write a temp file, copy the mode, rename over the original
+    (m.path / "doc.txt").write_text("v1\n")
+    tmp = m.path / ".doc.txt.swp"
+    tmp.write_text("v2\n")
+    shutil.copymode(m.path / "doc.txt", tmp)
+    os.rename(tmp, m.path / "doc.txt")
+    m.wait_uploaded()
+    assert m.run("git", "log", "--oneline", cwd=m.path / "repo").stdout.count(b"\n") == 1
+    assert sqlite3.connect(m.path / "db.sqlite").execute("select count(*) from t").fetchone() \
+        == (50,)
+    assert crypto_bucket.get_object("doc.txt").read() == b"v2\n"
+
+
+def test_two_mounts_writing_one_file_still_give_a_conflict_copy(make_mount, crypto_bucket,
+                                                                 oss2_bucket):
+    crypto_bucket.put_object("shared.txt", b"zero\n")
+    a = make_mount("a")
+    b = make_mount("b")
+    with open(a.path / "shared.txt", "r+b") as fa:
+        assert fa.read() == b"zero\n"
+        (b.path / "shared.txt").write_bytes(b"B wins\n")
+        fa.seek(0)
+        fa.write(b"A later\n")
+    assert crypto_bucket.get_object("shared.txt").read() == b"B wins\n"
+    copies = [k for k in _keys(oss2_bucket, "shared.txt.conflict-")]
+    assert len(copies) == 1 and crypto_bucket.get_object(copies[0]).read() == b"A later\n"
