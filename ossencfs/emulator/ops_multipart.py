@@ -175,6 +175,7 @@ class MultipartOps(OpsBase):
                 chosen.append(num)
         if not chosen:
             raise OssError(400, "MalformedXML", "The XML you provided was not well-formed.")
+        self._cse_check_complete(up.headers, [(num, have[num].size) for num in chosen])
         for num in chosen[:-1]:
             if have[num].size < MIN_PART:
                 raise OssError(400, "EntityTooSmall", "Your proposed upload is smaller than the minimum allowed size.",
@@ -186,7 +187,6 @@ class MultipartOps(OpsBase):
             forbid = _forbid_overwrite(ctx.headers)
         else:
             forbid = stored_forbid == "true"
-        self._cse_check_complete(headers, [(num, have[num].size) for num in chosen])
         crc, size, digests = 0, 0, b""
         for num in chosen:
             part = have[num]
