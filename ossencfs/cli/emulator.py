@@ -16,7 +16,8 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "emulator", help="run a local OSS emulator (for tests and benchmarks)",
         description="Local OSS server with real V1/V4 signatures and on-disk data. Faults can be changed "
-                    "at run time with POST /-/admin/faults?latency_ms=&bandwidth_mbps=&fail_rate=&drop_rate= "
+                    "at run time with POST /-/admin/faults?latency_ms=&bandwidth_mbps=&fail_rate=&drop_rate="
+                    "&fail_code=&copy_limit=&restore_seconds= "
                     "(loopback only); GET /-/admin/stats returns request counters.")
     p.add_argument("--data", required=True, metavar="DIR", help="data directory (created if missing)")
     p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
@@ -33,6 +34,15 @@ def register(subparsers: Any) -> None:
     p.add_argument("--bandwidth-mbps", type=float, default=0.0, help="per-connection cap in Mbit/s, both directions")
     p.add_argument("--fail-rate", type=float, default=0.0, help="fraction of requests answered 503 before any effect")
     p.add_argument("--drop-rate", type=float, default=0.0, help="fraction of connections dropped mid-response")
+    p.add_argument("--fail-code", default="ServiceUnavailable", metavar="CODE",
+                   help="what injected failures answer: ServiceUnavailable (default), TotalQpsLimitExceeded, "
+                        "MetaOperationQpsLimitExceeded, DownloadTrafficRateLimitExceeded, "
+                        "UploadTrafficRateLimitExceeded, ActiveRequestLimitExceeded (503), QpsLimitExceeded "
+                        "(429), or 'mixed'")
+    p.add_argument("--copy-limit", type=int, default=10 ** 9, metavar="BYTES",
+                   help="CopyObject refuses sources larger than this (default 1000000000, OSS's 1 GB)")
+    p.add_argument("--restore-seconds", type=float, default=1.0, metavar="S",
+                   help="RestoreObject of Archive/Cold Archive objects completes after S seconds (default 1)")
     p.add_argument("--no-fsync", action="store_true", help="skip fsync (faster, not crash-safe)")
     p.add_argument("--no-crc", action="store_true",
                    help="do not compute CRC-64 of new objects (faster PUT; responses then omit "
@@ -48,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
                    credentials={args.access_key_id: args.access_key_secret}, sts_tokens=tokens,
                    buckets=args.bucket, latency_ms=args.latency_ms, bandwidth_mbps=args.bandwidth_mbps,
                    fail_rate=args.fail_rate, drop_rate=args.drop_rate, kms_port=args.kms_port,
-                   fsync=not args.no_fsync, crc=not args.no_crc, region=args.region)
+                   fsync=not args.no_fsync, crc=not args.no_crc, region=args.region,
+                   fail_code=args.fail_code, copy_limit=args.copy_limit, restore_seconds=args.restore_seconds)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:

@@ -13,12 +13,31 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 
+# What an injected failure answers (status, Code, Message). Messages: help.aliyun.com/zh/oss/support/
+# http-status-code-503 (English messages on the zh page) and help.aliyun.com/en/oss/user-guide/429-error.
+FAIL_CODES: dict[str, tuple[int, str]] = {
+    "ServiceUnavailable": (503, "Thread pool is almost full, please retry later"),
+    "TotalQpsLimitExceeded": (503, "Max total qps limit is exceeded"),
+    "MetaOperationQpsLimitExceeded": (503, "Qps limit for the meta operation is exceeded"),
+    "DownloadTrafficRateLimitExceeded": (503, "Please reduce your download request traffic"),
+    "UploadTrafficRateLimitExceeded": (503, "Please reduce your upload request traffic"),
+    "ActiveRequestLimitExceeded": (503, "Max active request limit is exceeded"),
+    "QpsLimitExceeded": (429, "Please reduce your request rate."),
+}
+FAIL_CODE_MIXED = "mixed"          # each injected failure picks one of FAIL_CODES at random
+
+
 @dataclass
 class Faults:
+    """Run-time settings (all changeable through ``Emulator.set_faults`` and the admin endpoint)."""
+
     latency_ms: float = 0.0
     bandwidth_mbps: float = 0.0
     fail_rate: float = 0.0
     drop_rate: float = 0.0
+    fail_code: str = "ServiceUnavailable"   # a FAIL_CODES name or "mixed"
+    copy_limit: int = 10 ** 9               # CopyObject source size limit in bytes (ops_base.DEFAULT_COPY_LIMIT)
+    restore_seconds: float = 1.0            # RestoreObject completes this long after the request
 
 
 class Stats:

@@ -13,8 +13,9 @@ from xml.etree import ElementTree
 
 from .storage import Entry, BucketState, TempObject, crc64_combine
 from .xmlout import OssError, XML_HEAD, el, iso8601, url_enc
-from .ops_base import (MIN_PART, _CHUNK, _CSE, Ctx, Resp, OpsBase, _crc_header, _strip_etag, _truthy,
-                       _meta_headers, _check_key, _copy_source, _check_conditions, _write_guard)
+from .ops_base import (MIN_PART, _CHUNK, _CSE, Ctx, Resp, OpsBase, _crc_header, _strip_etag,
+                       _meta_headers, _check_key, _copy_source, _check_conditions, _write_guard, _forbid_overwrite,
+                       _storage_class, _cse_check_required, _cse_int, _cse_error)
 
 
 class MultipartOps(OpsBase):
@@ -32,13 +33,16 @@ class MultipartOps(OpsBase):
         _check_key(ctx.key)
         headers = _meta_headers(ctx.headers)
         self._content_type(ctx, headers)
-        forbid = ctx.headers.get("x-oss-forbid-overwrite")
-        if _truthy(forbid) and self.st.lookup(b, ctx.key) is not None:
+        forbid = _forbid_overwrite(ctx.headers)
+        sclass = _storage_class(ctx.headers)
+        if forbid and self.st.lookup(b, ctx.key) is not None:
             raise OssError(409, "FileAlreadyExists", "The object you specified already exists and can not be overwritten.")
         self._cse_check_init(ctx.headers)
         stored = dict(headers)
-        if forbid is not None:
-            stored["x-emu-forbid-overwrite"] = forbid
+        if "x-oss-forbid-overwrite" in ctx.headers:
+            stored["x-emu-forbid-overwrite"] = ctx.headers["x-oss-forbid-overwrite"]
+        if sclass != "Standard":
+            stored["x-emu-storage-class"] = sclass
         up = self.st.init_upload(b, ctx.key, stored)
         url = ctx.params.get("encoding-type", "") == "url"
         out = [XML_HEAD, "<InitiateMultipartUploadResult>", el("Bucket", b.name),
@@ -63,10 +67,15 @@ class MultipartOps(OpsBase):
         b = self.bucket(ctx)
         up = self._upload(b, ctx)
         n = self._part_number(ctx)
-        self._cse_check_part(up.headers, ctx.headers)
+        expect = self._cse_check_part(up.headers, ctx.headers, n)
         tmp = self.st.temp()
         try:
             self._stream_body(ctx, tmp)
+            if expect is not None and tmp.size != expect:
+                # help.aliyun.com/en/oss/user-guide/0005-00000419: checked at UploadPart (the doc's example
+                # is an UploadPart); the part number tells whether it is the last part (see _cse_check_part).
+                raise _cse_error("0005-00000419", "The part size of a client-side encrypted multipart upload "
+                                 "does not match the part size given at InitiateMultipartUpload.")
         except BaseException:
             tmp.discard()
             raise
@@ -88,6 +97,9 @@ class MultipartOps(OpsBase):
         tmp = self.st.temp()
         try:
             _check_conditions(ctx.headers, src, "x-oss-copy-source-")
+            # CSE source (0042-00000309), appendable source, unrestored Archive source; the CopyObject size
+            # limit does not apply here (UploadPartCopy is the documented way above it).
+            self._check_copy_source(sb.name, src, part_copy=True)
             start, end = 0, src.size - 1
             rng = ctx.headers.get("x-oss-copy-source-range")
             if rng:
@@ -163,14 +175,18 @@ class MultipartOps(OpsBase):
                 chosen.append(num)
         if not chosen:
             raise OssError(400, "MalformedXML", "The XML you provided was not well-formed.")
+        self._cse_check_complete(up.headers, [(num, have[num].size) for num in chosen])
         for num in chosen[:-1]:
             if have[num].size < MIN_PART:
                 raise OssError(400, "EntityTooSmall", "Your proposed upload is smaller than the minimum allowed size.",
                                PartNumber=str(num), MinSizeAllowed=str(MIN_PART))
         headers = dict(up.headers)
-        forbid = ctx.headers.get("x-oss-forbid-overwrite", headers.pop("x-emu-forbid-overwrite", None))
-        headers.pop("x-emu-forbid-overwrite", None)
-        self._cse_check_complete(headers, len(chosen))
+        stored_forbid = headers.pop("x-emu-forbid-overwrite", None)
+        sclass = headers.pop("x-emu-storage-class", "Standard")
+        if "x-oss-forbid-overwrite" in ctx.headers:
+            forbid = _forbid_overwrite(ctx.headers)
+        else:
+            forbid = stored_forbid == "true"
         crc, size, digests = 0, 0, b""
         for num in chosen:
             part = have[num]
@@ -178,7 +194,7 @@ class MultipartOps(OpsBase):
             size += part.size
             digests += bytes.fromhex(part.etag)
         etag = hashlib.md5(digests).hexdigest().upper() + f"-{len(chosen)}"
-        e = Entry(ctx.key, size, etag, crc, time.time(), "Multipart", headers)
+        e = Entry(ctx.key, size, etag, crc, time.time(), "Multipart", headers, storage_class=sclass)
         with self.st.key_lock(b.name, ctx.key):
             if self.st.get_upload(b, up.upload_id) is None:
                 raise OssError(404, "NoSuchUpload", "The specified upload does not exist.", UploadId=up.upload_id)
@@ -188,7 +204,7 @@ class MultipartOps(OpsBase):
                 p = now[num]
                 if p is None or p.etag != have[num].etag or p.size != have[num].size:
                     raise OssError(400, "InvalidPart", "A part changed while completing.", PartNumber=str(num))
-            _write_guard(ctx.headers, _truthy(forbid))(self.st.lookup(b, ctx.key))
+            _write_guard(forbid)(self.st.lookup(b, ctx.key))
             e.segments = self.st.adopt_upload(b, up, chosen)
             self.st.commit(b, self.st.temp(hashing=False), e)
         url = ctx.params.get("encoding-type", "") == "url"
@@ -285,44 +301,54 @@ class MultipartOps(OpsBase):
         out.append("</ListMultipartUploadsResult>")
         return self._xml(out)
 
-    # ---- client-side-encryption awareness (SPEC A.4; only when CSE headers are present) ----
-    @staticmethod
-    def _cse_int(h: dict[str, str], name: str, code: str) -> int | None:
-        v = h.get(_CSE + name)
-        if v is None:
-            return None
-        try:
-            n = int(v)
-        except ValueError:
-            n = -1
-        if n < 0:
-            raise OssError(400, "InvalidArgument", f"{_CSE}{name} is not a valid integer.", EC=code)
-        return n
-
+    # ---- client-side-encryption awareness (SPEC A.4, D.13; help.aliyun.com/en/oss/user-guide/0005-000004xx) ----
     def _cse_check_init(self, h: dict[str, str]) -> None:
-        if _CSE + "key" not in h:
+        """Initiate with CSE headers: key/start/cek-alg/wrap-alg (0005-00000401..404), data-size (-406, -408)
+        and part-size (-407, -409) are required."""
+        if not _cse_check_required(h):
             return
-        self._cse_int(h, "data-size", "0005-00000408")
-        part = self._cse_int(h, "part-size", "0005-00000407")
-        if part is None:
-            raise OssError(400, "InvalidArgument", f"{_CSE}part-size is required for an encrypted multipart upload.",
-                           EC="0005-00000407")
+        _cse_int(h, "data-size", "0005-00000406", "0005-00000408")
+        _cse_int(h, "part-size", "0005-00000407", "0005-00000409")
 
-    def _cse_check_part(self, init: dict[str, str], h: dict[str, str]) -> None:
-        if _CSE + "key" not in h or _CSE + "key" not in init:
-            return
-        if _CSE + "part-size" not in h:
-            raise OssError(400, "InvalidArgument", f"{_CSE}part-size is required on UploadPart.", EC="0005-00000407")
-        for name, code in (("start", "0005-00000413"), ("key", "0005-00000413")):
-            if h.get(_CSE + name) != init.get(_CSE + name):
-                raise OssError(400, "InvalidArgument", f"{_CSE}{name} differs from the one given at Initiate.", EC=code)
+    def _cse_check_part(self, init: dict[str, str], h: dict[str, str], n: int) -> int | None:
+        """UploadPart checks; returns the exact size this part must have (0005-00000419) or None.
 
-    def _cse_check_complete(self, init: dict[str, str], count: int) -> None:
-        if _CSE + "key" not in init:
+        Only parts that carry CSE headers are checked (Java's encryption client sends none on UploadPart and
+        works against real OSS, SPEC A.4). Such a part must carry the full set incl. data-size and part-size
+        (0005-00000401..407), repeat Initiate's part-size (-418) and start (-413). Size (-419): every part but
+        the last is exactly part-size; data-size tells which part number is the last, and the last part must be
+        the remainder (stricter reading; exactly what oss2 CryptoBucket and Go send).
+        """
+        if not _cse_check_required(h):
+            return None
+        data = _cse_int(h, "data-size", "0005-00000406", "0005-00000408")
+        part = _cse_int(h, "part-size", "0005-00000407", "0005-00000409")
+        if h.get(_CSE + "part-size") != init.get(_CSE + "part-size"):
+            raise _cse_error("0005-00000418", f"The {_CSE}part-size header differs from the one given at "
+                             "InitiateMultipartUpload.")
+        if h.get(_CSE + "start") != init.get(_CSE + "start"):
+            raise _cse_error("0005-00000413", f"The {_CSE}start header differs from the one given at "
+                             "InitiateMultipartUpload.")
+        if part <= 0:
+            return None
+        last = max(1, -(-data // part))
+        if n < last:
+            return part
+        if n == last:
+            return data - (last - 1) * part
+        return None                                   # beyond data-size: refused at Complete (0005-00000411)
+
+    def _cse_check_complete(self, init: dict[str, str], parts: list[tuple[int, int]]) -> None:
+        """Complete of a CSE upload: at most ceil(data-size/part-size) parts (0005-00000411) and every part
+        but the last exactly part-size (0005-00000419; also catches parts sent without CSE headers)."""
+        if not any(k.startswith(_CSE) for k in init):
             return
-        data = self._cse_int(init, "data-size", "0005-00000408")
-        part = self._cse_int(init, "part-size", "0005-00000407")
-        if data is not None and part:
-            if count > max(1, -(-data // part)):
-                raise OssError(400, "InvalidArgument", "More parts than data-size / part-size allows.",
-                               EC="0005-00000411")
+        data = _cse_int(init, "data-size", "0005-00000406", "0005-00000408")
+        part = _cse_int(init, "part-size", "0005-00000407", "0005-00000409")
+        if part and len(parts) > max(1, -(-data // part)):
+            raise _cse_error("0005-00000411", "The number of parts exceeds the number that data-size and "
+                             "part-size allow.")
+        for num, size in parts[:-1]:
+            if size != part:
+                raise _cse_error("0005-00000419", "The part size of a client-side encrypted multipart upload "
+                                 "does not match the part size given at InitiateMultipartUpload.")

@@ -8,6 +8,7 @@ connections dropped mid-response) can be changed while it runs, in-process with
 ``set_faults(...)`` or from another process through the admin endpoint:
 
     POST http://127.0.0.1:PORT/-/admin/faults?latency_ms=50&bandwidth_mbps=100&fail_rate=0.1&drop_rate=0
+         (also fail_code=<503/429 Code or "mixed">, copy_limit=<bytes>, restore_seconds=<s>)
     GET  http://127.0.0.1:PORT/-/admin/faults        -> current faults (JSON)
     GET  http://127.0.0.1:PORT/-/admin/stats         -> request counters and byte counts (JSON)
     POST http://127.0.0.1:PORT/-/admin/stats/reset
@@ -36,21 +37,23 @@ from typing import Any, Callable, Sequence
 from urllib.parse import parse_qsl, unquote, unquote_to_bytes
 
 from .auth import SUBRESOURCES, SignedRequest, Verifier
-from .faults import Faults, Stats, Throttle
+from .faults import FAIL_CODE_MIXED, FAIL_CODES, Faults, Stats, Throttle
 from .ops import Ctx, Ops, Resp, valid_bucket_name
+from .ops_base import DEFAULT_COPY_LIMIT, DEFAULT_RESTORE_SECONDS
 from .storage import Storage
 from .xmlout import OssError, error_xml, http_date
 
 log = logging.getLogger(__name__)
 
 _DRAIN_LIMIT = 64 << 20
-_HANDLED = frozenset({"acl", "uploads", "location", "delete", "append", "position", "objectMeta", "uploadId",
+_HANDLED = frozenset({"restore", "acl", "uploads", "location", "delete", "append", "position", "objectMeta", "uploadId",
                       "partNumber", "security-token", "symlink", "bucketInfo", "continuation-token",
                       "response-content-type", "response-content-language", "response-expires",
                       "response-cache-control", "response-content-disposition", "response-content-encoding"})
 _REASONS = {200: "OK", 204: "No Content", 206: "Partial Content", 304: "Not Modified", 400: "Bad Request",
-            403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict", 411: "Length Required",
-            412: "Precondition Failed", 416: "Requested Range Not Satisfiable", 500: "Internal Server Error",
+            202: "Accepted", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
+            411: "Length Required", 412: "Precondition Failed", 416: "Requested Range Not Satisfiable",
+            429: "Too Many Requests", 500: "Internal Server Error",
             501: "Not Implemented", 503: "Service Unavailable"}
 
 
@@ -194,6 +197,8 @@ def route(ops: Ops, method: str, bucket: str | None, key: str, p: dict[str, str]
                 return "CompleteMultipartUpload", ops.complete_multipart
             if "append" in p:
                 return "AppendObject", ops.append_object
+            if "restore" in p:
+                return "RestoreObject", ops.restore_object
         if method == "GET":
             if "symlink" in p:
                 return "GetSymlink", ops.get_symlink
@@ -300,7 +305,11 @@ class _Handler(BaseHTTPRequestHandler):
         if faults.latency_ms > 0:
             time.sleep(faults.latency_ms / 1000.0)
         if faults.fail_rate > 0 and random.random() < faults.fail_rate:
-            pre_error = OssError(503, "ServiceUnavailable", "Please reduce your request rate. (injected)")
+            code = faults.fail_code
+            if code == FAIL_CODE_MIXED or code not in FAIL_CODES:
+                code = random.choice(sorted(FAIL_CODES))
+            status, message = FAIL_CODES[code]
+            pre_error = OssError(status, code, message)
         drop = faults.drop_rate > 0 and random.random() < faults.drop_rate
         if drop and method != "GET":
             emu._stats.done(op, method, bucket, key, 0, 0, 0)
@@ -431,8 +440,14 @@ class _Handler(BaseHTTPRequestHandler):
             if self.command == "POST":
                 q = dict(parse_qsl(query))
                 try:
-                    emu.set_faults(**{k: float(v) for k, v in q.items()
-                                      if k in ("latency_ms", "bandwidth_mbps", "fail_rate", "drop_rate")})
+                    kw: dict[str, Any] = {k: float(v) for k, v in q.items()
+                                          if k in ("latency_ms", "bandwidth_mbps", "fail_rate", "drop_rate",
+                                                   "restore_seconds")}
+                    if "copy_limit" in q:
+                        kw["copy_limit"] = int(q["copy_limit"])
+                    if "fail_code" in q:
+                        kw["fail_code"] = q["fail_code"]
+                    emu.set_faults(**kw)
                 except ValueError as e:
                     status, payload = 400, {"error": str(e)}
             if status == 200:
@@ -489,7 +504,9 @@ class Emulator:
                  credentials: dict[str, str], sts_tokens: dict[str, str] | None = None,
                  buckets: Sequence[str] = (), latency_ms: float = 0, bandwidth_mbps: float = 0.0,
                  fail_rate: float = 0.0, kms_port: int | None = None, drop_rate: float = 0.0,
-                 fsync: bool = True, crc: bool = True, region: str = "oss-cn-hangzhou") -> None:
+                 fsync: bool = True, crc: bool = True, region: str = "oss-cn-hangzhou",
+                 fail_code: str = "ServiceUnavailable", copy_limit: int = DEFAULT_COPY_LIMIT,
+                 restore_seconds: float = DEFAULT_RESTORE_SECONDS) -> None:
         self.data_dir = os.path.abspath(str(data_dir))
         self.host = host
         self.port = port
@@ -501,6 +518,7 @@ class Emulator:
         self.crc = crc
         self.region = region
         self._faults = Faults(float(latency_ms), float(bandwidth_mbps), float(fail_rate), float(drop_rate))
+        self.set_faults(fail_code=fail_code, copy_limit=copy_limit, restore_seconds=restore_seconds)
         self._stats = Stats()
         self._verifier = Verifier(self.credentials, self.sts_tokens)
         self._server: _Server | None = None
@@ -519,7 +537,7 @@ class Emulator:
             if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", b):   # oss2 itself needs >= 3 chars
                 raise ValueError(f"invalid bucket name: {b!r}")
             self.storage.create_bucket(b)
-        self._ops = Ops(self.storage, region=self.region, endpoint_host=self.host)
+        self._ops = Ops(self.storage, region=self.region, endpoint_host=self.host, settings=self._faults)
         if self.kms_port is not None:
             try:
                 from .kms import KmsServer  # owned by the KMS helper; optional until it lands
@@ -567,19 +585,35 @@ class Emulator:
 
     # ---- faults and stats ----------------------------------------------------------------
     def set_faults(self, *, latency_ms: float | None = None, bandwidth_mbps: float | None = None,
-                   fail_rate: float | None = None, drop_rate: float | None = None) -> None:
-        """Change faults while running; None leaves a setting unchanged."""
+                   fail_rate: float | None = None, drop_rate: float | None = None, fail_code: str | None = None,
+                   copy_limit: int | None = None, restore_seconds: float | None = None) -> None:
+        """Change faults and limits while running; None leaves a setting unchanged.
+
+        ``fail_code`` picks what injected failures answer: one of ``faults.FAIL_CODES`` (503
+        ServiceUnavailable (default), TotalQpsLimitExceeded, MetaOperationQpsLimitExceeded,
+        DownloadTrafficRateLimitExceeded, UploadTrafficRateLimitExceeded, ActiveRequestLimitExceeded;
+        429 QpsLimitExceeded) or "mixed". ``copy_limit``: CopyObject source size limit in bytes.
+        ``restore_seconds``: how long a RestoreObject takes.
+        """
         for name, v in (("latency_ms", latency_ms), ("bandwidth_mbps", bandwidth_mbps),
-                        ("fail_rate", fail_rate), ("drop_rate", drop_rate)):
+                        ("fail_rate", fail_rate), ("drop_rate", drop_rate), ("restore_seconds", restore_seconds)):
             if v is None:
                 continue
             v = float(v)
             if v < 0 or (name in ("fail_rate", "drop_rate") and v > 1):
                 raise ValueError(f"{name} out of range: {v}")
             setattr(self._faults, name, v)
+        if copy_limit is not None:
+            if int(copy_limit) < 0:
+                raise ValueError(f"copy_limit out of range: {copy_limit}")
+            self._faults.copy_limit = int(copy_limit)
+        if fail_code is not None:
+            if fail_code != FAIL_CODE_MIXED and fail_code not in FAIL_CODES:
+                raise ValueError(f"unknown fail_code: {fail_code!r} (one of {sorted(FAIL_CODES)} or 'mixed')")
+            self._faults.fail_code = fail_code
 
     @property
-    def faults(self) -> dict[str, float]:
+    def faults(self) -> dict[str, Any]:
         return asdict(self._faults)
 
     @property

@@ -195,25 +195,6 @@ def test_crypto_bucket_multipart_with_context(emu):
     assert h.headers["x-oss-meta-client-side-encryption-data-size"] == str(len(data))
 
 
-def test_cse_header_checks(emu, bucket):
-    cse = "x-oss-meta-client-side-encryption-"
-    base = {cse + "key": "a2V5", cse + "start": "c3RhcnQ=", cse + "cek-alg": "AES/CTR/NoPadding",
-            cse + "wrap-alg": "RSA/NONE/PKCS1Padding"}
-    with pytest.raises(oss2.exceptions.InvalidArgument):          # part-size missing at Initiate
-        bucket.init_multipart_upload("cse", headers=dict(base, **{cse + "data-size": "10"}))
-    with pytest.raises(oss2.exceptions.InvalidArgument):          # data-size not an integer
-        bucket.init_multipart_upload("cse", headers=dict(base, **{cse + "data-size": "x", cse + "part-size": "16"}))
-    h = dict(base, **{cse + "data-size": str(200 * KB), cse + "part-size": str(100 * KB)})
-    uid = bucket.init_multipart_upload("cse", headers=h).upload_id
-    with pytest.raises(oss2.exceptions.InvalidArgument):          # different start on UploadPart
-        bucket.upload_part("cse", uid, 1, b"x", headers=dict(h, **{cse + "start": "b3RoZXI="}))
-    parts = [PartInfo(i, bucket.upload_part("cse", uid, i, b"p" * (100 * KB), headers=h).etag) for i in (1, 2, 3)]
-    with pytest.raises(oss2.exceptions.InvalidArgument):          # more parts than data-size/part-size
-        bucket.complete_multipart_upload("cse", uid, parts)
-    bucket.complete_multipart_upload("cse", uid, parts[:2])
-    assert bucket.head_object("cse").content_length == 200 * KB
-
-
 def test_multipart_listing_xml_elements(emu, bucket):
     import xml.etree.ElementTree as ET
     uid = bucket.init_multipart_upload("sp ace+/é").upload_id
