@@ -275,6 +275,17 @@ class ObjectStore:
         except NotFoundError:
             return None
 
+    async def get_object_meta(self, key: str) -> ObjectInfo | None:
+        """GetObjectMeta (``HEAD ?objectMeta``): size, ETag, Last-Modified and type of the
+        object itself, a native symlink included (which a HEAD answers for its target, SPEC
+        D.6); no user metadata. None when absent."""
+        def run() -> ObjectInfo:
+            return _info_from_headers(key, self.bucket.get_object_meta(key).headers)
+        try:
+            return await self._call("head", key, run)
+        except NotFoundError:
+            return None
+
     async def get_range(self, key: str, start: int, end: int, *,
                         if_match: str | None = None) -> bytes:
         """Bytes [start, end] exactly, or an error: never silently different bytes.

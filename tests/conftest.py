@@ -127,3 +127,11 @@ def run_cli(emulator: object, cli_env: dict[str, str]) -> Callable[..., subproce
                               capture_output=True, timeout=timeout, env=env or cli_env,
                               cwd=str(ROOT))
     return run
+
+
+def reupload_with_meta(bucket, key: str, headers: dict[str, str]) -> None:
+    """Replace an object's metadata the only way real OSS allows for an encrypted one: a new
+    PutObject of its stored bytes with ``headers`` (CopyObject may not change the metadata
+    of a client-side-encrypted object, SPEC D.13). ``bucket`` is a plain ``oss2.Bucket``."""
+    body = bucket.get_object(key).read()
+    bucket.put_object(key, body, headers=headers)

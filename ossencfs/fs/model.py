@@ -26,7 +26,7 @@ import stat
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, NoReturn
 
 import pyfuse3
 import trio
@@ -324,19 +324,46 @@ class FsModel:
                                            fallback_mtime=info.mtime if info else time.time(),
                                            policy=self.policy)
             return node
+        if node.object_type == "Symlink":
+            return await self._resolve_native_link(node)
         info = await self.store.head(self.okey(node.path))
         if info is None:
-            self.attr_cache.forget(self.okey(node.path))
-            self.inodes.drop_entry(node.parent_path, node.name)
-            if node.open_count == 0:
-                self.inodes.detach(node)
-            raise _err(errno.ENOENT)
+            self._gone(node)
         kind = self._file_kind(info)
         if kind != node.kind:
             node = self.inodes.bind(node.path, kind, node.meta)
         self._apply_file_info(node, info)
         if kind == stat.S_IFLNK and info.object_type == "Symlink":
             node.meta.mode = stat.S_IFLNK | stat.S_IMODE(node.meta.mode or 0o777)
+        return node
+
+    def _gone(self, node: Node) -> NoReturn:
+        """The object behind ``node`` is gone: forget it and answer ENOENT."""
+        self.attr_cache.forget(self.okey(node.path))
+        self.inodes.drop_entry(node.parent_path, node.name)
+        if node.open_count == 0:
+            self.inodes.detach(node)
+        raise _err(errno.ENOENT)
+
+    async def _resolve_native_link(self, node: Node) -> Node:
+        """A native OSS symlink (known as one from a listing, SPEC D.6): a HEAD of it answers
+        with the *target's* size, ETag and type but the link's *own* user metadata, so only
+        its metadata is taken from the HEAD; a dangling link (HEAD 404) is confirmed by
+        GetObjectMeta, which describes the link itself."""
+        key = self.okey(node.path)
+        info = await self.store.head(key)
+        if info is None:
+            own = await self.store.get_object_meta(key)
+            if own is None or own.object_type != "Symlink":
+                self._gone(node)
+            headers: dict[str, str] = {}
+        else:
+            headers = {k: v for k, v in info.headers.items() if k.startswith("x-oss-meta-")}
+        node.headers = headers
+        node.headers_expires = node.meta_expires = time.monotonic() + self.ttl
+        node.meta = posix.from_headers(headers, is_dir=False, fallback_mtime=node.mtime,
+                                       policy=self.policy)
+        node.meta.mode = stat.S_IFLNK | stat.S_IMODE(node.meta.mode or 0o777)
         return node
 
     async def _child(self, parent: Node, name: str) -> Node:

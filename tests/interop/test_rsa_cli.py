@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 
-from tests.conftest import BUCKET, SDK_FIXTURES
+from tests.conftest import BUCKET, SDK_FIXTURES, reupload_with_meta
 from tests.interop.conftest import (PART, SMALL_MULTIPART, example_jpg, leftovers,
                                     oss2_multipart, payload)
 
@@ -131,15 +131,16 @@ def test_missing_key_tampered_header_and_no_partial_file(run_cli, crypto_bucket,
     meta = {k.lower(): v for k, v in h.items() if k.lower().startswith("x-oss-meta-")}
     wrapped = meta["x-oss-meta-client-side-encryption-key"]
     meta["x-oss-meta-client-side-encryption-key"] = ("B" if wrapped[0] != "B" else "C") + wrapped[1:]
-    oss2_bucket.update_object_meta("t/obj", meta)
+    reupload_with_meta(oss2_bucket, "t/obj", meta)
     out = tmp_path / "dl"
     out.mkdir()
     proc = run_cli("cp", URL + "t/obj", str(out / "obj"), *keys(rsa_key_path))
     one_line_error(proc)
     assert os.listdir(out) == []                      # no partial file, no temp file
-    # partial header set: the start header removed
-    del meta["x-oss-meta-client-side-encryption-start"]
-    oss2_bucket.update_object_meta("t/obj", meta)
+    # a damaged header: the start header not base64 (a partial set cannot be stored: real
+    # OSS refuses a PutObject with one, EC 0005-00000402, SPEC D.13)
+    meta["x-oss-meta-client-side-encryption-start"] = "not base64!"
+    reupload_with_meta(oss2_bucket, "t/obj", meta)
     msg = one_line_error(run_cli("cat", URL + "t/obj", *keys(rsa_key_path)))
     assert "start" in msg
 
