@@ -38,6 +38,7 @@ class Faults:
     fail_code: str = "ServiceUnavailable"   # a FAIL_CODES name or "mixed"
     copy_limit: int = 10 ** 9               # CopyObject source size limit in bytes (ops_base.DEFAULT_COPY_LIMIT)
     restore_seconds: float = 1.0            # RestoreObject completes this long after the request
+    deny_writes: bool = False               # every write is 403 AccessDenied (a read-only RAM policy)
 
 
 class Stats:

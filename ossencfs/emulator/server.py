@@ -321,6 +321,9 @@ class _Handler(BaseHTTPRequestHandler):
             ctx = Ctx(method, bucket, key, params, hdrs, body, hdrs.get("host", ""))
             try:
                 emu._verifier.verify(SignedRequest(method, bucket, key, params_list, hdrs))
+                if faults.deny_writes and method not in ("GET", "HEAD"):
+                    raise OssError(403, "AccessDenied", "You have no right to access this object "
+                                   "because of bucket acl.")
                 assert fn is not None
                 resp = fn(ctx)
             except OssError as e:
@@ -447,6 +450,8 @@ class _Handler(BaseHTTPRequestHandler):
                         kw["copy_limit"] = int(q["copy_limit"])
                     if "fail_code" in q:
                         kw["fail_code"] = q["fail_code"]
+                    if "deny_writes" in q:
+                        kw["deny_writes"] = q["deny_writes"].lower() in ("1", "true", "yes")
                     emu.set_faults(**kw)
                 except ValueError as e:
                     status, payload = 400, {"error": str(e)}
@@ -586,15 +591,20 @@ class Emulator:
     # ---- faults and stats ----------------------------------------------------------------
     def set_faults(self, *, latency_ms: float | None = None, bandwidth_mbps: float | None = None,
                    fail_rate: float | None = None, drop_rate: float | None = None, fail_code: str | None = None,
-                   copy_limit: int | None = None, restore_seconds: float | None = None) -> None:
+                   copy_limit: int | None = None, restore_seconds: float | None = None,
+                   deny_writes: bool | None = None) -> None:
         """Change faults and limits while running; None leaves a setting unchanged.
 
         ``fail_code`` picks what injected failures answer: one of ``faults.FAIL_CODES`` (503
         ServiceUnavailable (default), TotalQpsLimitExceeded, MetaOperationQpsLimitExceeded,
         DownloadTrafficRateLimitExceeded, UploadTrafficRateLimitExceeded, ActiveRequestLimitExceeded;
         429 QpsLimitExceeded) or "mixed". ``copy_limit``: CopyObject source size limit in bytes.
-        ``restore_seconds``: how long a RestoreObject takes.
+        ``restore_seconds``: how long a RestoreObject takes. ``deny_writes``: every request
+        that is not a GET or HEAD is refused with 403 AccessDenied, as for credentials whose
+        RAM policy allows reads only (error page "AccessDenied", SPEC D.5).
         """
+        if deny_writes is not None:
+            self._faults.deny_writes = bool(deny_writes)
         for name, v in (("latency_ms", latency_ms), ("bandwidth_mbps", bandwidth_mbps),
                         ("fail_rate", fail_rate), ("drop_rate", drop_rate), ("restore_seconds", restore_seconds)):
             if v is None:

@@ -116,6 +116,8 @@ class FsModel:
         root.marker = True
         self.handles: dict[int, Handle] = {}
         self._next_fh = 1
+        #: tells the kernel to drop a cached name (pyfuse3; a no-op below FUSE)
+        self.kernel_forget: Callable[[int, str], None] = lambda ino, name: None
         self._resolving: dict[str, trio.Event] = {}    # path -> HEAD in flight (stat-ahead)
 
     # ------------------------------------------------------------------ keys
@@ -744,8 +746,7 @@ class FsModel:
             node.etag = None                 # force _apply_file_info to take the new version
             self._apply_file_info(node, info)
         elif result.superseded:              # deleted by another client: gone here too
-            self.inodes.drop_entry(node.parent_path, node.name)
-            self.inodes.detach(node)
+            self._name_gone(node)
         else:
             node.exists_remote = False
             node.size = 0
@@ -798,8 +799,16 @@ class FsModel:
         if self.writeback is not None:
             self.writeback.forget(node)
         if not node.exists_remote:           # the name never reached the bucket
-            self.inodes.drop_entry(node.parent_path, node.name)
-            self.inodes.detach(node)
+            self._name_gone(node)
+
+    def _name_gone(self, node: Node) -> None:
+        """``node``'s name is gone from the bucket outside any namespace call (a refused
+        upload, another client's delete): forget it here and in the kernel's entry cache."""
+        self.inodes.drop_entry(node.parent_path, node.name)
+        self.inodes.detach(node)
+        parent = self.inodes.at(node.parent_path)
+        if parent is not None:
+            self.kernel_forget(parent.ino, node.name)
 
     async def _base_gone(self, node: Node, exc: Exception) -> None:
         """The untouched ranges of a partly rewritten file can no longer be fetched (another

@@ -234,6 +234,7 @@ class Mount:
                              write_back=self.write_back,
                              attr_cache=AttrCache(os.path.join(self.base_dir, "attrs.sqlite")),
                              listing_attrs=self.opts.listing_attrs)
+        self.model.kernel_forget = _forget_entry
         self.model.writeback = WriteBack(self.model, delay=self.write_back,
                                          parallel=max(2, self.args.upload_parallelism),
                                          small_parallel=self.args.upload_small_files)
@@ -426,3 +427,8 @@ def run_mount(args: argparse.Namespace) -> int:
     err = msg[4:] if msg.startswith("ERR ") else "the mount process exited before the mount was ready"
     print(f"ossencfs: error: {err}", file=sys.stderr)
     return 1
+
+
+def _forget_entry(parent_ino: int, name: str) -> None:
+    """Drop a name from the kernel's entry cache (in pyfuse3's invalidation thread)."""
+    pyfuse3.invalidate_entry_async(parent_ino, os.fsencode(name), ignore_enoent=True)

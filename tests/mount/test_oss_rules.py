@@ -196,3 +196,128 @@ def test_two_mounts_writing_one_file_still_give_a_conflict_copy(make_mount, cryp
     assert crypto_bucket.get_object("shared.txt").read() == b"B wins\n"
     copies = [k for k in _keys(oss2_bucket, "shared.txt.conflict-")]
     assert len(copies) == 1 and crypto_bucket.get_object(copies[0]).read() == b"A later\n"
+
+
+def _faults(emulator, **kw) -> None:
+    emulator.set_faults(**kw)
+
+
+@pytest.mark.parametrize("mount_limit", [None, 100_000], ids=["refused-copy", "mount-limit"])
+def test_mv_of_a_file_above_the_copy_limit_relays_its_ciphertext(make_mount, crypto_bucket,
+                                                                 oss2_bucket, emulator,
+                                                                 mount_limit):
+    data = os.urandom(3 << 20)
+    crypto_bucket.put_object("big.bin", data)
+    body, before = _raw(oss2_bucket, "big.bin")
+    _faults(emulator, copy_limit=200_000)             # CopyObject refuses it (EntityTooLarge)
+    extra = ["--part-size", str(1 << 20), "--multipart-threshold", str(2 << 20)]
+    if mount_limit:
+        extra += ["--copy-limit", str(mount_limit)]   # the mount knows: no CopyObject tried
+    m = make_mount(extra=extra)
+    copies = _stats(emulator)["requests"].get("CopyObject", 0)
+    os.rename(m.path / "big.bin", m.path / "moved.bin")
+    assert _keys(oss2_bucket) == {"moved.bin"}
+    body2, after = _raw(oss2_bucket, "moved.bin")
+    assert body2 == body and after[CSE_KEY] == before[CSE_KEY]   # relayed, not re-encrypted
+    assert after["x-oss-object-type"] == "Multipart"             # in parts, above threshold
+    assert crypto_bucket.get_object("moved.bin").read() == data
+    assert (m.path / "moved.bin").read_bytes() == data
+    tried = _stats(emulator)["requests"].get("CopyObject", 0) - copies
+    assert tried == (0 if mount_limit else 1)
+    # a directory holding it moves the same way
+    os.mkdir(m.path / "d")
+    os.rename(m.path / "moved.bin", m.path / "d" / "x.bin")
+    os.rename(m.path / "d", m.path / "e")
+    assert {k for k in _keys(oss2_bucket) if not k.endswith("/")} == {"e/x.bin"}
+    assert crypto_bucket.get_object("e/x.bin").read() == data
+
+
+def test_mv_of_an_appendable_object(make_mount, oss2_bucket, emulator):
+    oss2_bucket.append_object("log.txt", 0, b"first line\n")
+    oss2_bucket.append_object("log.txt", 11, b"second line\n")
+    m = make_mount()
+    os.rename(m.path / "log.txt", m.path / "log.old")
+    assert _keys(oss2_bucket) == {"log.old"}
+    assert oss2_bucket.get_object("log.old").read() == b"first line\nsecond line\n"
+    assert (m.path / "log.old").read_bytes() == b"first line\nsecond line\n"
+
+
+def test_chmod_of_a_plain_object_is_a_copy_and_of_an_appendable_one_a_reupload(
+        make_mount, oss2_bucket, emulator):
+    oss2_bucket.put_object("plain.txt", b"plain")
+    oss2_bucket.append_object("app.txt", 0, b"appended")
+    m = make_mount()
+    os.chmod(m.path / "plain.txt", 0o600)              # CopyObject onto itself, at once
+    assert oss2_bucket.head_object("plain.txt").headers["x-oss-meta-mode"] == \
+        str(stat.S_IFREG | 0o600)
+    os.chmod(m.path / "app.txt", 0o600)                # appendable: re-upload
+    m.wait_uploaded()
+    h = oss2_bucket.head_object("app.txt").headers
+    assert h["x-oss-meta-mode"] == str(stat.S_IFREG | 0o600)
+    assert oss2_bucket.get_object("app.txt").read() == b"appended"
+
+
+def test_native_symlink_keeps_its_own_metadata(make_mount, oss2_bucket, crypto_bucket):
+    crypto_bucket.put_object("target.txt", b"the target's bytes")
+    oss2_bucket.put_symlink("target.txt", "link", headers={"x-oss-meta-mode": str(
+        stat.S_IFLNK | 0o777), "x-oss-meta-uid": "4321"})
+    oss2_bucket.put_symlink("nowhere.txt", "dangling")
+    m = make_mount()
+    st = os.lstat(m.path / "link")
+    assert stat.S_ISLNK(st.st_mode) and st.st_uid == 4321
+    assert os.readlink(m.path / "link") == "target.txt"
+    assert (m.path / "link").read_bytes() == b"the target's bytes"
+    assert stat.S_ISLNK(os.lstat(m.path / "dangling").st_mode)
+    os.rename(m.path / "link", m.path / "link2")       # a link stays a link with its metadata
+    assert oss2_bucket.get_symlink("link2").target_key == "target.txt"
+    assert oss2_bucket.head_object("link2").headers["x-oss-meta-uid"] == "4321"
+    assert os.readlink(m.path / "link2") == "target.txt"
+
+
+def test_archived_object_reads_enodata_until_restored(make_mount, crypto_bucket, emulator):
+    _faults(emulator, restore_seconds=2)
+    crypto_bucket.put_object("cold.txt", b"frozen data",
+                             headers={"x-oss-storage-class": "ColdArchive"})
+    m = make_mount()
+    assert os.stat(m.path / "cold.txt").st_size == len(b"frozen data")   # lists and stats
+    with pytest.raises(OSError) as e:
+        (m.path / "cold.txt").read_bytes()
+    assert e.value.errno == errno.ENODATA
+    assert "ossencfs restore" in m.log() and "cold.txt" in m.log()
+    r = m.cli("restore", str(m.path / "cold.txt"), "--tier", "Expedited")
+    assert r.returncode == 0 and "restore started" in r.stdout, r.stdout + r.stderr
+    r = m.cli("restore", str(m.path / "cold.txt"))
+    assert "in progress" in r.stdout
+    def restored() -> bool:
+        try:
+            return (m.path / "cold.txt").read_bytes() == b"frozen data"
+        except OSError as exc:
+            assert exc.errno == errno.ENODATA
+            return False
+    eventually(restored, timeout=20)
+
+
+@pytest.mark.parametrize("extra", MODES)
+def test_a_refused_upload_is_quarantined_not_retried(make_mount, oss2_bucket, emulator, extra):
+    m = make_mount(extra=extra)
+    (m.path / "kept.txt").write_bytes(b"before")
+    m.wait_uploaded()
+    _faults(emulator, deny_writes=True)               # credentials that may only read
+    if extra:
+        (m.path / "new.txt").write_bytes(b"refused data")   # journaled; refused later
+    else:
+        with pytest.raises(OSError) as e:
+            (m.path / "new.txt").write_bytes(b"refused data")
+        assert e.value.errno == errno.EACCES
+    eventually(lambda: m.state()["quarantine"], timeout=30)
+    s = m.state()
+    assert not s["pending"] and "AccessDenied" in s["quarantine"][0]["reason"]
+    assert "new.txt" in m.cli("status", str(m.path)).stdout
+    assert not (m.path / "new.txt").exists()          # the bucket's view
+    [q] = [p for p in (m.cache_dir).rglob("quarantine/*") if p.is_dir()]
+    assert any(f.suffix == ".data" for f in q.iterdir())       # the data is kept
+    _faults(emulator, deny_writes=False)
+    started = time.monotonic()
+    m.stop()                                          # unmount does not wait for it
+    assert time.monotonic() - started < 30
+    assert _keys(oss2_bucket) == {"kept.txt"}
