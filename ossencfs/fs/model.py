@@ -152,7 +152,11 @@ class FsModel:
         a.st_size = size
         a.st_blksize = 128 * 1024
         a.st_blocks = (size + 511) // 512
-        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = node.meta.mtime_ns
+        a.st_mtime_ns = node.meta.mtime_ns
+        a.st_atime_ns = node.meta.atime_ns if node.meta.atime_ns is not None \
+            else node.meta.mtime_ns
+        a.st_ctime_ns = node.meta.ctime_ns if node.meta.ctime_ns is not None \
+            else node.meta.mtime_ns
         known = node.headers is not None or node.meta_expires > 0 or not node.exists_remote \
             or node.dirty
         a.attr_timeout = self.ttl if known else 0
@@ -611,7 +615,7 @@ class FsModel:
             await st.write(off, buf)
             st.changed = True
             node.dirty = True
-            node.meta.mtime_ns = time.time_ns()
+            node.meta.mtime_ns = node.meta.ctime_ns = time.time_ns()
         return len(buf)
 
     async def _truncate_locked(self, node: Node, size: int) -> None:
@@ -634,7 +638,7 @@ class FsModel:
                 await st.save_manifest()
         node.staging.changed = True
         node.dirty = True
-        node.meta.mtime_ns = time.time_ns()
+        node.meta.mtime_ns = node.meta.ctime_ns = time.time_ns()
 
     def writers(self, node: Node) -> int:
         return sum(1 for h in self.handles.values() if h.node is node and h.writable)
@@ -1020,6 +1024,11 @@ class FsModel:
             if fields.update_mtime:
                 node.meta.mtime_ns = attr.st_mtime_ns
                 meta_changed = True
+            if fields.update_atime:             # UTIME_OMIT leaves the other time alone
+                node.meta.atime_ns = attr.st_atime_ns
+                meta_changed = True
+            if meta_changed or fields.update_size:
+                node.meta.touch_ctime()
             st = node.staging
             if node.dirty and st is not None and st.relay:
                 st.changed = True                   # acknowledged: journal the change

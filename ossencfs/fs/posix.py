@@ -21,7 +21,9 @@ META_MODE = "x-oss-meta-mode"
 META_UID = "x-oss-meta-uid"
 META_GID = "x-oss-meta-gid"
 META_MTIME = "x-oss-meta-mtime"
-POSIX_HEADERS = (META_MODE, META_UID, META_GID, META_MTIME)
+META_ATIME = "x-oss-meta-atime"      # ossfs 1.x writes these two as well (SPEC D.12)
+META_CTIME = "x-oss-meta-ctime"
+POSIX_HEADERS = (META_MODE, META_UID, META_GID, META_MTIME, META_ATIME, META_CTIME)
 
 
 @dataclass
@@ -49,6 +51,12 @@ class PosixMeta:
     gid: int
     mtime_ns: int
     explicit: set[str] = field(default_factory=set)   # which headers were present
+    atime_ns: int | None = None     # None: shown as the mtime (objects of other tools)
+    ctime_ns: int | None = None
+
+    def touch_ctime(self) -> None:
+        """An attribute or the content changed now (POSIX: ctime follows every change)."""
+        self.ctime_ns = time.time_ns()
 
     @property
     def kind(self) -> int:
@@ -105,6 +113,8 @@ def from_headers(headers: Mapping[str, str], *, is_dir: bool, fallback_mtime: fl
         gid=policy.default_gid if gid is None else gid,
         mtime_ns=int(fallback_mtime * 1e9) if mtime_ns is None else mtime_ns,
         explicit=explicit,
+        atime_ns=parse_mtime_ns(h.get(META_ATIME)),
+        ctime_ns=parse_mtime_ns(h.get(META_CTIME)),
     )
 
 
@@ -115,18 +125,25 @@ def default_meta(*, is_dir: bool, mtime: float, policy: MountPolicy) -> PosixMet
 
 def new_meta(kind: int, perm: int, uid: int, gid: int) -> PosixMeta:
     """For things created through the mount: every field is explicit and will be persisted."""
-    return PosixMeta(mode=kind | stat.S_IMODE(perm), uid=uid, gid=gid,
-                     mtime_ns=time.time_ns(), explicit=set(POSIX_HEADERS))
+    now = time.time_ns()
+    return PosixMeta(mode=kind | stat.S_IMODE(perm), uid=uid, gid=gid, mtime_ns=now,
+                     explicit=set(POSIX_HEADERS), atime_ns=now, ctime_ns=now)
 
 
 def to_headers(meta: PosixMeta) -> dict[str, str]:
-    """The ossfs 1.x header set for ``meta`` (always all four, so ossfs sees what we see)."""
-    return {
+    """The ossfs 1.x header set for ``meta``: mode, uid, gid and mtime always (so ossfs sees
+    what we see), atime and ctime once they are known."""
+    out = {
         META_MODE: str(meta.mode),
         META_UID: str(meta.uid),
         META_GID: str(meta.gid),
         META_MTIME: format_mtime(meta.mtime_ns),
     }
+    if meta.atime_ns is not None:
+        out[META_ATIME] = format_mtime(meta.atime_ns)
+    if meta.ctime_ns is not None:
+        out[META_CTIME] = format_mtime(meta.ctime_ns)
+    return out
 
 
 def shown_mode(meta: PosixMeta, policy: MountPolicy) -> int:

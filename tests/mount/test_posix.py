@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -294,3 +295,38 @@ def test_rename_directory_with_an_open_dirty_file(mount, crypto_bucket, oss2_buc
     assert crypto_bucket.get_object("renamed/src/open.txt").read() == b"first part, second part"
     assert crypto_bucket.get_object("renamed/src/kept.txt").read() == b"kept"
     assert not [o.key for o in oss2.ObjectIteratorV2(oss2_bucket, prefix="proj/")]
+
+
+UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+def _utimensat(path: str, atime: tuple[int, int], mtime: tuple[int, int]) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    times = (_Timespec * 2)(_Timespec(*atime), _Timespec(*mtime))
+    if libc.utimensat(-100, path.encode(), times, 0) != 0:
+        raise OSError(ctypes.get_errno(), "utimensat")
+
+
+def test_utimensat_omit_and_now_leave_the_other_time_alone(mount, oss2_bucket):
+    f = mount.path / "times.txt"
+    f.write_bytes(b"t")
+    os.utime(f, ns=(1_500_000_000_000_000_000, 1_600_000_000_000_000_000))
+    _utimensat(str(f), (0, UTIME_OMIT), (1_700_000_000, 5))          # mtime only
+    st = os.stat(f)
+    assert st.st_atime_ns == 1_500_000_000_000_000_000
+    assert st.st_mtime_ns == 1_700_000_000_000_000_005
+    before = time.time()
+    _utimensat(str(f), (0, UTIME_NOW), (0, UTIME_OMIT))              # atime now, mtime kept
+    st = os.stat(f)
+    assert st.st_mtime_ns == 1_700_000_000_000_000_005
+    assert st.st_atime >= before - 1
+    assert st.st_ctime >= before - 1                                 # ctime follows changes
+    mount.remount()                                                  # and they are stored
+    st2 = os.stat(f)
+    assert (st2.st_atime_ns, st2.st_mtime_ns) == (st.st_atime_ns, st.st_mtime_ns)
+    h = oss2_bucket.head_object("times.txt").headers
+    assert h["x-oss-meta-mtime"] == "1700000000.000000005" and "x-oss-meta-atime" in h
