@@ -64,6 +64,7 @@ class Handle:
     writable: bool
     source: BlockSource | None = None
     source_etag: str | None = None
+    source_key: str | None = None       # the object the source reads (a rename moves it)
 
 
 class _PinnedBase:
@@ -150,6 +151,7 @@ class FsModel:
         if node.is_dir:
             size = 0
         a.st_size = size
+        a.st_rdev = node.meta.rdev
         a.st_blksize = 128 * 1024
         a.st_blocks = (size + 511) // 512
         a.st_mtime_ns = node.meta.mtime_ns
@@ -186,9 +188,9 @@ class FsModel:
 
     @staticmethod
     def _file_kind(info: ObjectInfo) -> int:
-        if info.object_type == "Symlink" or posix.is_symlink_headers(info.headers):
+        if info.object_type == "Symlink":
             return stat.S_IFLNK
-        return stat.S_IFREG
+        return posix.kind_of_headers(info.headers)
 
     # ------------------------------------------------------------------ listing
     async def list_dir(self, node: Node) -> dict[str, Entry]:
@@ -572,9 +574,10 @@ class FsModel:
                     return await node.staging.read(off, size)
         if not node.exists_remote:
             return b""
-        if h.source is None or h.source_etag != node.etag:
+        if h.source is None or h.source_etag != node.etag or \
+                h.source_key != self.okey(node.path):
             h.source = await self._source(node)
-            h.source_etag = node.etag
+            h.source_etag, h.source_key = node.etag, self.okey(node.path)
         return await h.source.read(off, size)
 
     async def _ensure_staging(self, node: Node) -> Any:
@@ -1160,14 +1163,40 @@ class FsModel:
         path = join(parent.path, name)
         self.check_key_length(path)
         meta = posix.new_meta(stat.S_IFLNK, 0o777, ctx.uid, ctx.gid)
-        body = target.encode("utf-8", "surrogateescape")
+        attrs = await self._new_small_file(parent, name, meta,
+                                           target.encode("utf-8", "surrogateescape"))
+        node = self.inodes.at(path)
+        if node is not None:
+            node.symlink_target = target
+        return attrs
+
+    async def mknod(self, parent_ino: int, name: str, mode: int, rdev: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        """A fifo, socket or device node (or an empty regular file): an empty object whose
+        ``x-oss-meta-mode`` carries the type and ``x-oss-meta-rdev`` the device number, as
+        ossfs 1.x and s3fs store them; the kernel serves fifos and sockets itself."""
+        if self.read_only:
+            raise _err(errno.EROFS)
+        kind = stat.S_IFMT(mode)
+        if kind not in (*posix.SPECIAL_KINDS, stat.S_IFREG):
+            raise _err(errno.EINVAL)
+        parent = self.node(parent_ino)
+        path = join(parent.path, name)
+        self.check_key_length(path)
+        meta = posix.new_meta(kind, mode, ctx.uid, ctx.gid)
+        meta.rdev = rdev if kind in (stat.S_IFCHR, stat.S_IFBLK) else 0
+        return await self._new_small_file(parent, name, meta, b"")
+
+    async def _new_small_file(self, parent: Node, name: str, meta: posix.PosixMeta,
+                              body: bytes) -> pyfuse3.EntryAttributes:
+        """Store a symlink or special file (encrypted body, POSIX headers) at once."""
+        path = join(parent.path, name)
         extra = posix.to_headers(meta)
         etag = await self.objects.write(self.okey(path), body, len(body), extra)
-        node = self.inodes.bind(path, stat.S_IFLNK, meta)
+        node = self.inodes.bind(path, meta.kind, meta)
         node.meta = meta
         node.size, node.etag, node.mtime = len(body), etag, time.time()
         node.exists_remote, node.unlinked = True, False
-        node.symlink_target = target
         node.headers = extra
         node.headers_expires = node.meta_expires = time.monotonic() + self.ttl
         self.attr_cache.record(self.okey(path), etag, len(body), extra,

@@ -141,7 +141,7 @@ class Operations(pyfuse3.Operations):
 
     @_guard(META_TIMEOUT)
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> Any:
-        raise pyfuse3.FUSEError(errno.EPERM)
+        return await self.model.mknod(parent_inode, _name(name), mode, rdev, ctx)
 
     @_guard(META_TIMEOUT)
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> pyfuse3.EntryAttributes:

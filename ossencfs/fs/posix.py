@@ -23,7 +23,10 @@ META_GID = "x-oss-meta-gid"
 META_MTIME = "x-oss-meta-mtime"
 META_ATIME = "x-oss-meta-atime"      # ossfs 1.x writes these two as well (SPEC D.12)
 META_CTIME = "x-oss-meta-ctime"
-POSIX_HEADERS = (META_MODE, META_UID, META_GID, META_MTIME, META_ATIME, META_CTIME)
+META_RDEV = "x-oss-meta-rdev"        # device number of a device node (ossfs 1.x, as s3fs)
+POSIX_HEADERS = (META_MODE, META_UID, META_GID, META_MTIME, META_ATIME, META_CTIME, META_RDEV)
+#: file types kept as an empty object whose x-oss-meta-mode carries the type (ossfs 1.x / s3fs)
+SPECIAL_KINDS = (stat.S_IFIFO, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFSOCK)
 
 
 @dataclass
@@ -53,6 +56,7 @@ class PosixMeta:
     explicit: set[str] = field(default_factory=set)   # which headers were present
     atime_ns: int | None = None     # None: shown as the mtime (objects of other tools)
     ctime_ns: int | None = None
+    rdev: int = 0                   # device nodes only
 
     def touch_ctime(self) -> None:
         """An attribute or the content changed now (POSIX: ctime follows every change)."""
@@ -115,6 +119,7 @@ def from_headers(headers: Mapping[str, str], *, is_dir: bool, fallback_mtime: fl
         explicit=explicit,
         atime_ns=parse_mtime_ns(h.get(META_ATIME)),
         ctime_ns=parse_mtime_ns(h.get(META_CTIME)),
+        rdev=_int(h.get(META_RDEV)) or 0,
     )
 
 
@@ -143,6 +148,8 @@ def to_headers(meta: PosixMeta) -> dict[str, str]:
         out[META_ATIME] = format_mtime(meta.atime_ns)
     if meta.ctime_ns is not None:
         out[META_CTIME] = format_mtime(meta.ctime_ns)
+    if meta.kind in (stat.S_IFCHR, stat.S_IFBLK):
+        out[META_RDEV] = str(meta.rdev)
     return out
 
 
@@ -159,5 +166,12 @@ def shown_gid(meta: PosixMeta, policy: MountPolicy) -> int:
 
 
 def is_symlink_headers(headers: Mapping[str, str]) -> bool:
+    return kind_of_headers(headers) == stat.S_IFLNK
+
+
+def kind_of_headers(headers: Mapping[str, str]) -> int:
+    """The file type an object's ``x-oss-meta-mode`` gives it: a symlink or a special file
+    (fifo, socket, device) of ossfs 1.x, else a regular file."""
     mode = _int({k.lower(): v for k, v in headers.items()}.get(META_MODE))
-    return mode is not None and stat.S_ISLNK(mode)
+    kind = stat.S_IFMT(mode) if mode is not None else 0
+    return kind if kind == stat.S_IFLNK or kind in SPECIAL_KINDS else stat.S_IFREG

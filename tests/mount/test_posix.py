@@ -330,3 +330,61 @@ def test_utimensat_omit_and_now_leave_the_other_time_alone(mount, oss2_bucket):
     assert (st2.st_atime_ns, st2.st_mtime_ns) == (st.st_atime_ns, st.st_mtime_ns)
     h = oss2_bucket.head_object("times.txt").headers
     assert h["x-oss-meta-mtime"] == "1700000000.000000005" and "x-oss-meta-atime" in h
+
+
+def test_fifos_sockets_and_device_nodes(mount, oss2_bucket, tmp_path):
+    import socket
+    p = mount.path
+    os.mkfifo(p / "fifo", 0o640)
+    os.mknod(p / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    os.mknod(p / "loop", 0o660 | stat.S_IFBLK, os.makedev(7, 0))
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(p / "sock"))
+    os.mknod(p / "empty", 0o600 | stat.S_IFREG)
+
+    def check() -> None:
+        assert stat.S_ISFIFO(os.lstat(p / "fifo").st_mode)
+        assert stat.S_IMODE(os.lstat(p / "fifo").st_mode) == 0o640
+        st = os.lstat(p / "null")
+        assert stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3)
+        st = os.lstat(p / "loop")
+        assert stat.S_ISBLK(st.st_mode) and st.st_rdev == os.makedev(7, 0)
+        assert stat.S_ISSOCK(os.lstat(p / "sock").st_mode)
+        assert stat.S_ISREG(os.lstat(p / "empty").st_mode)
+    check()
+    h = oss2_bucket.head_object("null").headers
+    assert stat.S_ISCHR(int(h["x-oss-meta-mode"]))
+    assert h["x-oss-meta-rdev"] == str(os.makedev(1, 3))
+    mount.remount()
+    check()
+    # a fifo works as one (the kernel serves it)
+    import threading
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append((p / "fifo").read_bytes()))
+    reader.start()
+    (p / "fifo").write_bytes(b"through the pipe")
+    reader.join(10)
+    assert got == [b"through the pipe"]
+    # tar and rsync -a carry them
+    mount.run("tar", "cf", str(tmp_path / "sp.tar"), "fifo", "null", "sock", "empty")
+    os.mkdir(p / "x")
+    mount.run("tar", "xf", str(tmp_path / "sp.tar"), cwd=p / "x")
+    assert stat.S_ISFIFO(os.lstat(p / "x" / "fifo").st_mode)
+    assert os.lstat(p / "x" / "null").st_rdev == os.makedev(1, 3)
+    mount.run("rsync", "-a", "x/", "y/")
+    assert stat.S_ISCHR(os.lstat(p / "y" / "null").st_mode)
+    assert stat.S_ISFIFO(os.lstat(p / "y" / "fifo").st_mode)
+
+
+def test_an_open_file_stays_readable_through_renames(mount, crypto_bucket):
+    data = os.urandom(6 << 20)
+    crypto_bucket.put_object("d/big.bin", data)
+    p = mount.path
+    with open(p / "d" / "big.bin", "rb") as f:
+        assert f.read(65536) == data[:65536]
+        os.rename(p / "d" / "big.bin", p / "d" / "moved.bin")      # the file itself
+        f.seek(4 << 20)
+        assert f.read(65536) == data[4 << 20:(4 << 20) + 65536]
+        os.rename(p / "d", p / "e")                                # a parent directory
+        f.seek(5 << 20)
+        assert f.read() == data[5 << 20:]
