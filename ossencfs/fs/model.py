@@ -117,6 +117,13 @@ class FsModel:
         root.marker = True
         self.handles: dict[int, Handle] = {}
         self._next_fh = 1
+        #: when this mount started: the stable time of directories that exist only as key
+        #: prefixes and were not changed here (no marker object to carry a time)
+        self.started = time.time()
+        #: mtime (ns) of directories whose entries changed here, until a listing of a later
+        #: marker says otherwise; ``_dirs_to_store``: markers to write it to (coalesced)
+        self._dir_touched: dict[str, int] = {}
+        self._dirs_to_store: set[str] = set()
         #: tells the kernel to drop a cached name (pyfuse3; a no-op below FUSE)
         self.kernel_forget: Callable[[int, str], None] = lambda ino, name: None
         self._resolving: dict[str, trio.Event] = {}    # path -> HEAD in flight (stat-ahead)
@@ -329,8 +336,11 @@ class FsModel:
             node.headers = dict(headers)
             node.headers_expires = time.monotonic() + self.ttl
             node.meta = posix.from_headers(headers, is_dir=True,
-                                           fallback_mtime=info.mtime if info else time.time(),
+                                           fallback_mtime=info.mtime if info else self.started,
                                            policy=self.policy)
+            touched = self._dir_touched.get(node.path)
+            if touched is not None and touched > node.meta.mtime_ns:
+                node.meta.mtime_ns = node.meta.ctime_ns = touched    # not stored (yet)
             return node
         if node.object_type == "Symlink":
             return await self._resolve_native_link(node)
@@ -549,6 +559,7 @@ class FsModel:
             node.dirty = True
             node.size = 0
         self.inodes.note_entry(parent.path, Entry(name, stat.S_IFREG, 0, None, time.time()))
+        self._touch_dir(parent)
         fh = self._next_fh
         self._next_fh += 1
         self.handles[fh] = Handle(fh, node, True)
@@ -933,6 +944,7 @@ class FsModel:
     async def flush_all(self) -> int:
         """Unmount: every dirty file goes up now; returns how many are left (still journaled)."""
         assert self.writeback is not None
+        await self.store_dir_times()
         for node in list(self.inodes.nodes.values()):
             if node.dirty and not node.unlinked and self.writeback.job_for(node) is None:
                 self.writeback.schedule(node, 0)
@@ -1152,6 +1164,7 @@ class FsModel:
         node.headers_expires = time.monotonic() + self.ttl
         self.inodes.set_listing(path, {})
         self.inodes.note_entry(parent.path, Entry(name, stat.S_IFDIR))
+        self._touch_dir(parent)
         node.nlookup += 1
         return self.attrs(node)
 
@@ -1202,6 +1215,7 @@ class FsModel:
         self.attr_cache.record(self.okey(path), etag, len(body), extra,
                                not_after=self.store.server_now())
         self.inodes.note_entry(parent.path, Entry(name, stat.S_IFREG, len(body), etag, node.mtime))
+        self._touch_dir(parent)
         node.nlookup += 1
         return self.attrs(node)
 
@@ -1229,7 +1243,39 @@ class FsModel:
                 self.writeback.forget(node)
             self.inodes.drop_entry(parent.path, name)
             self.inodes.detach(node)
+        self._touch_dir(parent)
         await self._ensure_marker(parent)
+
+    def _touch_dir(self, node: Node) -> None:
+        """An entry of directory ``node`` was added, removed or renamed: its mtime and ctime
+        become now, as on a local file system; stored on its ``dir/`` marker where it has one
+        about ``META_DELAY`` later (a burst of changes in one directory costs one PUT), kept
+        in memory for directories that exist only as a key prefix."""
+        now = time.time_ns()
+        node.meta.mtime_ns = node.meta.ctime_ns = now
+        self._dir_touched[node.path] = now
+        if node.ino == ROOT_INO or not node.marker or node.path in self._dirs_to_store:
+            return
+        if not self._dirs_to_store:
+            self.spawn(self._store_dir_times_later)
+        self._dirs_to_store.add(node.path)
+
+    async def _store_dir_times_later(self) -> None:
+        await trio.sleep(META_DELAY)
+        await self.store_dir_times()
+
+    async def store_dir_times(self) -> None:
+        """Write the times of touched directories to their markers (also at unmount)."""
+        paths, self._dirs_to_store = self._dirs_to_store, set()
+        for path in sorted(paths):
+            node = self.inodes.at(path)
+            if node is None or not node.is_dir or not node.marker or node.unlinked:
+                continue
+            try:
+                async with node.lock:
+                    await self._persist_meta(node)
+            except OssEncError as exc:
+                log.info("%s: directory times not stored: %s", self.where(node), exc)
 
     async def _dir_is_empty(self, node: Node) -> bool:
         page = await self.store.list_page(self.dkey(node.path), "/", None, 3)
@@ -1252,6 +1298,7 @@ class FsModel:
         self.inodes.drop_entry(parent.path, name)
         self.inodes.invalidate_dir(node.path)
         self.inodes.detach(node)
+        self._touch_dir(parent)
         await self._ensure_marker(parent)
 
     async def rename(self, p_old: int, n_old: str, p_new: int, n_new: str, flags: int) -> None:
@@ -1342,6 +1389,10 @@ class FsModel:
             self.inodes.invalidate_dir(dst.path)
         self.inodes.drop_entry(old_parent.path, n_old)
         self.inodes.note_entry(new_parent.path, Entry(n_new, src.kind, src.size, src.etag, src.mtime))
+        src.meta.touch_ctime()
+        self._touch_dir(old_parent)
+        if new_parent is not old_parent:
+            self._touch_dir(new_parent)
         if src.is_dir:
             self.inodes.invalidate_dir(new_parent.path)
         await self._ensure_marker(old_parent)

@@ -388,3 +388,26 @@ def test_an_open_file_stays_readable_through_renames(mount, crypto_bucket):
         os.rename(p / "d", p / "e")                                # a parent directory
         f.seek(5 << 20)
         assert f.read() == data[5 << 20:]
+
+
+def test_directory_times_follow_their_entries(mount, oss2_bucket, crypto_bucket):
+    p = mount.path
+    os.mkdir(p / "d")
+    os.utime(p / "d", (1_000_000_000, 1_000_000_000))
+    for change in (lambda: (p / "d" / "f").write_bytes(b"x"),
+                   lambda: os.rename(p / "d" / "f", p / "d" / "g"),
+                   lambda: os.mkdir(p / "d" / "sub"),
+                   lambda: os.rmdir(p / "d" / "sub"),
+                   lambda: os.unlink(p / "d" / "g")):
+        os.utime(p / "d", (1_000_000_000, 1_000_000_000))
+        change()
+        st = os.stat(p / "d")
+        assert st.st_mtime > time.time() - 60 and st.st_ctime > time.time() - 60
+    eventually(lambda: float(oss2_bucket.head_object("d/").headers["x-oss-meta-mtime"])
+               > time.time() - 60)                               # stored on its marker
+    # a directory that is only a key prefix has a stable time (not "now" at every stat)
+    crypto_bucket.put_object("implied/x.txt", b"x")
+    mount.remount()
+    t1 = os.stat(p / "implied").st_mtime_ns
+    time.sleep(2.5)                                   # past the attribute timeout
+    assert os.stat(p / "implied").st_mtime_ns == t1
