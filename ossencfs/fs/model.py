@@ -35,7 +35,7 @@ from ..envelope import format as fmt
 from ..errors import ArchivedError, ConflictError, NetworkError, OssEncError, RejectedError
 from ..objects import first_error, kept_headers
 from ..store import ObjectInfo
-from . import posix
+from . import keymap, posix
 from .attrcache import AttrCache
 from .cache import BlockCache
 from .inodes import ROOT_INO, Entry, InodeTable, Node, join
@@ -51,6 +51,7 @@ STAT_AHEAD = 64        # entries resolved ahead of a stat walk, in parallel
 #: (``cp -a``/``rsync -a``/``tar x`` set mode, owner and times in separate calls)
 META_DELAY = 1.0
 MAX_KEY_BYTES = 1023   # the longest object key OSS takes (SPEC D.5, InvalidObjectName)
+NAME_MAX = 1024        # the longest name FUSE passes (FUSE_NAME_MAX); the key limit still holds
 
 
 def _err(code: int) -> pyfuse3.FUSEError:
@@ -130,10 +131,10 @@ class FsModel:
 
     # ------------------------------------------------------------------ keys
     def okey(self, path: str) -> str:
-        return self.prefix + path
+        return self.prefix + keymap.key_path(path)
 
     def dkey(self, path: str) -> str:
-        return self.prefix + path + "/" if path else self.prefix
+        return self.prefix + keymap.key_path(path) + "/" if path else self.prefix
 
     def check_key_length(self, path: str, *, is_dir: bool = False) -> None:
         """ENAMETOOLONG for a name whose object key OSS would refuse (over 1023 bytes, DOC
@@ -217,14 +218,16 @@ class FsModel:
                 log.info("listing %s: %s; serving the cached listing", self.where(node), exc)
                 return self._with_local(node, dict(stale.entries))
             for obj in page.objects:
-                name = obj.key[len(prefix):]
-                if not name or name in (".", "..") or name in entries:
+                if obj.key == prefix:
+                    continue                  # the directory's own marker
+                name = keymap.name(obj.key[len(prefix):])
+                if name in entries:
                     continue
                 kind = stat.S_IFLNK if obj.object_type == "Symlink" else stat.S_IFREG
                 entries[name] = Entry(name, kind, obj.size, obj.etag, obj.mtime, obj.object_type)
             for p in page.prefixes:
-                name = p[len(prefix):].rstrip("/")
-                if not name or "/" in name or name in (".", ".."):
+                name = keymap.name(p[len(prefix):-1])      # (ends in exactly one "/")
+                if "/" in name:
                     continue
                 entries[name] = Entry(name, stat.S_IFDIR)   # a directory wins over a file
             if not page.next_token:
@@ -745,7 +748,7 @@ class FsModel:
         show the other client's version at the name (fetched afresh) and the conflict copy
         next to it."""
         if result.conflict_key is not None:
-            copy_name = result.conflict_key[len(self.prefix):].rsplit("/", 1)[-1]
+            copy_name = keymap.name(result.conflict_key.rsplit("/", 1)[-1])
             self.inodes.note_entry(node.parent_path, Entry(copy_name, stat.S_IFREG, st.size,
                                                            result.etag, time.time()))
         if node.staging is st:
@@ -968,8 +971,8 @@ class FsModel:
         restored = 0
         for entry in latest.values():
             key = entry["key"]
-            path = key[len(self.prefix):]
-            if not path or path.endswith("/") or "//" in path:
+            path = keymap.path_of_key(key[len(self.prefix):])
+            if not key.startswith(self.prefix) or not key[len(self.prefix):] or key.endswith("/"):
                 quarantine(entry["id"], f"not a file key: {key!r}")
                 continue
             if entry.get("relay"):            # a metadata change (fs.reupload): no key needed
@@ -1460,6 +1463,6 @@ class FsModel:
         s.f_bsize = s.f_frsize = 4096
         s.f_blocks = s.f_bfree = s.f_bavail = 1 << 38
         s.f_files = s.f_ffree = s.f_favail = 1 << 30
-        s.f_namemax = 255
+        s.f_namemax = NAME_MAX
         return s
 

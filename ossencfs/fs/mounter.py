@@ -33,7 +33,7 @@ import pyfuse3
 import trio
 
 from ..errors import OssEncError
-from . import posix
+from . import keymap, posix
 
 log = logging.getLogger(__name__)
 
@@ -431,4 +431,4 @@ def run_mount(args: argparse.Namespace) -> int:
 
 def _forget_entry(parent_ino: int, name: str) -> None:
     """Drop a name from the kernel's entry cache (in pyfuse3's invalidation thread)."""
-    pyfuse3.invalidate_entry_async(parent_ino, os.fsencode(name), ignore_enoent=True)
+    pyfuse3.invalidate_entry_async(parent_ino, keymap.to_bytes(name), ignore_enoent=True)

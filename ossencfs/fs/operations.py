@@ -18,7 +18,8 @@ import trio
 
 from ..errors import ConflictError, OssEncError
 from .inodes import Entry
-from .model import FsModel
+from . import keymap
+from .model import NAME_MAX, FsModel
 
 log = logging.getLogger(__name__)
 
@@ -28,17 +29,15 @@ LONG_TIMEOUT = 3600.0      # directory renames, and everything that may wait for
                            # while an upload holds it (uploads carry their own stall timeout)
 
 
-NAME_MAX = 255
-
-
 def _name(raw: bytes, *, lookup: bool = False) -> str:
-    """Object keys are UTF-8: a name that is not cannot exist (lookup) or be created."""
+    """The name as the model knows it (``fs.keymap``: bytes that are not UTF-8 survive); one
+    that could not list back as the same bytes cannot exist (lookup) or be created."""
     if len(raw) > NAME_MAX:
         raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise pyfuse3.FUSEError(errno.ENOENT if lookup else errno.EINVAL) from None
+    name = keymap.from_bytes(raw)
+    if not keymap.usable(name):
+        raise pyfuse3.FUSEError(errno.ENOENT if lookup else errno.EINVAL)
+    return name
 
 
 def _first(exc: BaseException) -> BaseException:
@@ -137,7 +136,7 @@ class Operations(pyfuse3.Operations):
 
     @_guard(META_TIMEOUT)
     async def readlink(self, inode: int, ctx: Any) -> bytes:
-        return os.fsencode(await self.model.readlink(inode))
+        return keymap.to_bytes(await self.model.readlink(inode))
 
     @_guard(META_TIMEOUT)
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> Any:
@@ -157,7 +156,7 @@ class Operations(pyfuse3.Operations):
 
     @_guard(META_TIMEOUT)
     async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
-        return await self.model.symlink(parent_inode, _name(name), os.fsdecode(target), ctx)
+        return await self.model.symlink(parent_inode, _name(name), keymap.from_bytes(target), ctx)
 
     @_guard(LONG_TIMEOUT)
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
@@ -223,7 +222,7 @@ class Operations(pyfuse3.Operations):
         for i in range(start_id, len(snapshot)):
             name, entry = snapshot[i]
             node = self.model._node_from_entry(parent, entry)
-            if not pyfuse3.readdir_reply(token, os.fsencode(name), self.model.attrs(node), i + 1):
+            if not pyfuse3.readdir_reply(token, keymap.to_bytes(name), self.model.attrs(node), i + 1):
                 return
             node.nlookup += 1
 
