@@ -124,6 +124,8 @@ class FsModel:
         #: mtime (ns) of directories whose entries changed here, until a listing of a later
         #: marker says otherwise; ``_dirs_to_store``: markers to write it to (coalesced)
         self._dir_touched: dict[str, int] = {}
+        #: objects of files unlinked while open: key -> (node, ETag), deleted at last close
+        self._deferred: dict[str, tuple[Node, str]] = {}
         self._dirs_to_store: set[str] = set()
         #: tells the kernel to drop a cached name (pyfuse3; a no-op below FUSE)
         self.kernel_forget: Callable[[int, str], None] = lambda ino, name: None
@@ -221,7 +223,7 @@ class FsModel:
                 if obj.key == prefix:
                     continue                  # the directory's own marker
                 name = keymap.name(obj.key[len(prefix):])
-                if name in entries:
+                if name in entries or (self._deferred and self.hidden(obj.key, obj.etag)):
                     continue
                 kind = stat.S_IFLNK if obj.object_type == "Symlink" else stat.S_IFREG
                 entries[name] = Entry(name, kind, obj.size, obj.etag, obj.mtime, obj.object_type)
@@ -553,12 +555,13 @@ class FsModel:
             node = self.inodes.bind(path, stat.S_IFREG, meta)
             node.exists_remote = False
             node.headers = {}
+        replaced = self._undefer(self.okey(path))     # an unlinked-while-open object
         async with node.lock:
             if node.staging is not None:
                 old, node.staging = node.staging, None
                 await self.staging.drop(old)
             node.staging = await self.staging.new(
-                self.okey(path), 0, None, 0, node.etag if node.exists_remote else None)
+                self.okey(path), 0, None, 0, node.etag if node.exists_remote else replaced)
             node.dirty = True
             node.size = 0
         self.inodes.note_entry(parent.path, Entry(name, stat.S_IFREG, 0, None, time.time()))
@@ -942,12 +945,43 @@ class FsModel:
             if node.open_count == 0 and not node.dirty and node.staging is not None:
                 old, node.staging = node.staging, None
                 await self.staging.drop(old)
+            if node.open_count == 0 and node.unlinked:
+                await self._delete_deferred(node)
             self.inodes.release_check(node)
+
+    async def _delete_deferred(self, node: Node) -> None:
+        """The last close of a file unlinked while open: its object goes now, unless the name
+        was taken again meanwhile (``_undefer``) or another client replaced the object."""
+        key = next((k for k, (n, _) in self._deferred.items() if n is node), None)
+        if key is None:
+            return
+        _, etag = self._deferred.pop(key)
+        try:
+            info = await self.store.head(key)
+            if info is not None and info.etag == etag:
+                await self.store.delete(key)
+        except OssEncError as exc:
+            log.warning("oss://%s/%s: unlinked while open, not deleted at its last close: %s",
+                        self.store.name, key, exc)
+
+    def _undefer(self, key: str) -> str | None:
+        """``key`` is written again (create, rename onto it): an unlinked-while-open object
+        there must not be deleted at its last close; returns its ETag, which the new
+        object replaces."""
+        hit = self._deferred.pop(key, None)
+        return hit[1] if hit is not None else None
+
+    def hidden(self, key: str, etag: str | None) -> bool:
+        """An object unlinked here while open: listings must not show it."""
+        hit = self._deferred.get(key)
+        return hit is not None and hit[1] == etag
 
     async def flush_all(self) -> int:
         """Unmount: every dirty file goes up now; returns how many are left (still journaled)."""
         assert self.writeback is not None
         await self.store_dir_times()
+        for node, _ in list(self._deferred.values()):   # files still open at unmount
+            await self._delete_deferred(node)
         for node in list(self.inodes.nodes.values()):
             if node.dirty and not node.unlinked and self.writeback.job_for(node) is None:
                 self.writeback.schedule(node, 0)
@@ -1208,6 +1242,7 @@ class FsModel:
         """Store a symlink or special file (encrypted body, POSIX headers) at once."""
         path = join(parent.path, name)
         extra = posix.to_headers(meta)
+        self._undefer(self.okey(path))
         etag = await self.objects.write(self.okey(path), body, len(body), extra)
         node = self.inodes.bind(path, meta.kind, meta)
         node.meta = meta
@@ -1230,9 +1265,14 @@ class FsModel:
         if node.is_dir:
             raise _err(errno.EISDIR)
         async with node.lock:
-            if node.exists_remote:
-                await self.store.delete(self.okey(node.path))
-            self.attr_cache.forget(self.okey(node.path))
+            key = self.okey(node.path)
+            if node.exists_remote and node.open_count and node.etag:
+                # POSIX keeps an unlinked file readable while it is open: the object goes
+                # at the last close (``_delete_deferred``); the name is gone at once
+                self._deferred[key] = (node, node.etag)
+            elif node.exists_remote:
+                await self.store.delete(key)
+            self.attr_cache.forget(key)
             node.dirty = False
             if node.staging is not None:
                 if node.open_count == 0:
@@ -1330,6 +1370,8 @@ class FsModel:
                 raise _err(errno.ENOTEMPTY)
         new_path = join(new_parent.path, n_new)
         self.check_key_length(new_path, is_dir=src.is_dir)
+        if not src.is_dir:
+            self._undefer(self.okey(new_path))
         if src.is_dir:
             if new_path.startswith(src.path + "/"):
                 raise _err(errno.EINVAL)

@@ -411,3 +411,29 @@ def test_directory_times_follow_their_entries(mount, oss2_bucket, crypto_bucket)
     t1 = os.stat(p / "implied").st_mtime_ns
     time.sleep(2.5)                                   # past the attribute timeout
     assert os.stat(p / "implied").st_mtime_ns == t1
+
+
+def test_an_open_file_stays_readable_after_unlink(mount, crypto_bucket, oss2_bucket):
+    data = os.urandom(6 << 20)
+    crypto_bucket.put_object("gone.bin", data)
+    p = mount.path
+    with open(p / "gone.bin", "rb") as f:
+        assert f.read(65536) == data[:65536]
+        os.unlink(p / "gone.bin")
+        assert "gone.bin" not in os.listdir(p)
+        f.seek(4 << 20)
+        assert f.read(65536) == data[4 << 20:(4 << 20) + 65536]
+        f.seek(5 << 20)
+        assert f.read() == data[5 << 20:]
+        # the name taken again while the old file is still open (README: the old file's
+        # ranges not read yet are then gone)
+        (p / "gone.bin").write_bytes(b"a new file under the old name")
+    # the last close did not delete the new object
+    time.sleep(1)
+    assert crypto_bucket.get_object("gone.bin").read() == b"a new file under the old name"
+    with open(p / "other.bin", "wb") as f:
+        f.write(b"x")
+    with open(p / "other.bin", "rb") as f:
+        os.unlink(p / "other.bin")
+        assert f.read() == b"x"
+    eventually(lambda: not oss2_bucket.object_exists("other.bin"))   # (release is async)
