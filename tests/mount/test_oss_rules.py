@@ -321,3 +321,41 @@ def test_a_refused_upload_is_quarantined_not_retried(make_mount, oss2_bucket, em
     m.stop()                                          # unmount does not wait for it
     assert time.monotonic() - started < 30
     assert _keys(oss2_bucket) == {"kept.txt"}
+
+
+@pytest.mark.parametrize("extra", MODES)
+def test_a_sync_client_converges(make_mount, crypto_bucket, tmp_path, extra):
+    """unison, a two-way sync client: temp file + rename, mtimes and modes set after the
+    write, fingerprints compared; changes on both sides converge, and a run after that has
+    nothing to do."""
+    local = tmp_path / "local"
+    (local / "docs").mkdir(parents=True)
+    for i in range(10):
+        (local / "docs" / f"n{i}.txt").write_text(f"note {i}\n")
+    os.chmod(local / "docs" / "n0.txt", 0o600)
+    m = make_mount(extra=extra)
+    (m.path / "remote").mkdir()
+    env = dict(os.environ, HOME=str(tmp_path), UNISON=str(tmp_path / ".unison"))
+
+    def sync() -> subprocess.CompletedProcess:
+        r = subprocess.run(["unison", str(local), str(m.path / "remote"), "-batch", "-auto",
+                            "-times", "-perms", "0o1777", "-ui", "text", "-fastcheck", "false"],
+                           capture_output=True, text=True, env=env, timeout=120)
+        assert r.returncode in (0, 1), r.stdout[-2000:] + r.stderr[-2000:] + m.log()
+        return r
+    sync()
+    (local / "docs" / "n1.txt").write_text("changed here\n")          # both sides change
+    (m.path / "remote" / "docs" / "n2.txt").write_text("changed there\n")
+    os.rename(m.path / "remote" / "docs" / "n3.txt", m.path / "remote" / "docs" / "n3-moved.txt")
+    os.unlink(local / "docs" / "n4.txt")
+    os.utime(local / "docs" / "n5.txt", (1_200_000_000, 1_200_000_000))
+    sync()
+    r = sync()
+    assert "Nothing to do" in r.stdout + r.stderr, r.stdout[-2000:] + r.stderr[-2000:]
+    m.wait_uploaded()
+    diff = subprocess.run(["diff", "-r", str(local), str(m.path / "remote")], capture_output=True)
+    assert diff.returncode == 0, diff.stdout
+    assert crypto_bucket.get_object("remote/docs/n2.txt").read() == b"changed there\n"
+    assert crypto_bucket.get_object("remote/docs/n1.txt").read() == b"changed here\n"
+    assert os.stat(m.path / "remote" / "docs" / "n5.txt").st_mtime == 1_200_000_000
+    assert stat.S_IMODE(os.stat(m.path / "remote" / "docs" / "n0.txt").st_mode) == 0o600
