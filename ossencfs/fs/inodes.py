@@ -5,6 +5,13 @@ object keys (mount prefix, ``dir/`` markers) lives in the model. An inode number
 (path, file type) pair: if an entry turns out to have another type than first believed (a
 listing cannot tell a symlink object from a file), it gets a *new* inode number, so the kernel
 drops the old one instead of seeing an inode change type (which it treats as corruption).
+
+Listings in flight: a listing takes a while (a page per 1,000 entries), and what was fetched
+first may be older than a change made here meanwhile (an upload landing, an unlink, a rename,
+mkdir, rmdir). Each change to a directory's entries is logged while a listing of it is in
+flight (``begin_listing``) and replayed onto its result (``end_listing``), so the result
+never brings back the state before the change; a directory renamed away or removed meanwhile
+is not cached at all.
 """
 from __future__ import annotations
 
@@ -35,16 +42,37 @@ class Entry:
 
 @dataclass
 class DirListing:
+    """``entries`` change only through ``put``/``pop`` once the listing is cached: the sorted
+    names (``names_after``) are kept for as long as the set of names stays the same, which a
+    count cannot tell (a rename keeps it)."""
     entries: dict[str, Entry]
     expires: float
     _order: list[str] | None = None
 
+    def put(self, entry: Entry) -> None:
+        if entry.name not in self.entries:
+            self._order = None
+        self.entries[entry.name] = entry
+
+    def pop(self, name: str) -> None:
+        if self.entries.pop(name, None) is not None:
+            self._order = None
+
     def names_after(self, name: str, count: int) -> list[str]:
         """The ``count`` names that follow ``name`` in readdir (sorted) order."""
-        if self._order is None or len(self._order) != len(self.entries):
+        if self._order is None:
             self._order = sorted(self.entries)
         i = bisect.bisect_right(self._order, name)
         return self._order[i:i + count]
+
+
+@dataclass
+class _Fetches:
+    """The listings of one directory in flight, and the changes to its entries since the
+    oldest of them started: (name, entry) for a name added or changed, (name, None) for one
+    removed, (None, None) when the directory itself went away."""
+    count: int = 0
+    log: list[tuple[str | None, Entry | None]] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -102,6 +130,7 @@ class InodeTable:
         self.nodes: dict[int, Node] = {ROOT_INO: root}
         self.by_path: dict[str, int] = {"": ROOT_INO}
         self.dirs: dict[str, DirListing] = {}
+        self._fetches: dict[str, _Fetches] = {}
 
     # -- nodes ------------------------------------------------------------------------------
     def get(self, ino: int) -> Node | None:
@@ -158,6 +187,8 @@ class InodeTable:
             self.nodes[ino].path = np
         for p in [p for p in self.dirs if p == old or p.startswith(old + "/")]:
             del self.dirs[p]
+        for p in [p for p in self._fetches if p == old or p.startswith(old + "/")]:
+            self._fetches[p].log.append((None, None))       # gone: do not cache its listing
 
     def under(self, path: str) -> Iterator[Node]:
         prefix = path + "/" if path else ""
@@ -180,15 +211,53 @@ class InodeTable:
         self.dirs[path] = lst
         return lst
 
+    def begin_listing(self, path: str) -> int:
+        """A listing of ``path`` is being fetched: log changes to it from now on. Returns the
+        token for ``end_listing``, which must follow (also when the fetch fails)."""
+        fetches = self._fetches.setdefault(path, _Fetches())
+        fetches.count += 1
+        return len(fetches.log)
+
+    def end_listing(self, path: str, token: int,
+                    entries: dict[str, Entry] | None) -> DirListing | None:
+        """The fetched ``entries`` (None: the fetch failed) with every change made since
+        ``begin_listing`` replayed onto them, cached unless the directory went away."""
+        fetches = self._fetches[path]
+        changes = fetches.log[token:]
+        fetches.count -= 1
+        if fetches.count == 0:
+            del self._fetches[path]
+        if entries is None:
+            return None
+        gone = False
+        for name, entry in changes:
+            if name is None:
+                gone = True
+            elif entry is None:
+                entries.pop(name, None)
+            else:
+                entries[name] = entry
+        if gone:
+            return DirListing(entries, time.monotonic() + self.ttl)
+        return self.set_listing(path, entries)
+
+    def _log(self, parent: str, name: str | None, entry: Entry | None) -> None:
+        fetches = self._fetches.get(parent)
+        if fetches is not None:
+            fetches.log.append((name, entry))
+
     def note_entry(self, parent: str, entry: Entry) -> None:
+        self._log(parent, entry.name, entry)
         lst = self.dirs.get(parent)
         if lst is not None:
-            lst.entries[entry.name] = entry
+            lst.put(entry)
 
     def drop_entry(self, parent: str, name: str) -> None:
+        self._log(parent, name, None)
         lst = self.dirs.get(parent)
         if lst is not None:
-            lst.entries.pop(name, None)
+            lst.pop(name)
 
     def invalidate_dir(self, path: str) -> None:
+        self._log(path, None, None)
         self.dirs.pop(path, None)
