@@ -6,6 +6,15 @@ object keys (mount prefix, ``dir/`` markers) lives in the model. An inode number
 listing cannot tell a symlink object from a file), it gets a *new* inode number, so the kernel
 drops the old one instead of seeing an inode change type (which it treats as corruption).
 
+Inode numbers stay with an object: backup tools (restic, borg), git's index and sync clients
+take a new ``st_ino`` for a new file and re-read (or re-upload) it. So the number given to an
+object key is remembered (``numbers``: the persistent attribute cache, ``fs.attrcache``) and
+handed out again when the kernel looks it up after forgetting it, after a rename (``move``
+carries the numbers of everything below), and at the next mount with the same cache
+directory. New numbers come after every number ever handed out with that cache (its
+high-water mark), so they never collide with remembered ones. A name that is unlinked or
+replaced forgets its number: a new object there is another file.
+
 Listings in flight: a listing takes a while (a page per 1,000 entries), and what was fetched
 first may be older than a change made here meanwhile (an upload landing, an unlink, a rename,
 mkdir, rmdir). Each change to a directory's entries is logged while a listing of it is in
@@ -20,7 +29,7 @@ import itertools
 import stat
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol
 
 import trio
 
@@ -64,6 +73,16 @@ class DirListing:
             self._order = sorted(self.entries)
         i = bisect.bisect_right(self._order, name)
         return self._order[i:i + count]
+
+
+class InodeNumbers(Protocol):
+    """Where inode numbers are remembered by object key (``fs.attrcache.AttrCache``)."""
+
+    def ino_of(self, key: str) -> tuple[int, int] | None: ...          # (ino, kind)
+    def remember_ino(self, key: str, ino: int, kind: int) -> None: ...
+    def forget_ino(self, key: str, ino: int) -> None: ...
+    def move_inos(self, old: str, new: str) -> None: ...
+    def ino_high_water(self) -> int: ...
 
 
 @dataclass
@@ -122,9 +141,15 @@ def join(parent: str, name: str) -> str:
 
 
 class InodeTable:
-    def __init__(self, root_meta: PosixMeta, ttl: float) -> None:
+    def __init__(self, root_meta: PosixMeta, ttl: float, *, numbers: InodeNumbers | None = None,
+                 prefix: str = "") -> None:
+        """``numbers``: where inode numbers are remembered (None: for this table's life only);
+        ``prefix``: the mount's key prefix, so that keys name objects, not paths."""
         self.ttl = ttl
-        self._next = itertools.count(ROOT_INO + 1)
+        self.numbers = numbers
+        self.prefix = prefix
+        start = numbers.ino_high_water() if numbers is not None else ROOT_INO
+        self._next = itertools.count(max(start, ROOT_INO) + 1)
         root = Node(ROOT_INO, "", stat.S_IFDIR, root_meta)
         root.nlookup = 1
         self.nodes: dict[int, Node] = {ROOT_INO: root}
@@ -140,6 +165,10 @@ class InodeTable:
         ino = self.by_path.get(path)
         return self.nodes.get(ino) if ino is not None else None
 
+    def key(self, path: str, kind: int) -> str:
+        """The object key an inode number is remembered by (a directory's ends with ``/``)."""
+        return self.prefix + path + "/" if kind == stat.S_IFDIR else self.prefix + path
+
     def bind(self, path: str, kind: int, meta: PosixMeta) -> Node:
         """The node for ``path`` with file type ``kind`` (a new inode if the type changed)."""
         node = self.at(path)
@@ -147,15 +176,30 @@ class InodeTable:
             return node
         if node is not None:
             self.detach(node)
-        node = Node(next(self._next), path, kind, meta)
+        node = Node(self._number(path, kind), path, kind, meta)
         self.nodes[node.ino] = node
         self.by_path[path] = node.ino
         return node
+
+    def _number(self, path: str, kind: int) -> int:
+        """The number remembered for this object, else a new one (remembered from now on)."""
+        if self.numbers is None:
+            return next(self._next)
+        key = self.key(path, kind)
+        known = self.numbers.ino_of(key)
+        if known is not None and known[1] == kind and known[0] not in self.nodes:
+            return known[0]
+        ino = next(self._next)
+        self.numbers.remember_ino(key, ino, kind)
+        return ino
 
     def detach(self, node: Node) -> None:
         """Forget the name (unlink/replace); the inode lives on while the kernel knows it."""
         if self.by_path.get(node.path) == node.ino:
             del self.by_path[node.path]
+            if self.numbers is not None and node.ino != ROOT_INO:
+                # another object may take the name: it gets a number of its own
+                self.numbers.forget_ino(self.key(node.path, node.kind), node.ino)
         node.unlinked = True
         self._maybe_drop(node)
 
@@ -176,7 +220,8 @@ class InodeTable:
         self._maybe_drop(node)
 
     def move(self, old: str, new: str) -> None:
-        """Re-path ``old`` and everything below it (rename of a file or a directory)."""
+        """Re-path ``old`` and everything below it (rename of a file or a directory); their
+        inode numbers go with them."""
         moved = [(p, ino) for p, ino in self.by_path.items()
                  if p == old or p.startswith(old + "/")]
         for p, _ in moved:
@@ -185,6 +230,8 @@ class InodeTable:
             np = new + p[len(old):]
             self.by_path[np] = ino
             self.nodes[ino].path = np
+        if self.numbers is not None and old:
+            self.numbers.move_inos(self.prefix + old, self.prefix + new)
         for p in [p for p in self.dirs if p == old or p.startswith(old + "/")]:
             del self.dirs[p]
         for p in [p for p in self._fetches if p == old or p.startswith(old + "/")]:

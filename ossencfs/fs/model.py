@@ -104,7 +104,7 @@ class FsModel:
         self.read_only = read_only
         self.spawn = spawn
         root_meta = posix.default_meta(is_dir=True, mtime=time.time(), policy=policy)
-        self.inodes = InodeTable(root_meta, ttl)
+        self.inodes = InodeTable(root_meta, ttl, numbers=self.attr_cache, prefix=prefix)
         root = self.inodes.get(ROOT_INO)
         assert root is not None
         root.headers = {}
@@ -198,6 +198,9 @@ class FsModel:
         prefix = self.dkey(node.path)
         self.attr_cache.prune_dir(prefix, {prefix + name for name, e in lst.entries.items()
                                            if e.kind != stat.S_IFDIR})
+        self.attr_cache.prune_inos(prefix, {prefix + name + ("/" if e.kind == stat.S_IFDIR
+                                                             else "")
+                                            for name, e in lst.entries.items()})
         return lst.entries
 
     async def _fetch_listing(self, node: Node) -> dict[str, Entry]:

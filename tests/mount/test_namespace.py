@@ -1,9 +1,10 @@
 """The namespace as the kernel and tools see it: listings that stay right while they change
-under them.
+under them, and inode numbers that stay put.
 
 Each test is one example of a kind of fault from the issue: a stale sorted-name cache of a
 listing (EIO from stat-ahead), a local change lost when a listing fetched before it lands
-(a just-closed file missing).
+(a just-closed file missing), and inode numbers that change on forget, rename and remount
+(backup tools, git's index and sync clients re-read everything).
 """
 from __future__ import annotations
 
@@ -15,6 +16,13 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 pytestmark = pytest.mark.mount
+
+
+def _drop_caches() -> None:
+    """Make the kernel forget every unused inode (FUSE_FORGET for all of them)."""
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("2")
 
 
 # -- 1. a listing's sorted names follow every change of its entries ---------------------------
@@ -83,3 +91,46 @@ def test_a_file_closed_while_its_directory_is_listed_is_shown(make_mount, oss2_b
     names = set(os.listdir(big))                       # within attr_timeout: the cached listing
     assert "a-new.txt" in names and len(names) == 601
     assert os.stat(big / "a-new.txt").st_size == len(b"just closed")
+
+
+# -- 3. inode numbers ------------------------------------------------------------------------
+def test_inode_numbers_survive_forget_rename_and_remount(make_mount):
+    m = make_mount("t")
+    d = m.path / "d"
+    d.mkdir()
+    (d / "sub").mkdir()
+    for i in range(5):
+        (d / f"f{i}").write_bytes(b"z" * i)
+    (d / "sub" / "deep").write_bytes(b"deep")
+    before = {p: os.stat(d / p).st_ino for p in ("", "sub", "sub/deep", "f0", "f1", "f2")}
+    assert len(set(before.values())) == len(before)
+
+    _drop_caches()                                     # the kernel forgets every inode
+    assert {p: os.stat(d / p).st_ino for p in before} == before
+
+    os.rename(d / "f1", d / "g1")                      # rename of a file ...
+    os.rename(d / "sub", d / "moved")                  # ... and of a directory
+    _drop_caches()
+    renamed = {"": "", "sub": "moved", "sub/deep": "moved/deep", "f0": "f0", "f1": "g1",
+               "f2": "f2"}
+    assert {p: os.stat(d / q).st_ino for p, q in renamed.items()} == before
+
+    m.remount()                                        # a new process: the attribute cache knows
+    assert {p: os.stat(d / q).st_ino for p, q in renamed.items()} == before
+
+    # numbers handed out after the remount never collide with remembered ones
+    (d / "fresh").write_bytes(b"")
+    (d / "freshdir").mkdir()
+    inos = [os.stat(p).st_ino for p in d.rglob("*")] + [os.stat(d).st_ino]
+    assert len(inos) == len(set(inos)), sorted(inos)
+
+
+def test_a_deleted_and_recreated_name_gets_a_new_number(make_mount):
+    m = make_mount("t")
+    p = m.path / "f"
+    p.write_bytes(b"one")
+    with open(p, "rb") as held:                         # the old inode lives on while open
+        old = os.fstat(held.fileno()).st_ino
+        os.unlink(p)
+        p.write_bytes(b"two")
+        assert os.stat(p).st_ino != old

@@ -5,7 +5,8 @@ lookup or readdir of it is in progress, so a change of those kinds cannot be tim
 listing from outside (``test_namespace.py`` times an upload landing at close). Here the
 store's listing of one directory is held at a gate while the model makes every kind of change
 to it, as the write-back queue, stat-ahead or a future caller may; the listing's result must
-not undo any of them. Also: the sorted names of a listing.
+not undo any of them. Also: the sorted names of a listing, and inode numbers handed out and
+remembered (``fs.inodes``, ``fs.attrcache``).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Any
 import trio
 
 from ossencfs.fs import posix
+from ossencfs.fs.attrcache import AttrCache
 from ossencfs.fs.inodes import ROOT_INO, Entry, InodeTable
 from ossencfs.fs.model import FsModel
 from ossencfs.store import ObjectStore
@@ -33,10 +35,10 @@ class _Objects:
         return await self.store.put(key, body, headers)
 
 
-def _model(store: ObjectStore) -> FsModel:
+def _model(store: ObjectStore, attr_cache: AttrCache | None = None) -> FsModel:
     return FsModel(store, _Objects(store), None, None, None, prefix="",
                    policy=posix.MountPolicy(), ttl=30.0, read_only=False,
-                   spawn=lambda fn: False)
+                   spawn=lambda fn: False, attr_cache=attr_cache)
 
 
 def test_every_kind_of_change_survives_a_listing_in_flight(emulator, oss2_bucket):
@@ -111,3 +113,37 @@ def test_sorted_names_follow_every_change_of_a_listing():
     assert lst.names_after("f1", 10) == ["f2", "f3", "g4"]
     table.note_entry("d", Entry("f2", stat.S_IFREG, 9))      # a known name: same order
     assert lst.names_after("", 2) == ["f1", "f2"]
+
+
+def test_inode_numbers_are_remembered_and_never_reused(tmp_path):
+    meta = posix.default_meta(is_dir=False, mtime=0, policy=posix.MountPolicy())
+    root_meta = posix.default_meta(is_dir=True, mtime=0, policy=posix.MountPolicy())
+    db = str(tmp_path / "attrs.sqlite")
+
+    cache = AttrCache(db)
+    t = InodeTable(root_meta, 30, numbers=cache, prefix="p/")
+    a = t.bind("a", stat.S_IFREG, meta).ino
+    d = t.bind("d", stat.S_IFDIR, root_meta).ino
+    x = t.bind("d/x", stat.S_IFREG, meta).ino
+    gone = t.bind("gone", stat.S_IFREG, meta)
+    t.detach(gone)                                    # unlinked: its number is not remembered
+    t.forget(a, 0)
+    assert t.get(a) is None and t.bind("a", stat.S_IFREG, meta).ino == a    # after a forget
+    t.move("d", "e")
+    t.forget(x, 0)
+    assert t.bind("e/x", stat.S_IFREG, meta).ino == x                       # after a rename
+    assert t.bind("d/x", stat.S_IFREG, meta).ino not in (a, d, x)
+    link = t.bind("a", stat.S_IFLNK, meta).ino                              # another type
+    assert link not in (a, d, x)
+    cache.close()
+
+    cache = AttrCache(db)                              # a remount
+    t = InodeTable(root_meta, 30, numbers=cache, prefix="p/")
+    assert t.bind("e", stat.S_IFDIR, root_meta).ino == d
+    assert t.bind("e/x", stat.S_IFREG, meta).ino == x
+    assert t.bind("a", stat.S_IFLNK, meta).ino == link
+    fresh = t.bind("new", stat.S_IFREG, meta).ino
+    assert fresh > max(a, d, x, link, gone.ino)        # past every number handed out before
+    other = InodeTable(root_meta, 30, numbers=cache, prefix="q/")   # keys are per prefix
+    assert other.bind("e", stat.S_IFDIR, root_meta).ino not in (d, fresh)
+    cache.close()
