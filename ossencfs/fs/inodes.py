@@ -89,9 +89,12 @@ class InodeNumbers(Protocol):
 class _Fetches:
     """The listings of one directory in flight, and the changes to its entries since the
     oldest of them started: (name, entry) for a name added or changed, (name, None) for one
-    removed, (None, None) when the directory itself went away."""
-    count: int = 0
+    removed, (None, None) when the directory itself went away. ``tokens``: where each
+    listing's changes start, counted from the first change ever logged (``log[0]`` is number
+    ``base``), so that the log stays short while listings keep overlapping."""
+    tokens: list[int] = field(default_factory=list)
     log: list[tuple[str | None, Entry | None]] = field(default_factory=list)
+    base: int = 0
 
 
 @dataclass(eq=False)
@@ -262,18 +265,22 @@ class InodeTable:
         """A listing of ``path`` is being fetched: log changes to it from now on. Returns the
         token for ``end_listing``, which must follow (also when the fetch fails)."""
         fetches = self._fetches.setdefault(path, _Fetches())
-        fetches.count += 1
-        return len(fetches.log)
+        token = fetches.base + len(fetches.log)
+        fetches.tokens.append(token)
+        return token
 
     def end_listing(self, path: str, token: int,
                     entries: dict[str, Entry] | None) -> DirListing | None:
         """The fetched ``entries`` (None: the fetch failed) with every change made since
         ``begin_listing`` replayed onto them, cached unless the directory went away."""
         fetches = self._fetches[path]
-        changes = fetches.log[token:]
-        fetches.count -= 1
-        if fetches.count == 0:
+        changes = fetches.log[token - fetches.base:]
+        fetches.tokens.remove(token)
+        if not fetches.tokens:
             del self._fetches[path]
+        elif min(fetches.tokens) > fetches.base:     # no listing needs the oldest changes
+            del fetches.log[:min(fetches.tokens) - fetches.base]
+            fetches.base = min(fetches.tokens)
         if entries is None:
             return None
         gone = False

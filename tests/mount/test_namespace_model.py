@@ -147,3 +147,20 @@ def test_inode_numbers_are_remembered_and_never_reused(tmp_path):
     other = InodeTable(root_meta, 30, numbers=cache, prefix="q/")   # keys are per prefix
     assert other.bind("e", stat.S_IFDIR, root_meta).ino not in (d, fresh)
     cache.close()
+
+
+def test_overlapping_listings_each_get_the_changes_since_they_started():
+    table = InodeTable(posix.default_meta(is_dir=True, mtime=0, policy=posix.MountPolicy()), 30)
+    first = table.begin_listing("d")
+    table.note_entry("d", Entry("a", stat.S_IFREG))
+    second = table.begin_listing("d")
+    table.drop_entry("d", "old")
+    assert set(table.end_listing("d", first, {"old": Entry("old", stat.S_IFREG)}).entries) \
+        == {"a"}
+    third = table.begin_listing("d")
+    table.note_entry("d", Entry("b", stat.S_IFREG))
+    assert set(table.end_listing("d", second, {"old": Entry("old", stat.S_IFREG)}).entries) \
+        == {"b"}
+    assert len(table._fetches["d"].log) == 1              # only what the third one needs
+    assert set(table.end_listing("d", third, {}).entries) == {"b"}
+    assert table._fetches == {}
