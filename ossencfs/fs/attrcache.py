@@ -19,6 +19,12 @@ the ETag), and costs a HEAD. Last-Modified has whole seconds, so a metadata chan
 client within about a second of the version recorded here goes unseen until the object
 changes again; that is the price of answering from the listing.
 
+It also remembers the inode number given to each object key (a directory's key ends with
+``/``), and the highest number ever handed out, so that ``fs.inodes`` gives an object the same
+number at the next mount and new numbers never collide with remembered ones. Those records
+follow renames made here (``move_inos``), are forgotten with the name (unlink) and pruned by
+listings like the attributes.
+
 This is a cache: it is written without fsync, a damaged database is discarded and started
 again, and an error while using it (a full disk) turns it off for the rest of the mount: all
 of which only costs HEADs, never a failed file operation.
@@ -46,6 +52,18 @@ CREATE TABLE IF NOT EXISTS attrs (
     object_type TEXT NOT NULL,
     posix TEXT NOT NULL
 )"""
+_INO_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS inos (key TEXT PRIMARY KEY, ino INTEGER NOT NULL UNIQUE, "
+    "kind INTEGER NOT NULL, parent TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS inos_parent ON inos (parent)",
+    "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+)
+
+
+def _parent(key: str) -> str:
+    """The directory prefix a key is listed under: ``a/b/`` for ``a/b/c`` and ``a/b/c/``."""
+    head, sep, _ = key.rstrip("/").rpartition("/")
+    return head + sep
 COMMIT_EVERY = 1.0        # seconds between commits (a crash loses at most this much cache)
 
 
@@ -59,6 +77,7 @@ class AttrCache:
         self.hits = 0
         self.misses = 0
         self.broken = False
+        self._ino_high = 0           # highest inode number handed out, not yet written
 
     def _failed(self, exc: sqlite3.Error) -> None:
         if not self.broken:
@@ -74,7 +93,10 @@ class AttrCache:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=OFF")
                 db.execute(_SCHEMA)
+                for sql in _INO_SCHEMA:
+                    db.execute(sql)
                 db.execute("SELECT count(*) FROM attrs").fetchone()
+                db.execute("SELECT count(*) FROM inos").fetchone()
                 return db
             except sqlite3.DatabaseError as exc:
                 if path is None:
@@ -148,6 +170,64 @@ class AttrCache:
             if key not in present and "/" not in key[len(prefix):]:
                 self._write("DELETE FROM attrs WHERE key=?", (key,))
 
+    # -- inode numbers (fs.inodes.InodeNumbers) ---------------------------------------------
+    def ino_of(self, key: str) -> tuple[int, int] | None:
+        """(inode number, file type) remembered for ``key``."""
+        if self.broken:
+            return None
+        try:
+            row = self.db.execute("SELECT ino, kind FROM inos WHERE key=?", (key,)).fetchone()
+        except sqlite3.Error as exc:
+            self._failed(exc)
+            return None
+        return (row[0], row[1]) if row is not None else None
+
+    def remember_ino(self, key: str, ino: int, kind: int) -> None:
+        self._ino_high = max(self._ino_high, ino)
+        self._write("INSERT OR REPLACE INTO inos VALUES (?, ?, ?, ?)",
+                    (key, ino, kind, _parent(key)))
+
+    def forget_ino(self, key: str, ino: int) -> None:
+        self._write("DELETE FROM inos WHERE key=? AND ino=?", (key, ino))
+
+    def move_inos(self, old: str, new: str) -> None:
+        """``old`` renamed to ``new``: the key itself and, for a directory, every key below."""
+        end = "\U0010ffff"
+        self._write("DELETE FROM inos WHERE key=? OR (key >= ? AND key < ?)",
+                    (new, new + "/", new + "/" + end))
+        for suffix in ("", "/"):                     # the file, or the directory itself
+            self._write("UPDATE inos SET key=?, parent=? WHERE key=?",
+                        (new + suffix, _parent(new), old + suffix))
+        self._write("UPDATE inos SET key=? || substr(key, ?), parent=? || substr(parent, ?) "
+                    "WHERE key > ? AND key < ?",
+                    (new + "/", len(old) + 2, new + "/", len(old) + 2, old + "/", old + "/" + end))
+
+    def prune_inos(self, prefix: str, present: set[str]) -> None:
+        """A complete listing of ``prefix`` showed these keys (``name`` or ``name/``): the
+        numbers of its other direct children were of objects deleted elsewhere."""
+        if self.broken:
+            return
+        try:
+            rows = self.db.execute("SELECT key FROM inos WHERE parent=?", (prefix,)).fetchall()
+        except sqlite3.Error as exc:
+            self._failed(exc)
+            return
+        for (key,) in rows:
+            if key not in present:
+                self._write("DELETE FROM inos WHERE key=?", (key,))
+
+    def ino_high_water(self) -> int:
+        """The highest inode number ever handed out with this cache (0: none)."""
+        if self.broken:
+            return self._ino_high
+        try:
+            row = self.db.execute("SELECT max(value) FROM counters WHERE name='ino'").fetchone()
+            top = self.db.execute("SELECT max(ino) FROM inos").fetchone()
+        except sqlite3.Error as exc:
+            self._failed(exc)
+            return self._ino_high
+        return max(self._ino_high, row[0] or 0, top[0] or 0)
+
     def _write(self, sql: str, params: tuple[object, ...]) -> None:
         if self.broken:
             return
@@ -167,6 +247,10 @@ class AttrCache:
         """Make the records so far survive the mount (called every second and at unmount)."""
         if self._dirty and not self.broken:
             try:
+                if self._ino_high:       # in the same transaction as the numbers it covers
+                    self.db.execute("INSERT INTO counters VALUES ('ino', ?) ON CONFLICT(name) "
+                                    "DO UPDATE SET value=max(value, excluded.value)",
+                                    (self._ino_high,))
                 self.db.commit()
             except sqlite3.Error as exc:
                 self._failed(exc)

@@ -5,6 +5,22 @@ object keys (mount prefix, ``dir/`` markers) lives in the model. An inode number
 (path, file type) pair: if an entry turns out to have another type than first believed (a
 listing cannot tell a symlink object from a file), it gets a *new* inode number, so the kernel
 drops the old one instead of seeing an inode change type (which it treats as corruption).
+
+Inode numbers stay with an object: backup tools (restic, borg), git's index and sync clients
+take a new ``st_ino`` for a new file and re-read (or re-upload) it. So the number given to an
+object key is remembered (``numbers``: the persistent attribute cache, ``fs.attrcache``) and
+handed out again when the kernel looks it up after forgetting it, after a rename (``move``
+carries the numbers of everything below), and at the next mount with the same cache
+directory. New numbers come after every number ever handed out with that cache (its
+high-water mark), so they never collide with remembered ones. A name that is unlinked or
+replaced forgets its number: a new object there is another file.
+
+Listings in flight: a listing takes a while (a page per 1,000 entries), and what was fetched
+first may be older than a change made here meanwhile (an upload landing, an unlink, a rename,
+mkdir, rmdir). Each change to a directory's entries is logged while a listing of it is in
+flight (``begin_listing``) and replayed onto its result (``end_listing``), so the result
+never brings back the state before the change; a directory renamed away or removed meanwhile
+is not cached at all.
 """
 from __future__ import annotations
 
@@ -13,7 +29,7 @@ import itertools
 import stat
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol
 
 import trio
 
@@ -35,16 +51,50 @@ class Entry:
 
 @dataclass
 class DirListing:
+    """``entries`` change only through ``put``/``pop`` once the listing is cached: the sorted
+    names (``names_after``) are kept for as long as the set of names stays the same, which a
+    count cannot tell (a rename keeps it)."""
     entries: dict[str, Entry]
     expires: float
     _order: list[str] | None = None
 
+    def put(self, entry: Entry) -> None:
+        if entry.name not in self.entries:
+            self._order = None
+        self.entries[entry.name] = entry
+
+    def pop(self, name: str) -> None:
+        if self.entries.pop(name, None) is not None:
+            self._order = None
+
     def names_after(self, name: str, count: int) -> list[str]:
         """The ``count`` names that follow ``name`` in readdir (sorted) order."""
-        if self._order is None or len(self._order) != len(self.entries):
+        if self._order is None:
             self._order = sorted(self.entries)
         i = bisect.bisect_right(self._order, name)
         return self._order[i:i + count]
+
+
+class InodeNumbers(Protocol):
+    """Where inode numbers are remembered by object key (``fs.attrcache.AttrCache``)."""
+
+    def ino_of(self, key: str) -> tuple[int, int] | None: ...          # (ino, kind)
+    def remember_ino(self, key: str, ino: int, kind: int) -> None: ...
+    def forget_ino(self, key: str, ino: int) -> None: ...
+    def move_inos(self, old: str, new: str) -> None: ...
+    def ino_high_water(self) -> int: ...
+
+
+@dataclass
+class _Fetches:
+    """The listings of one directory in flight, and the changes to its entries since the
+    oldest of them started: (name, entry) for a name added or changed, (name, None) for one
+    removed, (None, None) when the directory itself went away. ``tokens``: where each
+    listing's changes start, counted from the first change ever logged (``log[0]`` is number
+    ``base``), so that the log stays short while listings keep overlapping."""
+    tokens: list[int] = field(default_factory=list)
+    log: list[tuple[str | None, Entry | None]] = field(default_factory=list)
+    base: int = 0
 
 
 @dataclass(eq=False)
@@ -94,14 +144,21 @@ def join(parent: str, name: str) -> str:
 
 
 class InodeTable:
-    def __init__(self, root_meta: PosixMeta, ttl: float) -> None:
+    def __init__(self, root_meta: PosixMeta, ttl: float, *, numbers: InodeNumbers | None = None,
+                 prefix: str = "") -> None:
+        """``numbers``: where inode numbers are remembered (None: for this table's life only);
+        ``prefix``: the mount's key prefix, so that keys name objects, not paths."""
         self.ttl = ttl
-        self._next = itertools.count(ROOT_INO + 1)
+        self.numbers = numbers
+        self.prefix = prefix
+        start = numbers.ino_high_water() if numbers is not None else ROOT_INO
+        self._next = itertools.count(max(start, ROOT_INO) + 1)
         root = Node(ROOT_INO, "", stat.S_IFDIR, root_meta)
         root.nlookup = 1
         self.nodes: dict[int, Node] = {ROOT_INO: root}
         self.by_path: dict[str, int] = {"": ROOT_INO}
         self.dirs: dict[str, DirListing] = {}
+        self._fetches: dict[str, _Fetches] = {}
 
     # -- nodes ------------------------------------------------------------------------------
     def get(self, ino: int) -> Node | None:
@@ -111,6 +168,10 @@ class InodeTable:
         ino = self.by_path.get(path)
         return self.nodes.get(ino) if ino is not None else None
 
+    def key(self, path: str, kind: int) -> str:
+        """The object key an inode number is remembered by (a directory's ends with ``/``)."""
+        return self.prefix + path + "/" if kind == stat.S_IFDIR else self.prefix + path
+
     def bind(self, path: str, kind: int, meta: PosixMeta) -> Node:
         """The node for ``path`` with file type ``kind`` (a new inode if the type changed)."""
         node = self.at(path)
@@ -118,15 +179,30 @@ class InodeTable:
             return node
         if node is not None:
             self.detach(node)
-        node = Node(next(self._next), path, kind, meta)
+        node = Node(self._number(path, kind), path, kind, meta)
         self.nodes[node.ino] = node
         self.by_path[path] = node.ino
         return node
+
+    def _number(self, path: str, kind: int) -> int:
+        """The number remembered for this object, else a new one (remembered from now on)."""
+        if self.numbers is None:
+            return next(self._next)
+        key = self.key(path, kind)
+        known = self.numbers.ino_of(key)
+        if known is not None and known[1] == kind and known[0] not in self.nodes:
+            return known[0]
+        ino = next(self._next)
+        self.numbers.remember_ino(key, ino, kind)
+        return ino
 
     def detach(self, node: Node) -> None:
         """Forget the name (unlink/replace); the inode lives on while the kernel knows it."""
         if self.by_path.get(node.path) == node.ino:
             del self.by_path[node.path]
+            if self.numbers is not None and node.ino != ROOT_INO:
+                # another object may take the name: it gets a number of its own
+                self.numbers.forget_ino(self.key(node.path, node.kind), node.ino)
         node.unlinked = True
         self._maybe_drop(node)
 
@@ -147,7 +223,8 @@ class InodeTable:
         self._maybe_drop(node)
 
     def move(self, old: str, new: str) -> None:
-        """Re-path ``old`` and everything below it (rename of a file or a directory)."""
+        """Re-path ``old`` and everything below it (rename of a file or a directory); their
+        inode numbers go with them."""
         moved = [(p, ino) for p, ino in self.by_path.items()
                  if p == old or p.startswith(old + "/")]
         for p, _ in moved:
@@ -156,8 +233,12 @@ class InodeTable:
             np = new + p[len(old):]
             self.by_path[np] = ino
             self.nodes[ino].path = np
+        if self.numbers is not None and old:
+            self.numbers.move_inos(self.prefix + old, self.prefix + new)
         for p in [p for p in self.dirs if p == old or p.startswith(old + "/")]:
             del self.dirs[p]
+        for p in [p for p in self._fetches if p == old or p.startswith(old + "/")]:
+            self._fetches[p].log.append((None, None))       # gone: do not cache its listing
 
     def under(self, path: str) -> Iterator[Node]:
         prefix = path + "/" if path else ""
@@ -180,15 +261,57 @@ class InodeTable:
         self.dirs[path] = lst
         return lst
 
+    def begin_listing(self, path: str) -> int:
+        """A listing of ``path`` is being fetched: log changes to it from now on. Returns the
+        token for ``end_listing``, which must follow (also when the fetch fails)."""
+        fetches = self._fetches.setdefault(path, _Fetches())
+        token = fetches.base + len(fetches.log)
+        fetches.tokens.append(token)
+        return token
+
+    def end_listing(self, path: str, token: int,
+                    entries: dict[str, Entry] | None) -> DirListing | None:
+        """The fetched ``entries`` (None: the fetch failed) with every change made since
+        ``begin_listing`` replayed onto them, cached unless the directory went away."""
+        fetches = self._fetches[path]
+        changes = fetches.log[token - fetches.base:]
+        fetches.tokens.remove(token)
+        if not fetches.tokens:
+            del self._fetches[path]
+        elif min(fetches.tokens) > fetches.base:     # no listing needs the oldest changes
+            del fetches.log[:min(fetches.tokens) - fetches.base]
+            fetches.base = min(fetches.tokens)
+        if entries is None:
+            return None
+        gone = False
+        for name, entry in changes:
+            if name is None:
+                gone = True
+            elif entry is None:
+                entries.pop(name, None)
+            else:
+                entries[name] = entry
+        if gone:
+            return DirListing(entries, time.monotonic() + self.ttl)
+        return self.set_listing(path, entries)
+
+    def _log(self, parent: str, name: str | None, entry: Entry | None) -> None:
+        fetches = self._fetches.get(parent)
+        if fetches is not None:
+            fetches.log.append((name, entry))
+
     def note_entry(self, parent: str, entry: Entry) -> None:
+        self._log(parent, entry.name, entry)
         lst = self.dirs.get(parent)
         if lst is not None:
-            lst.entries[entry.name] = entry
+            lst.put(entry)
 
     def drop_entry(self, parent: str, name: str) -> None:
+        self._log(parent, name, None)
         lst = self.dirs.get(parent)
         if lst is not None:
-            lst.entries.pop(name, None)
+            lst.pop(name)
 
     def invalidate_dir(self, path: str) -> None:
+        self._log(path, None, None)
         self.dirs.pop(path, None)

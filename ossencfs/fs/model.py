@@ -110,7 +110,7 @@ class FsModel:
         self.read_only = read_only
         self.spawn = spawn
         root_meta = posix.default_meta(is_dir=True, mtime=time.time(), policy=policy)
-        self.inodes = InodeTable(root_meta, ttl)
+        self.inodes = InodeTable(root_meta, ttl, numbers=self.attr_cache, prefix=prefix)
         root = self.inodes.get(ROOT_INO)
         assert root is not None
         root.headers = {}
@@ -207,18 +207,38 @@ class FsModel:
         lst = self.inodes.listing(node.path)
         if lst is not None:
             return lst.entries
+        # changes made here while the pages come in are replayed onto them (``fs.inodes``)
+        since = self.inodes.begin_listing(node.path)
+        try:
+            entries = await self._fetch_listing(node)
+        except NetworkError as exc:
+            self.inodes.end_listing(node.path, since, None)
+            stale = self.inodes.stale_listing(node.path)
+            if stale is None:
+                raise
+            log.info("listing %s: %s; serving the cached listing", self.where(node), exc)
+            return self._with_local(node, dict(stale.entries))
+        except BaseException:
+            self.inodes.end_listing(node.path, since, None)
+            raise
+        lst = self.inodes.end_listing(node.path, since, entries)
+        assert lst is not None
+        self._with_local(node, lst.entries)
+        prefix = self.dkey(node.path)
+        self.attr_cache.prune_dir(prefix, {prefix + name for name, e in lst.entries.items()
+                                           if e.kind != stat.S_IFDIR})
+        self.attr_cache.prune_inos(prefix, {prefix + name + ("/" if e.kind == stat.S_IFDIR
+                                                             else "")
+                                            for name, e in lst.entries.items()})
+        return lst.entries
+
+    async def _fetch_listing(self, node: Node) -> dict[str, Entry]:
+        """Every entry OSS lists in the directory, all pages."""
         prefix = self.dkey(node.path)
         entries: dict[str, Entry] = {}
         token: str | None = None
         while True:
-            try:
-                page = await self.store.list_page(prefix, "/", token, 1000)
-            except NetworkError as exc:
-                stale = self.inodes.stale_listing(node.path)
-                if stale is None:
-                    raise
-                log.info("listing %s: %s; serving the cached listing", self.where(node), exc)
-                return self._with_local(node, dict(stale.entries))
+            page = await self.store.list_page(prefix, "/", token, 1000)
             for obj in page.objects:
                 if obj.key == prefix:
                     continue                  # the directory's own marker
@@ -233,11 +253,8 @@ class FsModel:
                     continue
                 entries[name] = Entry(name, stat.S_IFDIR)   # a directory wins over a file
             if not page.next_token:
-                break
+                return entries
             token = page.next_token
-        self.attr_cache.prune_dir(prefix, {prefix + name for name, e in entries.items()
-                                           if e.kind != stat.S_IFDIR})
-        return self.inodes.set_listing(node.path, self._with_local(node, entries)).entries
 
     def _with_local(self, node: Node, entries: dict[str, Entry]) -> dict[str, Entry]:
         # things created here and not uploaded yet, or deleted remotely while open here
@@ -436,9 +453,10 @@ class FsModel:
             return
         for later in lst.names_after(name, STAT_AHEAD):
             path = join(parent.path, later)
-            if path in self._resolving:
+            entry = lst.entries.get(later)
+            if path in self._resolving or entry is None:
                 continue
-            node = self._node_from_entry(parent, lst.entries[later])
+            node = self._node_from_entry(parent, entry)
             if node.is_dir or not self._needs_head(node):
                 continue
             self._resolving[path] = trio.Event()

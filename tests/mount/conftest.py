@@ -4,10 +4,18 @@
 ... -f`` in a child process (a crash there cannot hang pytest), waits until the mount point is
 mounted, and always tears down: ``fusermount3 -u`` (lazy as a fallback), then terminate/kill
 the child. Tools are driven through ``run`` with a timeout, for the same reason.
+
+The log guard (after s3ql's test suite, which fails a test whose mount log shows an
+exception): a test fails when a mount log holds an ``unexpected`` exception (what
+``fs.operations`` logs before answering EIO for an exception it has no errno for) or a
+``Traceback``, even if every assertion held: such an error is an EIO somebody else gets.
+A test that provokes one on purpose names it with ``@pytest.mark.log_allow(regex, ...,
+reason="...")``; each regex is searched in the log record (its first line and traceback).
 """
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -21,6 +29,41 @@ from tests.conftest import AK, BUCKET, ROOT, SDK_FIXTURES, SK
 
 PART_SIZE = 102400            # smallest part size oss2 accepts: multipart stays fast in tests
 MULTIPART_THRESHOLD = 256 * 1024
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "log_allow(*regex, reason): mount log records matching "
+                            "a regex do not fail the test (the log guard); say why in reason")
+
+
+_BAD_LOG = re.compile(r"\bunexpected\b|^Traceback \(most recent call last\)", re.MULTILINE)
+
+
+def log_records(text: str) -> list[str]:
+    """A mount log cut into records: a line of ours (``ossencfs: LEVEL: ...``) with the lines
+    after it that are not (a traceback, a warning printed by a library)."""
+    records: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("ossencfs: ") or not records:
+            records.append(line)
+        else:
+            records[-1] += "\n" + line
+    return records
+
+
+def log_problems(text: str, allowed: list[str]) -> list[str]:
+    """Records of a mount log that show an unexpected exception, less the allowed ones."""
+    return [r for r in log_records(text)
+            if _BAD_LOG.search(r) and not any(re.search(a, r) for a in allowed)]
+
+
+def _allowed(request: pytest.FixtureRequest) -> list[str]:
+    allowed: list[str] = []
+    for mark in request.node.iter_markers("log_allow"):
+        if not mark.kwargs.get("reason"):
+            raise pytest.UsageError(f"{request.node.nodeid}: log_allow needs a reason")
+        allowed += list(mark.args)
+    return allowed
 
 
 def eventually(check, timeout: float = 15.0) -> None:
@@ -181,10 +224,13 @@ def _make(tmp_path: Path, emulator: object, cli_env: dict[str, str], name: str =
 
 
 @pytest.fixture
-def make_mount(tmp_path: Path, emulator: object, cli_env: dict[str, str]) -> Iterator:
-    """Factory: make_mount(name, extra=[...], prefix='') -> a started Mounted."""
+def make_mount(request: pytest.FixtureRequest, tmp_path: Path, emulator: object,
+               cli_env: dict[str, str]) -> Iterator:
+    """Factory: make_mount(name, extra=[...], prefix='') -> a started Mounted. At the end
+    every mount is stopped and its log checked (the log guard, above)."""
     if not _fuse_ok():
         pytest.skip("needs root, /dev/fuse and fusermount3")
+    allowed = _allowed(request)
     made: list[Mounted] = []
 
     def make(name: str = "mnt", extra: list[str] | None = None, prefix: str = "",
@@ -199,6 +245,17 @@ def make_mount(tmp_path: Path, emulator: object, cli_env: dict[str, str]) -> Ite
     finally:
         for m in made:
             m.stop()
+    found = []
+    for m in made:
+        try:
+            text = m.log_path.read_text(errors="replace")
+        except OSError:
+            continue
+        found += [f"--- {m.log_path.name} ---\n{r}" for r in log_problems(text, allowed)]
+    if found:
+        pytest.fail("the mount log shows unexpected exceptions (allow one that a test provokes "
+                    "on purpose with @pytest.mark.log_allow):\n" + "\n".join(found[:10]),
+                    pytrace=False)
 
 
 @pytest.fixture
