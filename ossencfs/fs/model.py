@@ -291,7 +291,7 @@ class FsModel:
         meta = None if is_dir else self._listed_meta(path, entry)
         trusted = meta is not None or (self.listing_attrs and not is_dir)
         if meta is None:
-            meta = posix.default_meta(is_dir=is_dir, mtime=entry.mtime or time.time(),
+            meta = posix.default_meta(is_dir=is_dir, mtime=entry.mtime or self.started,
                                       policy=self.policy)
             if entry.kind == stat.S_IFLNK:
                 meta.mode = stat.S_IFLNK | 0o777
