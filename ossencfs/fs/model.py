@@ -18,6 +18,7 @@ at most 2 x ttl (open() revalidates with a HEAD once the cached headers are olde
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
@@ -578,8 +579,10 @@ class FsModel:
             if node.staging is not None:
                 old, node.staging = node.staging, None
                 await self.staging.drop(old)
+            if replaced is not None and not node.exists_remote:
+                node.exists_remote, node.etag = True, replaced   # the version it replaces
             node.staging = await self.staging.new(
-                self.okey(path), 0, None, 0, node.etag if node.exists_remote else replaced)
+                self.okey(path), 0, None, 0, node.etag if node.exists_remote else None)
             node.dirty = True
             node.size = 0
         self.inodes.note_entry(parent.path, Entry(name, stat.S_IFREG, 0, None, time.time()))
@@ -975,12 +978,17 @@ class FsModel:
             return
         _, etag = self._deferred.pop(key)
         try:
-            info = await self.store.head(key)
-            if info is not None and info.etag == etag:
-                await self.store.delete(key)
+            await self._delete_version(key, etag)
         except OssEncError as exc:
             log.warning("oss://%s/%s: unlinked while open, not deleted at its last close: %s",
                         self.store.name, key, exc)
+
+    async def _delete_version(self, key: str, etag: str) -> None:
+        """Delete ``key`` if it still holds version ``etag`` (OSS has no conditional delete:
+        a HEAD right before is the check); another client's newer version stays."""
+        info = await self.store.head(key)
+        if info is not None and info.etag == etag:
+            await self.store.delete(key)
 
     def _undefer(self, key: str) -> str | None:
         """``key`` is written again (create, rename onto it): an unlinked-while-open object
@@ -1388,66 +1396,19 @@ class FsModel:
                 raise _err(errno.ENOTEMPTY)
         new_path = join(new_parent.path, n_new)
         self.check_key_length(new_path, is_dir=src.is_dir)
-        if not src.is_dir:
-            self._undefer(self.okey(new_path))
+        replaced = None if src.is_dir else self._undefer(self.okey(new_path))
         if src.is_dir:
             if new_path.startswith(src.path + "/"):
                 raise _err(errno.EINVAL)
             await self._rename_dir(src, new_path, dst)
         else:
-            async with src.lock:
-                st = src.staging if src.dirty else None
-                if st is not None and not st.complete:
-                    await st.materialize()          # the old name's object goes away below
-                if src.exists_remote and st is not None and st.relay:
-                    # a pending metadata change goes to the new name at once: one re-upload
-                    # instead of a copy now and a re-upload later (rsync's temp file + rename)
-                    extra = posix.to_headers(src.meta)
-                    copied = await self.objects.relay(st.source(), self.okey(new_path),
-                                                      {**st.kept, **extra})
-                    await self.store.delete(self.okey(src.path))
-                    self.attr_cache.forget(self.okey(src.path))
-                    self.attr_cache.record(self.okey(new_path), copied, src.size, extra,
-                                           src.object_type, not_after=self.store.server_now())
-                    src.staging, src.dirty = None, False
-                    if self.writeback is not None:
-                        self.writeback.forget(src)
-                    await self.staging.drop(st)     # its journal entry is done with
-                    st = None
-                    src.etag = copied
-                elif src.exists_remote:
-                    # copy first (replacing any target), then delete: a failure in between
-                    # leaves two copies, never none
-                    copied = await self._copy_object(
-                        self.okey(src.path), self.okey(new_path),
-                        ObjectInfo(self.okey(src.path), src.size, src.etag or "", src.mtime,
-                                   src.object_type))
-                    await self.store.delete(self.okey(src.path))
-                    self.attr_cache.forget(self.okey(src.path))
-                    if st is not None and st.base_etag is not None:
-                        st.base_etag = copied        # the version we now build on
-                    src.etag = copied
-                elif st is not None:
-                    # not uploaded yet: it replaces exactly the target's version, if any
-                    st.base_etag = dst.etag if dst is not None and dst.exists_remote else None
-                if dst is not None:
-                    dst.dirty = False
-                    if dst.staging is not None and dst.open_count == 0:
-                        old, dst.staging = dst.staging, None
-                        await self.staging.drop(old)
-                    elif dst.staging is not None and dst.staging.committed:
-                        # still open: keep its data for the readers, but nothing to replay
-                        await trio.to_thread.run_sync(functools.partial(
-                            self.staging.journal.remove, dst.staging.ident, durable=True))
-                        dst.staging.committed = False
-                    if self.writeback is not None:
-                        self.writeback.forget(dst)
-                    self.inodes.detach(dst)
-                self.inodes.move(src.path, new_path)
-                if src.staging is not None:
-                    src.staging.key = self.okey(new_path)
-                    if st is not None and st.committed:
-                        await st.save_manifest(durable=True)
+            # the target's lock too: an upload of it in flight finishes before its staging
+            # goes and the source's object takes its key (locks in inode order: no deadlock)
+            pair = [src] if dst is None or dst.is_dir else sorted({src, dst}, key=lambda n: n.ino)
+            async with contextlib.AsyncExitStack() as locks:
+                for n in pair:
+                    await locks.enter_async_context(n.lock)
+                await self._rename_file_locked(src, dst, new_path, replaced)
         if dst is not None and dst.is_dir:
             self.inodes.invalidate_dir(dst.path)
         self.inodes.drop_entry(old_parent.path, n_old)
@@ -1459,6 +1420,71 @@ class FsModel:
         if src.is_dir:
             self.inodes.invalidate_dir(new_parent.path)
         await self._ensure_marker(old_parent)
+
+    async def _rename_file_locked(self, src: Node, dst: Node | None, new_path: str,
+                                  replaced: str | None) -> None:
+        """Move a file's object (or its pending upload) to ``new_path``, replacing ``dst``
+        (or ``replaced``: the ETag of an object unlinked there while open); the caller
+        holds the locks of both."""
+        st = src.staging if src.dirty else None
+        if st is not None and not st.complete:
+            await st.materialize()          # the old name's object goes away below
+        if src.exists_remote and st is not None and st.relay:
+            # a pending metadata change goes to the new name at once: one re-upload
+            # instead of a copy now and a re-upload later (rsync's temp file + rename)
+            extra = posix.to_headers(src.meta)
+            copied = await self.objects.relay(st.source(), self.okey(new_path),
+                                              {**st.kept, **extra})
+            await self.store.delete(self.okey(src.path))
+            self.attr_cache.forget(self.okey(src.path))
+            self.attr_cache.record(self.okey(new_path), copied, src.size, extra,
+                                   src.object_type, not_after=self.store.server_now())
+            src.staging, src.dirty = None, False
+            if self.writeback is not None:
+                self.writeback.forget(src)
+            await self.staging.drop(st)     # its journal entry is done with
+            st = None
+            src.etag = copied
+        elif st is not None and (st.committed or not src.exists_remote):
+            # acknowledged content goes up under the new name, replacing the target's
+            # version there; the old name's object (if any) is the version it was to
+            # replace, and goes with the name: no copy of it
+            if st.base_etag is not None:
+                await self._delete_version(self.okey(src.path), st.base_etag)
+                self.attr_cache.forget(self.okey(src.path))
+            target = dst.etag if dst is not None and dst.exists_remote else replaced
+            st.base_etag = target
+            src.exists_remote, src.etag = target is not None, target
+        elif src.exists_remote:
+            # copy first (replacing any target), then delete: a failure in between
+            # leaves two copies, never none
+            copied = await self._copy_object(
+                self.okey(src.path), self.okey(new_path),
+                ObjectInfo(self.okey(src.path), src.size, src.etag or "", src.mtime,
+                           src.object_type))
+            await self.store.delete(self.okey(src.path))
+            self.attr_cache.forget(self.okey(src.path))
+            if st is not None and st.base_etag is not None:
+                st.base_etag = copied        # the version we now build on
+            src.etag = copied
+        if dst is not None:
+            dst.dirty = False
+            if dst.staging is not None and dst.open_count == 0:
+                old, dst.staging = dst.staging, None
+                await self.staging.drop(old)
+            elif dst.staging is not None and dst.staging.committed:
+                # still open: keep its data for the readers, but nothing to replay
+                await trio.to_thread.run_sync(functools.partial(
+                    self.staging.journal.remove, dst.staging.ident, durable=True))
+                dst.staging.committed = False
+            if self.writeback is not None:
+                self.writeback.forget(dst)
+            self.inodes.detach(dst)
+        self.inodes.move(src.path, new_path)
+        if src.staging is not None:
+            src.staging.key = self.okey(new_path)
+            if st is not None and st.committed:
+                await st.save_manifest(durable=True)
 
     async def _rename_dir(self, src: Node, new_path: str, dst: Node | None) -> None:
         """Copy every object, then delete the originals: a failure leaves both, never neither."""

@@ -104,14 +104,7 @@ def _digest(path) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
-_WRITE_BACK_RENAMES = pytest.mark.xfail(strict=False, reason=(
-    "renames of files whose write-back upload is pending or in flight (model.rename, "
-    "upload_locked, the uploader): conflict copies (409 FileAlreadyExists on a "
-    "forbid-overwrite put), 'staging already discarded' (EBADF) retries, and names the "
-    "process renamed away still there; clean without renames, and without write-back"))
-
-
-@pytest.mark.parametrize("write_back", [0, pytest.param(0.3, marks=_WRITE_BACK_RENAMES)],
+@pytest.mark.parametrize("write_back", [0, 0.3],
                          ids=["upload-at-close", "write-back"])
 def test_parallel_processes_in_one_directory(make_mount, tmp_path, write_back):
     """``write-back``: uploads land in the background, also while listings are fetched."""
