@@ -33,6 +33,7 @@ from typing import Any, Iterator, Protocol
 
 import trio
 
+from . import keymap
 from .posix import PosixMeta
 
 ROOT_INO = 1
@@ -170,7 +171,8 @@ class InodeTable:
 
     def key(self, path: str, kind: int) -> str:
         """The object key an inode number is remembered by (a directory's ends with ``/``)."""
-        return self.prefix + path + "/" if kind == stat.S_IFDIR else self.prefix + path
+        key = self.prefix + keymap.key_path(path)
+        return key + "/" if kind == stat.S_IFDIR else key
 
     def bind(self, path: str, kind: int, meta: PosixMeta) -> Node:
         """The node for ``path`` with file type ``kind`` (a new inode if the type changed)."""
@@ -234,7 +236,8 @@ class InodeTable:
             self.by_path[np] = ino
             self.nodes[ino].path = np
         if self.numbers is not None and old:
-            self.numbers.move_inos(self.prefix + old, self.prefix + new)
+            self.numbers.move_inos(self.prefix + keymap.key_path(old),
+                                   self.prefix + keymap.key_path(new))
         for p in [p for p in self.dirs if p == old or p.startswith(old + "/")]:
             del self.dirs[p]
         for p in [p for p in self._fetches if p == old or p.startswith(old + "/")]:

@@ -17,26 +17,19 @@ from typing import Any
 
 import trio
 
+from ossencfs.envelope.keys import KeyRing, RsaMasterKey
 from ossencfs.fs import posix
 from ossencfs.fs.attrcache import AttrCache
 from ossencfs.fs.inodes import ROOT_INO, Entry, InodeTable
 from ossencfs.fs.model import FsModel
+from ossencfs.objects import EncryptedObjects
 from ossencfs.store import ObjectStore
-from tests.conftest import AK, BUCKET, SK
-
-
-class _Objects:
-    """Just enough of ``EncryptedObjects`` for a symlink: its target stored as the body."""
-
-    def __init__(self, store: ObjectStore) -> None:
-        self.store = store
-
-    async def write(self, key: str, body: bytes, size: int, headers: dict[str, str]) -> str:
-        return await self.store.put(key, body, headers)
+from tests.conftest import AK, BUCKET, SDK_FIXTURES, SK
 
 
 def _model(store: ObjectStore, attr_cache: AttrCache | None = None) -> FsModel:
-    return FsModel(store, _Objects(store), None, None, None, prefix="",
+    keyring = KeyRing([RsaMasterKey.from_pem_file(str(SDK_FIXTURES / "rsa_test_private.pem"))])
+    return FsModel(store, EncryptedObjects(store, keyring), None, None, None, prefix="",
                    policy=posix.MountPolicy(), ttl=30.0, read_only=False,
                    spawn=lambda fn: False, attr_cache=attr_cache)
 
