@@ -25,12 +25,27 @@ time at which the writer's ``close`` returned is reported beside it.
 
 The small-file and ``cp -a`` writes also run on a mount with ``--write-back SECONDS`` (close
 returns once the journal is on disk; uploads happen in the background, several at once): shown
-as an extra row, ``variants.mount_write_back`` in the JSON.
+as an extra row, ``variants.mount_write_back`` in the JSON. ``cp -a`` also reports the requests
+per file (``requests_per_file``: PutObject, CopyObject, GetObject, HeadObject and the rest).
+
+``chmod_large`` changes the mode of one ``--chmod-size`` file (default 256 MiB) that is already
+in the bucket. Real OSS lets no CopyObject change a client-side-encrypted object's metadata, so
+(a) re-uploads the unchanged ciphertext with new headers, relayed from the object itself; the
+clock runs from ``chmod`` until the new ``x-oss-meta-mode`` is visible to a HEAD from outside
+(polled every 50 ms; those HEADs are not counted in the mount's requests), so the coalescing
+delay of the mount's metadata changes is part of the figure. ``variants.mount_fsync`` is
+``chmod`` + ``open`` + ``fsync`` on the same mount (fsync returns once the change is stored).
+(b) is what a CryptoBucket user has to do: GetObject of the raw stored bytes streamed into a
+PutObject of them with the new headers (plain oss2.Bucket, nothing decrypted); (c) is the
+ceiling of an unencrypted object: CopyObject onto itself with REPLACE. The (b) and (c) objects
+are seeded before the faults are set, like the ``ls -l`` directory. Its rate is 1/seconds, so
+x(b) = seconds of (b) / seconds of (a).
 
 Usage:
   .venv/bin/python scripts/bench.py --profile loopback --size 256MiB --runs 1 --json out.json
   .venv/bin/python scripts/bench.py --quick --profile loopback --json /tmp/q.json
   .venv/bin/python scripts/bench.py --only seq_read --size 1GiB          # one workload (+ what it needs)
+  .venv/bin/python scripts/bench.py --only chmod_large --chmod-size 256MiB --profile cloud
   .venv/bin/python scripts/bench.py --only ls_l --py-spy /path/to/py-spy  # collapsed stacks per mount
 Needs root, /dev/fuse and fusermount3 (real FUSE mounts).
 """
@@ -45,6 +60,7 @@ import random
 import re
 import select
 import shutil
+import stat
 import statistics
 import subprocess
 import sys
@@ -68,11 +84,14 @@ PROFILES: dict[str, dict[str, float]] = {
     "loopback": {"latency_ms": 0.0, "bandwidth_mbps": 0.0},
     "cloud": {"latency_ms": 20.0, "bandwidth_mbps": 50.0},
 }
-WORKLOADS = ("seq_write", "seq_read", "random_read_4k", "small_create", "small_read", "ls_l", "cp_a", "kms")
+WORKLOADS = ("seq_write", "seq_read", "random_read_4k", "small_create", "small_read", "ls_l", "cp_a", "kms",
+             "chmod_large")
 UNITS = {"seq_write": "MB/s", "seq_read": "MB/s", "random_read_4k": "ops/s", "small_create": "files/s",
-         "small_read": "files/s", "ls_l": "entries/s", "cp_a": "files/s", "kms": "ops/s"}
+         "small_read": "files/s", "ls_l": "entries/s", "cp_a": "files/s", "kms": "ops/s", "chmod_large": "ops/s"}
 CHUNK = 1 << 20
 SMALL = 4096
+CHMOD_POLL = 0.05          # seconds between HEADs while waiting for a new mode in the bucket
+PER_FILE_OPS = (("PUT", "PutObject"), ("Copy", "CopyObject"), ("GET", "GetObject"), ("HEAD", "HeadObject"))
 _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy")
 
 
@@ -136,6 +155,21 @@ class PatternReader:
         n = min(n, self.size - self.pos)
         data = self.pattern.at(self.pos, n)
         self.pos += n
+        return data
+
+
+class _Sized:
+    """A stream with a known length (a GetObject body), so put_object sends it as it comes."""
+
+    def __init__(self, stream: Any, size: int) -> None:
+        self.stream, self.left = stream, size
+
+    def __len__(self) -> int:
+        return self.left
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.stream.read(self.left if n is None or n < 0 else min(n, self.left))
+        self.left -= len(data)
         return data
 
 
@@ -415,6 +449,8 @@ class Bench:
         self.crypto_kms = oss2.CryptoBucket(auth, self.emu.endpoint, BUCKET, crypto_provider=provider)
         if "ls_l" in self.args.only:
             self.seed_listing()
+        if "chmod_large" in self.args.only:
+            self.seed_chmod()
         faults = PROFILES[profile]
         self.emu.set_faults(faults["latency_ms"], faults["bandwidth_mbps"])
         if faults["latency_ms"]:
@@ -443,6 +479,20 @@ class Bench:
         with ThreadPoolExecutor(max_workers=16) as pool:
             list(pool.map(put, range(n)))
         log(f"seeded {n} objects in lsdir/ in {time.monotonic() - t0:.1f} s")
+
+    def seed_chmod(self) -> None:
+        """The (b) and (c) objects of ``chmod_large``, one pair per run, mode 0644 (before the faults)."""
+        size = self.args.chmod_size
+        t0 = time.monotonic()
+
+        def put(job: tuple[Any, str]) -> None:
+            bucket, key = job
+            bucket.put_object(key, PatternReader(self.pattern, size), headers={"x-oss-meta-mode": str(0o100644)})
+        jobs = [(b, f"chmod-{x}-{run}.bin") for run in range(self.args.runs)
+                for b, x in ((self.crypto, "b"), (self.plain, "c"))]
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            list(pool.map(put, jobs))
+        log(f"seeded {len(jobs)} objects of {human(size)} for chmod_large in {time.monotonic() - t0:.1f} s")
 
     def mount(self, label: str, kms: bool = False, extra: list[str] | None = None,
               cache_dir: Path | None = None, keep_cache: bool = False) -> MountProc:
@@ -709,6 +759,119 @@ class Bench:
         for r in out.values():
             r["files"], r["bytes"] = n, total
             r["rate"] = n / r["seconds"]
+            r["requests_per_file"] = {op: c / n for op, c in r["requests"].items()}
+        return out
+
+    # -- chmod of a large file: a metadata change --
+    def _mode_in_bucket(self, key: str) -> int | None:
+        v = self.plain.head_object(key).headers.get("x-oss-meta-mode")
+        return stat.S_IMODE(int(v)) if v else None
+
+    def _wait_mode(self, key: str, mode: int, timeout: float = 3600) -> int:
+        """Poll HEAD until the object's ``x-oss-meta-mode`` has the permission bits ``mode``;
+        returns the number of HEADs sent."""
+        polls = 0
+        deadline = time.monotonic() + timeout
+        while True:
+            polls += 1
+            if self._mode_in_bucket(key) == mode:
+                return polls
+            check(time.monotonic() < deadline, f"{key}: mode {mode:o} not in the bucket after {timeout:g} s")
+            time.sleep(CHMOD_POLL)
+
+    @staticmethod
+    def _minus_polls(delta: dict[str, Any], polls: int) -> dict[str, Any]:
+        """The counter delta without the HEADs this script sent to see the result."""
+        reqs = dict(delta["requests"])
+        reqs["HeadObject"] = reqs.get("HeadObject", 0) - polls
+        reqs = {k: v for k, v in reqs.items() if v}
+        return {**delta, "requests": reqs, "total_requests": sum(reqs.values()), "bench_head_polls": polls}
+
+    def _check_cse_object(self, key: str, what: str) -> None:
+        """The object still decrypts with the SDK (first and last MiB), untimed."""
+        size = self.args.chmod_size
+        for start in (0, max(0, size - CHUNK)):
+            end = min(start + CHUNK, size) - 1
+            data = self.crypto.get_object(key, byte_range=(start, end)).read()
+            check(data == self.pattern.at(start, end - start + 1), f"{what}: content at {start} after chmod")
+
+    def chmod_large(self, run: int) -> dict[str, dict[str, Any]]:
+        size = self.args.chmod_size
+        out: dict[str, dict[str, Any]] = {}
+        key = f"chmod-a-{run}.bin"
+        m = self.mount("chmod_large")
+        path = m.path / key
+        t0 = time.perf_counter()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            for off in range(0, size, CHUNK):
+                os.write(fd, self.pattern.at(off, min(CHUNK, size - off)))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        while self.plain.head_object(key).content_length != size:   # in the bucket (fsync said so)
+            time.sleep(CHMOD_POLL)
+        start_mode = self._mode_in_bucket(key)
+        check(start_mode not in (None, 0o600, 0o640), f"mount: initial mode {start_mode}")
+        log(f"chmod_large: {human(size)} written through the mount in {time.perf_counter() - t0:.1f} s")
+
+        # (a) chmod, then HEAD until the new mode is in the bucket
+        before = self.emu.stats()
+        t0 = time.perf_counter()
+        os.chmod(path, 0o600)
+        returned = time.perf_counter() - t0
+        polls = self._wait_mode(key, 0o600)
+        seconds = time.perf_counter() - t0
+        out["mount"] = {"seconds": seconds, "seconds_until_chmod_returned": returned,
+                        **self._minus_polls(stats_delta(before, self.emu.stats()), polls)}
+        # (a') chmod + fsync on the same mount
+        before = self.emu.stats()
+        t0 = time.perf_counter()
+        os.chmod(path, 0o640)
+        returned = time.perf_counter() - t0
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        seconds = time.perf_counter() - t0
+        polls = self._wait_mode(key, 0o640, timeout=60)
+        out["mount_fsync"] = {"seconds": seconds, "seconds_until_chmod_returned": returned,
+                              "head_polls_after_fsync": polls,
+                              **self._minus_polls(stats_delta(before, self.emu.stats()), polls)}
+        before = self.emu.stats()
+        self.unmount(m)
+        out["mount"]["requests_at_unmount"] = stats_delta(before, self.emu.stats())["requests"]
+        self._check_cse_object(key, "mount")
+
+        # (b) a CryptoBucket user: the stored bytes, streamed back with the new headers
+        key = f"chmod-b-{run}.bin"
+
+        def reupload() -> None:
+            src = self.plain.get_object(key)
+            headers = {k: v for k, v in src.headers.items()
+                       if k.lower().startswith("x-oss-meta-") or k.lower() == "content-type"}
+            headers = {k: v for k, v in headers.items() if k.lower() != "x-oss-meta-mode"}
+            headers["x-oss-meta-mode"] = str(stat.S_IFREG | 0o600)
+            self.plain.put_object(key, _Sized(src, src.content_length), headers=headers)
+        s, d, _ = self.timed(reupload)
+        out["crypto_bucket"] = {"seconds": s, **d}
+        check(self._mode_in_bucket(key) == 0o600, "crypto_bucket: new mode")
+        self._check_cse_object(key, "crypto_bucket")
+
+        # (c) an unencrypted object: CopyObject onto itself, REPLACE
+        key = f"chmod-c-{run}.bin"
+
+        def copy() -> None:
+            self.plain.copy_object(BUCKET, key, key, headers={
+                "x-oss-metadata-directive": "REPLACE", "x-oss-meta-mode": str(stat.S_IFREG | 0o600)})
+        s, d, _ = self.timed(copy)
+        out["plain_bucket"] = {"seconds": s, **d}
+        check(self._mode_in_bucket(key) == 0o600, "plain_bucket: new mode")
+        for r in out.values():
+            r["bytes"] = size
+            r["rate"] = 1 / r["seconds"]
+            r["bytes_moved"] = r["bytes_from_oss"] + r["bytes_to_oss"]
         return out
 
     # -- KMS --
@@ -788,7 +951,7 @@ class Bench:
 
     def cleanup_run(self, run: int) -> None:
         """Delete the big objects of a run (untimed) so repeated runs do not fill the disk."""
-        for key in (f"seq-a-{run}.bin", f"seq-b-{run}.bin", f"seq-c-{run}.bin"):
+        for key in (f"{w}-{x}-{run}.bin" for w in ("seq", "chmod") for x in "abc"):
             try:
                 self.plain.delete_object(key)
             except Exception:  # noqa: BLE001 - best effort
@@ -816,6 +979,9 @@ class Bench:
         if "kms" in want:
             log(f"run {run + 1}: kms")
             res["kms"] = self.kms_workload(run)
+        if "chmod_large" in want:
+            log(f"run {run + 1}: chmod_large")
+            res["chmod_large"] = self.chmod_large(run)
         self.cleanup_run(run)
         return res
 
@@ -895,7 +1061,7 @@ def print_table(profile: str, faults: dict[str, float], res: dict[str, Any], arg
               "random_read_4k": f"4 KiB random reads x{args.random_reads}",
               "small_create": f"create {args.files} x 4 KiB", "small_read": f"read {args.files} x 4 KiB",
               "ls_l": f"ls -l {args.ls_entries} entries", "cp_a": f"cp -a {args.tree_files} files",
-              "kms": f"KMS: {args.kms_objects} put+get+get"}
+              "kms": f"KMS: {args.kms_objects} put+get+get", "chmod_large": f"chmod of {human(args.chmod_size)}"}
     head = f"{'workload':<28}{'unit':<10}{'(a) mount':>12}{'(b) crypto':>12}{'(c) plain':>12}" \
            f"{'x(b)':>8}{'x(c)':>8}  {'requests a/b/c':<18}{'secs a/b/c'}"
     print(head)
@@ -944,6 +1110,17 @@ def print_table(profile: str, faults: dict[str, float], res: dict[str, Any], arg
               f"{s['small_create']['mount']['seconds']:.2f} s")
     if "cp_a" in s:
         print(f"  cp -a (a): cp returned after {s['cp_a']['mount']['seconds_until_closed']:.2f} s")
+        for name, rec in (*s["cp_a"].items(), *res["cp_a"].get("variants", {}).items()):
+            per = rec["requests_per_file"]
+            print(f"  cp -a requests per file, {name}: " + ", ".join(
+                f"{short} {per.get(op, 0):.2f}" for short, op in PER_FILE_OPS) + f" (all: {per})")
+    if "chmod_large" in s:
+        for name, rec in (*s["chmod_large"].items(), *res["chmod_large"].get("variants", {}).items()):
+            extra = f", chmod returned after {rec['seconds_until_chmod_returned']:.2f} s" \
+                if "seconds_until_chmod_returned" in rec else ""
+            print(f"  chmod {name}: {rec['seconds']:.2f} s{extra}; moved {human(rec['bytes_moved'])} "
+                  f"(from OSS {human(rec['bytes_from_oss'])}, to OSS {human(rec['bytes_to_oss'])}); "
+                  f"{rec['total_requests']} requests {rec['requests']}")
     if "kms" in s:
         for x in ("mount", "crypto_bucket"):
             k = s["kms"][x]
@@ -962,6 +1139,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tree-files", type=int, default=3000, help="files in the cp -a source tree (default 3000)")
     p.add_argument("--random-reads", type=int, default=500, help="number of 4 KiB random reads (default 500)")
     p.add_argument("--kms-objects", type=int, default=50, help="objects for the KMS call count (default 50)")
+    p.add_argument("--chmod-size", type=parse_size, default=256 << 20,
+                   help="size of the chmod_large file (default 256MiB)")
     p.add_argument("--runs", type=int, default=3, help="runs per profile; figures are medians (default 3)")
     p.add_argument("--quick", action="store_true",
                    help="tiny sizes and one run, only to prove the script works (overrides the sizes)")
@@ -990,8 +1169,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.only = [w for w in WORKLOADS if w in only]
     if args.quick:
         args.size, args.files, args.ls_entries, args.tree_files = 3 << 20, 20, 300, 40
-        args.random_reads, args.kms_objects, args.runs = 20, 3, 1
-    if args.runs < 1 or args.size < SMALL or args.files < 1 or args.ls_entries < 1 or args.tree_files < 1:
+        args.random_reads, args.kms_objects, args.runs, args.chmod_size = 20, 3, 1, 8 << 20
+    if args.runs < 1 or args.size < SMALL or args.chmod_size < 1 or args.files < 1 or args.ls_entries < 1 or args.tree_files < 1:
         p.error("sizes and counts must be positive (size >= 4096)")
     return args
 
@@ -1012,6 +1191,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
         "parameters": {"size": args.size, "files": args.files, "ls_entries": args.ls_entries,
                        "tree_files": args.tree_files, "random_reads": args.random_reads,
+                       "chmod_size": args.chmod_size,
                        "kms_objects": args.kms_objects, "runs": args.runs, "quick": args.quick,
                        "workloads": args.only, "write_back": args.write_back,
                        "mount_options": args.mount_option},

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-WORKLOADS = ("seq_write", "seq_read", "random_read_4k", "small_create", "small_read", "ls_l", "cp_a", "kms")
+WORKLOADS = ("seq_write", "seq_read", "random_read_4k", "small_create", "small_read", "ls_l", "cp_a", "kms",
+             "chmod_large")
 SYSTEMS = ("mount", "crypto_bucket", "plain_bucket")
 _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy")
 
@@ -68,6 +69,21 @@ def test_quick_bench_reports_every_workload_for_every_system(tmp_path: Path) -> 
         wb = workloads[w]["variants"]["mount_write_back"]
         assert wb["seconds"] > 0 and wb["rate"] > 0 and wb["total_requests"] > 0, w
         assert wb["bytes_to_oss"] > 0, w
+    cp_a = workloads["cp_a"]
+    for name, rec in (*cp_a["systems"].items(), *cp_a["variants"].items()):  # requests per file, by operation
+        per = rec["requests_per_file"]
+        assert per.get("PutObject", 0) >= 1, name
+        assert abs(sum(per.values()) * rec["files"] - rec["total_requests"]) < 1e-6, name
+
+    chmod = workloads["chmod_large"]
+    csize = data["parameters"]["chmod_size"]
+    crypto = chmod["systems"]["crypto_bucket"]                       # the SDK user moved the whole object
+    assert crypto["bytes_from_oss"] >= csize and crypto["bytes_to_oss"] >= csize
+    assert chmod["systems"]["plain_bucket"]["requests"] == {"CopyObject": 1}
+    for rec in (chmod["systems"]["mount"], chmod["variants"]["mount_fsync"]):
+        assert rec["bench_head_polls"] >= 1 and rec["bytes_moved"] >= 0
+    assert chmod["variants"]["mount_fsync"]["head_polls_after_fsync"] == 1   # stored when fsync returned
+
     assert workloads["seq_write"]["systems"]["mount"]["peak_rss_bytes"] > 0
     assert workloads["seq_read"]["systems"]["mount"]["peak_rss_bytes"] > 0
     ls_mount = workloads["ls_l"]["systems"]["mount"]
