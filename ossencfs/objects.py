@@ -356,15 +356,20 @@ class EncryptedObjects:
         base = {k.lower(): v for k, v in headers.items() if k.lower() in plain}
         unit = self.multipart_part_size(src.size) or max(src.size, 1)
         piece = min(unit, 4 << 20)
-        async with trio.open_nursery() as nursery:
-            source = _RelaySource(self.store, src, piece,
-                                  self.upload_parallelism * max(1, unit // piece), nursery)
-            try:
-                return await self.upload(dst, src.size, source.read, crypto, base,
-                                         forbid_overwrite=forbid_overwrite, if_match=if_match,
-                                         progress=progress)
-            finally:
-                nursery.cancel_scope.cancel()
+        etag = ""
+        try:
+            async with trio.open_nursery() as nursery:
+                source = _RelaySource(self.store, src, piece,
+                                      self.upload_parallelism * max(1, unit // piece), nursery)
+                try:
+                    etag = await self.upload(dst, src.size, source.read, crypto, base,
+                                             forbid_overwrite=forbid_overwrite,
+                                             if_match=if_match, progress=progress)
+                finally:
+                    nursery.cancel_scope.cancel()       # fetches still ahead are not needed
+        except BaseExceptionGroup as eg:
+            raise_first(eg)                             # one cause, as ``upload`` raises it
+        return etag
 
     # --------------------------------------------------------------- copy
 

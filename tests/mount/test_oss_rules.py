@@ -359,3 +359,19 @@ def test_a_sync_client_converges(make_mount, crypto_bucket, tmp_path, extra):
     assert crypto_bucket.get_object("remote/docs/n1.txt").read() == b"changed here\n"
     assert os.stat(m.path / "remote" / "docs" / "n5.txt").st_mtime == 1_200_000_000
     assert stat.S_IMODE(os.stat(m.path / "remote" / "docs" / "n0.txt").st_mode) == 0o600
+
+
+def test_a_metadata_change_overtaken_by_another_client_is_dropped(make_mount, crypto_bucket,
+                                                                  oss2_bucket):
+    crypto_bucket.put_object("doc.txt", b"ours")
+    m = make_mount(extra=["--write-back", "3"])       # the re-upload waits 3 s
+    os.chmod(m.path / "doc.txt", 0o600)
+    crypto_bucket.put_object("doc.txt", b"theirs, newer")            # another client first
+    m.wait_uploaded()
+    assert crypto_bucket.get_object("doc.txt").read() == b"theirs, newer"   # not overwritten
+    assert "x-oss-meta-mode" not in oss2_bucket.head_object("doc.txt").headers
+    assert "metadata change not stored" in m.log()
+    eventually(lambda: "metadata change made here was dropped" in
+               m.cli("status", str(m.path)).stdout)
+    eventually(lambda: (m.path / "doc.txt").read_bytes() == b"theirs, newer")
+    assert _keys(oss2_bucket) == {"doc.txt"}                         # no conflict copy
