@@ -2,8 +2,9 @@
 parallel multipart through ``EncryptedObjects.upload`` -- never blindly overwriting.
 
 Conflicts: an upload replaces an object only if it is still the version the file was opened
-from (``If-Match: base ETag``; for multipart, the HEAD check ``EncryptedObjects.upload`` makes
-before completing), and a new file is created with ``x-oss-forbid-overwrite``. When another
+from (real OSS has no If-Match on PutObject, SPEC D.13: ``EncryptedObjects.upload`` checks the
+base ETag with a HEAD right before the PUT or CompleteMultipartUpload), and a new file is
+created with ``x-oss-forbid-overwrite``. When another
 client changed or created the object meanwhile, the local version goes beside it as
 ``NAME.conflict-<host>-<UTC yyyymmddThhmmssZ>`` (``-2``, ``-3``... if that name is taken) and
 the other client's version stays at NAME.
@@ -14,8 +15,10 @@ one staging, so an object carrying it *is* this upload, and that counts as succe
 is sealed (durably in its journal entry when it has one) *before* its bytes are sent, so a
 key that may be in the bucket is never used again for other data. An object carrying the key
 of an earlier staging of the same file (``prior_keys``: a write after an attempt whose reply
-was lost) is our own older version: it is replaced with ``If-Match`` on its ETag rather than
-treated as another client's change.
+was lost) is our own older version: it is replaced (HEAD check on its ETag) rather than
+treated as another client's change. A re-upload (``fs.reupload``: a metadata change) carries
+the object's own wrapped key, so its landing is recognised by its POSIX headers, and when
+another client changed the object first it is dropped, not made a conflict copy.
 
 ``pending`` (in-flight attempts with progress), ``failures`` and ``conflicts`` are what
 ``ossencfs status`` shows.
