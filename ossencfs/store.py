@@ -414,7 +414,7 @@ class ObjectStore:
         ``headers``: REPLACE the metadata with these (refused by OSS for a client-side-
         encrypted source, EC 0005-00000421, SPEC D.13: use a re-upload for those); None:
         COPY directive, every header kept. Refused by OSS for appendable sources and above
-        the copy size limit (SPEC D.13), which callers check first (``fs.moves``).
+        the copy size limit (SPEC D.13), which ``EncryptedObjects.copy`` checks first.
         ``if_match``: the source must still have this ETag (else ConflictError)."""
         h: dict[str, str] = {}
         if headers is not None:
