@@ -8,6 +8,7 @@ import binascii
 import re
 import threading
 import time
+from xml.etree import ElementTree
 from dataclasses import dataclass, field
 from email.utils import parsedate_tz, mktime_tz
 from typing import Callable, Protocol
@@ -188,6 +189,17 @@ def _cse_int(h: dict[str, str], name: str, missing_ec: str, bad_ec: str) -> int:
     if n < 0:
         raise _cse_error(bad_ec, f"The {_CSE}{name} header is not an integer.")
     return n
+
+
+def parse_xml_body(body: bytes, tag: str | None = None) -> ElementTree.Element:
+    """A request body's XML root (of ``tag`` when given), else 400 MalformedXML as OSS answers."""
+    try:
+        root = ElementTree.fromstring(body)
+    except ElementTree.ParseError:
+        raise OssError(400, "MalformedXML", "The XML you provided was not well-formed.") from None
+    if tag is not None and root.tag != tag:
+        raise OssError(400, "MalformedXML", "The XML you provided was not well-formed.")
+    return root
 
 
 def _check_key(key: str) -> None:

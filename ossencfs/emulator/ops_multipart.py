@@ -9,13 +9,12 @@ import hashlib
 import re
 import time
 from typing import Callable
-from xml.etree import ElementTree
 
 from .storage import Entry, BucketState, TempObject, crc64_combine
 from .xmlout import OssError, XML_HEAD, el, iso8601, url_enc
 from .ops_base import (MIN_PART, _CHUNK, _CSE, Ctx, Resp, OpsBase, _crc_header, _strip_etag,
                        _meta_headers, _check_key, _copy_source, _check_conditions, _write_guard, _forbid_overwrite,
-                       _storage_class, _cse_check_required, _cse_int, _cse_error)
+                       _storage_class, _cse_check_required, _cse_int, _cse_error, parse_xml_body)
 
 
 class MultipartOps(OpsBase):
@@ -151,10 +150,7 @@ class MultipartOps(OpsBase):
                 raise OssError(400, "InvalidArgument", "Body must be empty with x-oss-complete-all.")
             chosen = sorted(have)
         else:
-            try:
-                root = ElementTree.fromstring(body)
-            except ElementTree.ParseError:
-                raise OssError(400, "MalformedXML", "The XML you provided was not well-formed.") from None
+            root = parse_xml_body(body)
             chosen = []
             prev = 0
             for p in root.findall("Part"):

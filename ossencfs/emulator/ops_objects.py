@@ -10,13 +10,12 @@ import hashlib
 import os
 import time
 from urllib.parse import unquote_to_bytes
-from xml.etree import ElementTree
 
 from .storage import Entry, OpenObject, BucketState, crc64_combine
 from .xmlout import OssError, XML_HEAD, el, http_date, iso8601, url_enc
 from .ops_base import (ARCHIVE_CLASSES, Ctx, Resp, OpsBase, _crc_header, _meta_headers, _check_key, _copy_source,
                        _check_conditions, _write_guard, parse_range, _forbid_overwrite, _no_put_conditions,
-                       _storage_class, _cse_check_required, _cse_error, is_cse)
+                       _storage_class, _cse_check_required, _cse_error, is_cse, parse_xml_body)
 
 
 class ObjectOps(OpsBase):
@@ -173,12 +172,7 @@ class ObjectOps(OpsBase):
         body = ctx.body.read(64 << 10)
         days = 1
         if body.strip():
-            try:
-                root = ElementTree.fromstring(body)
-            except ElementTree.ParseError:
-                raise OssError(400, "MalformedXML", "The XML you provided was not well-formed.") from None
-            if root.tag != "RestoreRequest":
-                raise OssError(400, "MalformedXML", "The XML you provided was not well-formed.")
+            root = parse_xml_body(body, "RestoreRequest")
             try:
                 days = int((root.findtext("Days") or "1").strip())
             except ValueError:
@@ -252,12 +246,7 @@ class ObjectOps(OpsBase):
             raise OssError(400, "InvalidDigest", "Content-MD5 is required for DeleteMultipleObjects.")
         if base64.b64encode(hashlib.md5(body).digest()).decode() != md5.strip():
             raise OssError(400, "InvalidDigest", "The Content-MD5 you specified did not match what we received.")
-        try:
-            root = ElementTree.fromstring(body)
-        except ElementTree.ParseError:
-            raise OssError(400, "MalformedXML", "The XML you provided was not well-formed.") from None
-        if root.tag != "Delete":
-            raise OssError(400, "MalformedXML", "The XML you provided was not well-formed.")
+        root = parse_xml_body(body, "Delete")
         quiet = (root.findtext("Quiet") or "false").strip().lower() == "true"
         keys = [o.findtext("Key") or "" for o in root.findall("Object")]
         if not keys or len(keys) > 1000:
