@@ -15,6 +15,7 @@ from typing import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, N
 
 import trio
 
+from .aio import first_error
 from .envelope import format as fmt
 from .envelope.ctr import crypt_at
 from .envelope.keys import ContentMaterial, KeyRing, MasterKey
@@ -78,15 +79,6 @@ def raise_first(eg: BaseExceptionGroup) -> NoReturn:
     if isinstance(exc, trio.Cancelled):
         raise eg
     raise exc from None
-
-
-def first_error(exc: BaseException) -> BaseException:
-    """The first real error inside (nested) exception groups, so callers see one cause."""
-    while isinstance(exc, BaseExceptionGroup):
-        inner = [e for e in exc.exceptions if not isinstance(e, trio.Cancelled)]
-        preferred = [e for e in inner if isinstance(e, OssEncError)]
-        exc = (preferred or inner or list(exc.exceptions))[0]
-    return exc
 
 
 class ObjectReader:

@@ -25,8 +25,9 @@ from .options import add_connection_options, add_key_options
 
 
 def _mount(args: argparse.Namespace) -> int:
-    from ..fs.mounter import run_mount
-    return run_mount(args)
+    from ..fs.mounter import Connectors, run_mount
+    from .options import build_keyring, build_store, parse_oss_url
+    return run_mount(args, Connectors(parse_oss_url, build_keyring, build_store))
 
 
 def _pid_alive(pid: int) -> bool:

@@ -86,7 +86,7 @@ def run_cat(args: argparse.Namespace) -> int:
 
 
 def _run(fn: Callable, args: argparse.Namespace) -> int:
-    from ..objects import first_error
+    from ..aio import first_error
     try:
         return int(trio.run(fn, args) or 0)
     except BaseExceptionGroup as eg:

@@ -155,9 +155,19 @@ class _Spawner:
         return True
 
 
+@dataclass(frozen=True)
+class Connectors:
+    """What a mount needs from the command line layer (``cli.options``), passed in by the
+    mount command: ``fs`` sits below ``cli`` and never imports it."""
+    parse_oss_url: Callable[[str], tuple[str, str]]
+    build_keyring: Callable[[argparse.Namespace], Any]
+    build_store: Callable[[argparse.Namespace, str], Any]
+
+
 class Mount:
-    def __init__(self, args: argparse.Namespace) -> None:
-        from ..cli.options import build_keyring, build_store, parse_oss_url
+    def __init__(self, args: argparse.Namespace, connect: Connectors) -> None:
+        parse_oss_url, build_keyring, build_store = (connect.parse_oss_url, connect.build_keyring,
+                                                     connect.build_store)
         self.args = args
         bucket, prefix = parse_oss_url(args.url)
         prefix = prefix.lstrip("/")
@@ -235,7 +245,9 @@ class Mount:
                              attr_cache=AttrCache(os.path.join(self.base_dir, "attrs.sqlite")),
                              listing_attrs=self.opts.listing_attrs)
         self.model.kernel_forget = _forget_entry
-        self.model.writeback = WriteBack(self.model, delay=self.write_back,
+        self.model.writeback = WriteBack(upload=self.model.upload_job,
+                                         writers=self.model.writers, where=self.model.where,
+                                         delay=self.write_back,
                                          parallel=max(2, self.args.upload_parallelism),
                                          small_parallel=self.args.upload_small_files)
         return Operations(self.model)
@@ -371,10 +383,10 @@ def other_journals(cache_root: str, own: str) -> list[dict[str, Any]]:
     return out
 
 
-def run_mount(args: argparse.Namespace) -> int:
+def run_mount(args: argparse.Namespace, connect: Connectors) -> int:
     # oss2 warns on every raw GET of an encrypted object; reading ciphertext is the point here
     logging.getLogger("oss2").setLevel(logging.ERROR)
-    mount = Mount(args)              # argument, key and credential errors surface here
+    mount = Mount(args, connect)     # argument, key and credential errors surface here
     if args.foreground:
         return trio.run(mount.run, lambda err: None)
     r, w = os.pipe()

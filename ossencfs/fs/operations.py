@@ -19,7 +19,8 @@ import trio
 from ..errors import ConflictError, OssEncError
 from .inodes import Entry
 from . import keymap
-from .model import NAME_MAX, FsModel
+from .context import NAME_MAX
+from .model import FsModel
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +222,7 @@ class Operations(pyfuse3.Operations):
         parent = self.model.node(inode)
         for i in range(start_id, len(snapshot)):
             name, entry = snapshot[i]
-            node = self.model._node_from_entry(parent, entry)
+            node = self.model.node_from_entry(parent, entry)
             if not pyfuse3.readdir_reply(token, keymap.to_bytes(name), self.model.attrs(node), i + 1):
                 return
             node.nlookup += 1

@@ -36,7 +36,7 @@ import trio
 
 from ..envelope import format as fmt
 from ..errors import ConflictError, NetworkError, NotFoundError
-from ..objects import first_error
+from ..aio import first_error
 from .staging import Staging
 
 log = logging.getLogger(__name__)

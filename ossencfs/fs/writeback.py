@@ -25,11 +25,11 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import trio
 
-from ..objects import first_error
+from ..aio import first_error
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +47,12 @@ class Job:
 
 
 class WriteBack:
-    def __init__(self, model: Any, *, delay: float, parallel: int = 4, small_parallel: int = 16,
-                 backoff_max: float = 60.0) -> None:
-        self.model = model
+    def __init__(self, *, upload: Callable[[Any], Awaitable[None]], writers: Callable[[Any], int],
+                 where: Callable[[Any], str], delay: float, parallel: int = 4,
+                 small_parallel: int = 16, backoff_max: float = 60.0) -> None:
+        #: the model's calls it needs, and no more: upload one pending file (under its lock),
+        #: count its open writers, name it in log lines
+        self.upload, self.writers, self.where = upload, writers, where
         self.delay = delay
         self.backoff_max = backoff_max
         self.limiter = trio.CapacityLimiter(max(1, parallel))
@@ -136,10 +139,10 @@ class WriteBack:
         size = node.staging.size if node.staging is not None else node.size
         try:
             async with (self.small_limiter if size < SMALL_FILE else self.limiter):
-                if self.model.writers(node) and not self.draining:
+                if self.writers(node) and not self.draining:
                     job.due = trio.current_time() + max(self.delay, 1.0)   # wait for the close
                     return                       # (``finally`` files the new due time)
-                await self.model.upload_job(node)
+                await self.upload(node)
             if self.jobs.get(id(node)) is job:
                 if node.dirty:          # written and closed again meanwhile: keep its due time
                     job.due = max(job.due, trio.current_time() + 1.0)
@@ -152,7 +155,7 @@ class WriteBack:
             wait = self._backoff(job.attempts)
             job.due = trio.current_time() + wait
             log.warning("%s: upload attempt %d failed, retrying in %.0f s (data kept in the "
-                        "journal): %s", self.model.where(node), job.attempts, wait, job.last_error)
+                        "journal): %s", self.where(node), job.attempts, wait, job.last_error)
         finally:
             job.running = False
             if self.jobs.get(id(node)) is job:

@@ -43,9 +43,9 @@ def test_every_kind_of_change_survives_a_listing_in_flight(emulator, oss2_bucket
         store = ObjectStore.connect(emulator.endpoint, BUCKET, AK, SK)
         model = _model(store)
         root = model.node(ROOT_INO)
-        big = await model._child(root, "big")
+        big = await model.child(root, "big")
         for name in ("a-gone", "a-old", "a-olddir"):
-            await model._child(big, name)                # known, fresh
+            await model.child(big, name)                # known, fresh
         model.inodes.dirs["big"].expires = 0             # the listing of big has expired
 
         gate, asked = trio.Event(), trio.Event()

@@ -379,7 +379,9 @@ def test_write_back_runs_each_job_when_due_and_not_before():
             return node.name
 
     async def main():
-        wb = WriteBack(Model(), delay=10.0)
+        model = Model()
+        wb = WriteBack(upload=model.upload_job, writers=model.writers, where=model.where,
+                       delay=10.0)
         a, b, c = Node("a"), Node("b"), Node("c")
         async with trio.open_nursery() as nursery:
             nursery.start_soon(wb.run)

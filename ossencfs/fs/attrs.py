@@ -1,0 +1,76 @@
+"""What the kernel is told about a node, and how a HEAD's answer becomes a node's state.
+
+Why it exists: the translation from a node (POSIX metadata from object headers, ``fs.posix``;
+size from the staging while dirty) to ``EntryAttributes`` -- including the timeouts that
+decide how long the kernel may cache them -- is needed by every room that answers the kernel,
+and must be the same everywhere. It depends on nothing but the shared state.
+"""
+from __future__ import annotations
+
+import stat
+import time
+
+import pyfuse3
+
+from ..store import ObjectInfo
+from . import posix
+from .context import FsContext
+from .inodes import Node
+
+
+class Attrs:
+    def __init__(self, ctx: FsContext) -> None:
+        self.ctx = ctx
+
+    def attrs(self, node: Node) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = node.ino
+        a.generation = 0
+        a.st_mode = posix.shown_mode(node.meta, self.ctx.policy)
+        a.st_nlink = 1
+        a.st_uid = posix.shown_uid(node.meta, self.ctx.policy)
+        a.st_gid = posix.shown_gid(node.meta, self.ctx.policy)
+        size = node.staging.size if node.staging is not None else node.size
+        if node.is_dir:
+            size = 0
+        a.st_size = size
+        a.st_rdev = node.meta.rdev
+        a.st_blksize = 128 * 1024
+        a.st_blocks = (size + 511) // 512
+        a.st_mtime_ns = node.meta.mtime_ns
+        a.st_atime_ns = node.meta.atime_ns if node.meta.atime_ns is not None \
+            else node.meta.mtime_ns
+        a.st_ctime_ns = node.meta.ctime_ns if node.meta.ctime_ns is not None \
+            else node.meta.mtime_ns
+        known = node.headers is not None or node.meta_expires > 0 or not node.exists_remote \
+            or node.dirty
+        a.attr_timeout = self.ctx.ttl if known else 0
+        # a listing cannot tell a symlink object from a file: let the kernel re-lookup
+        a.entry_timeout = self.ctx.ttl if (known or node.is_dir) else 0
+        return a
+
+    def apply_file_info(self, node: Node, info: ObjectInfo) -> None:
+        if node.dirty:
+            return
+        if node.etag != info.etag:
+            node.symlink_target = None
+        node.size = info.size
+        node.etag = info.etag
+        node.mtime = info.mtime
+        node.object_type = info.object_type
+        node.exists_remote = True
+        if info.headers:
+            node.headers = dict(info.headers)
+            node.headers_expires = node.meta_expires = time.monotonic() + self.ctx.ttl
+            node.meta = posix.from_headers(info.headers, is_dir=False, fallback_mtime=info.mtime,
+                                           policy=self.ctx.policy)
+            self.ctx.attr_cache.record(self.ctx.okey(node.path), info.etag, info.size, info.headers,
+                                   info.object_type, lastmod=info.mtime)
+        elif node.headers is None:
+            node.meta = posix.default_meta(is_dir=False, mtime=info.mtime, policy=self.ctx.policy)
+
+    @staticmethod
+    def file_kind(info: ObjectInfo) -> int:
+        if info.object_type == "Symlink":
+            return stat.S_IFLNK
+        return posix.kind_of_headers(info.headers)

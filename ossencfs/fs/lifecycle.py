@@ -1,0 +1,358 @@
+"""The life of a dirty file: staging made, written, committed to the journal, uploaded, done.
+
+Why it exists: a dirty file's state is spread over ``Node`` (dirty, staging, upload_busy,
+unlinked, exists_remote, etag, kernel_etag) and its ``Staging`` (sealed, committed, changed,
+synced, relay, base_etag, prior_keys); every transition between those states is here, so that
+the rooms above (files, metadata, namespace, rename) change them only through named calls.
+``docs/write-path.md`` describes the states, who sets them, the locks and the crash windows.
+
+Callers hold ``node.lock`` for every ``*_locked`` call (and for ``ensure_staging``).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import stat
+import time
+import uuid
+from typing import Any
+
+import trio
+
+from ..envelope import format as fmt
+from ..errors import ArchivedError, OssEncError, RejectedError
+from ..aio import first_error
+from ..objects import kept_headers
+from ..store import ObjectInfo
+from . import keymap, posix
+from .attrs import Attrs
+from .context import META_DELAY, FsContext
+from .freshness import Freshness
+from .inodes import Entry, Node
+from .reupload import Reupload
+from .uploader import BaseGoneError, UploadResult
+
+log = logging.getLogger(__name__)
+
+
+class Lifecycle:
+    def __init__(self, ctx: FsContext, attr: Attrs, fresh: Freshness) -> None:
+        self.ctx = ctx
+        self.attr = attr
+        self.fresh = fresh
+
+    async def ensure_staging(self, node: Node) -> Any:
+        st = node.staging
+        if st is not None and st.relay:
+            # new content replaces a pending metadata change: an ordinary staging on the
+            # version the re-upload was of (an object carrying its key is still ours)
+            node.staging = None
+            await self.ctx.staging.drop(st)
+            base = await self.fresh.source(node) if node.size > 0 else None
+            node.staging = await self.ctx.staging.new(self.ctx.okey(node.path), node.size, base,
+                                                  node.size, st.base_etag)
+            node.staging.prior_keys = [k for k in [*st.prior_keys, st.wrapped_key] if k] \
+                if st.sealed else list(st.prior_keys)
+            return node.staging
+        if st is not None and not st.sealed:
+            return st
+        if st is not None:
+            # still dirty: the last attempt's fate is unknown, so build on what it built on
+            # and remember its key; clean: it landed and is now the base
+            base_etag = st.base_etag if node.dirty else (node.etag if node.exists_remote else None)
+            node.staging = await self.ctx.staging.rekey(st, base_etag,
+                                                    committed=node.dirty and st.committed,
+                                                    unconfirmed=node.dirty)
+        else:
+            base = await self.fresh.source(node) if node.exists_remote and node.size > 0 else None
+            node.staging = await self.ctx.staging.new(self.ctx.okey(node.path), node.size, base,
+                                                  node.size, node.etag)
+        return node.staging
+
+    async def truncate_locked(self, node: Node, size: int) -> None:
+        if size == 0 and (node.staging is None or node.staging.sealed or node.staging.relay):
+            old = node.staging
+            base_etag = node.etag if node.exists_remote else None
+            prior: list[str] = []
+            if old is not None and node.dirty:    # its upload may have landed: still ours
+                base_etag = old.base_etag
+                prior = [k for k in [*old.prior_keys, old.wrapped_key] if k]
+            if old is not None:               # no need to re-key what is thrown away
+                node.staging = None
+                await self.ctx.staging.drop(old)
+            node.staging = await self.ctx.staging.new(self.ctx.okey(node.path), 0, None, 0, base_etag)
+            node.staging.prior_keys = prior
+        else:
+            st = await self.ensure_staging(node)
+            await st.truncate(size)
+            if st.committed:                 # keep the journal's size in step with the data
+                await st.save_manifest()
+        node.staging.changed = True
+        node.dirty = True
+        node.meta.mtime_ns = node.meta.ctime_ns = time.time_ns()
+
+    async def commit_locked(self, node: Node, *, materialize: bool, durable: bool = True,
+                            seal: bool = False) -> None:
+        """The acknowledgement point: the staging and its journal entry are on disk, marked
+        for replay; ``durable`` also fsyncs data, entry and directory (power cut safe).
+        ``seal``: an upload follows; a small complete staging is sealed in this very entry,
+        so that the upload needs no journal write of its own before sending.
+        Raises OSError/OssEncError if they could not be written."""
+        st = node.staging
+        if st is None or not node.dirty or node.unlinked:
+            return
+        st.key = self.ctx.okey(node.path)
+        headers = posix.to_headers(node.meta)
+        if st.committed and not st.changed and st.posix == headers and \
+                (st.synced or not durable) and (st.complete or not materialize):
+            return
+        st.committed = True
+        if materialize and not st.complete:
+            # fetch the untouched ranges now, while the old version surely exists, so the
+            # journal entry does not depend on it later; offline it is done at upload time
+            try:
+                await st.materialize()
+            except Exception as raw:         # network down, object gone, disk full
+                exc = first_error(raw)
+                log.warning("%s: untouched ranges not fetched yet (%s); they come from the "
+                            "version opened (ETag %s) at upload time", self.ctx.where(node), exc,
+                            st.base_etag)
+        if seal and st.sealable:
+            st.sealed = True
+        await st.save_manifest(headers, durable=durable)
+        st.changed = False
+
+    async def upload_locked(self, node: Node) -> None:
+        """Send a dirty node's staging to the bucket (caller holds node.lock)."""
+        st = node.staging
+        if not node.dirty or st is None:
+            return
+        if node.unlinked:
+            node.dirty = False
+            return
+        st.key = self.ctx.okey(node.path)
+        extra = posix.to_headers(node.meta)
+        node.upload_busy = True
+        if self.ctx.writeback is not None:
+            self.ctx.writeback.notify()             # the state file shows the upload
+        try:
+            result: UploadResult = await self.ctx.uploader.upload(st, extra)
+        finally:
+            node.upload_busy = False
+            if self.ctx.writeback is not None:
+                self.ctx.writeback.notify()
+        node.dirty = False
+        # closed: the staging goes below, its entry with its data in one worker call
+        drop = node.open_count == 0 and node.staging is st
+        if st.committed:       # in the bucket now: nothing to replay (an old entry left by a
+            st.committed = False   # crash is sealed, and its replay finds its own upload)
+            st.synced = False
+            if not drop:
+                await trio.to_thread.run_sync(
+                    functools.partial(self.ctx.staging.journal.remove, st.ident, durable=False,
+                                      entry_only=True))
+        if result.conflict_key is not None or result.superseded:
+            await self._after_conflict(node, st, result)
+            return
+        etag = result.etag
+        if st.relay and node.kernel_etag == node.etag:
+            node.kernel_etag = etag             # same bytes: the page cache stays valid
+        node.etag = etag
+        node.size = st.size
+        node.exists_remote = True
+        node.mtime = time.time()
+        node.headers = {**(st.kept if st.relay else {}),
+                        **{k.lower(): v for k, v in st.crypto_headers.items()}, **extra}
+        node.headers_expires = node.meta_expires = time.monotonic() + self.ctx.ttl
+        self.ctx.attr_cache.record(self.ctx.okey(node.path), etag, node.size, extra,
+                               not_after=self.ctx.store.server_now())
+        if not st.relay:
+            node.kernel_etag = etag
+        self.ctx.inodes.note_entry(node.parent_path, Entry(node.name, node.kind, node.size, etag,
+                                                       node.mtime))
+        if drop and node.staging is st:
+            node.staging = None
+            await self.ctx.staging.drop(st)
+
+    async def _after_conflict(self, node: Node, st: Any, result: UploadResult) -> None:
+        """The local version went beside the object (or, for a metadata change, was dropped):
+        show the other client's version at the name (fetched afresh) and the conflict copy
+        next to it."""
+        if result.conflict_key is not None:
+            copy_name = keymap.name(result.conflict_key.rsplit("/", 1)[-1])
+            self.ctx.inodes.note_entry(node.parent_path, Entry(copy_name, stat.S_IFREG, st.size,
+                                                           result.etag, time.time()))
+        if node.staging is st:
+            node.staging = None
+            await self.ctx.staging.drop(st)
+        node.headers = None
+        node.headers_expires = 0
+        node.kernel_etag = None
+        node.symlink_target = None
+        try:
+            info = await self.ctx.store.head(self.ctx.okey(node.path))
+        except OssEncError:
+            info = None
+        if info is not None:
+            node.exists_remote = True
+            node.etag = None                 # force _apply_file_info to take the new version
+            self.attr.apply_file_info(node, info)
+        elif result.superseded:              # deleted by another client: gone here too
+            self.name_gone(node)
+        else:
+            node.exists_remote = False
+            node.size = 0
+
+    async def upload_or_queue(self, node: Node) -> None:
+        """Upload now; on failure the entry is made durable and the queue retries it."""
+        try:
+            await self.upload_locked(node)
+        except BaseGoneError as exc:
+            await self._base_gone(node, exc)
+            raise
+        except BaseException as exc:
+            if isinstance(first_error(exc), (RejectedError, ArchivedError)):
+                await self._refused(node, first_error(exc))
+                raise
+            if node.dirty and not node.unlinked and node.staging is not None:
+                with trio.CancelScope(shield=True):
+                    try:
+                        await self.commit_locked(node, materialize=False, durable=True)
+                    except (OSError, OssEncError) as jexc:
+                        log.warning("%s: cannot journal (%s)", self.ctx.where(node), jexc)
+                if self.ctx.writeback is not None:
+                    self.ctx.writeback.failed(node, exc)
+            raise
+
+    async def _refused(self, node: Node, exc: BaseException) -> None:
+        """OSS refused the upload for good (a 4xx that no retry changes: NotImplemented, a
+        name it does not take, access denied, an archived base): it is not retried. The
+        staging goes to quarantine with the reason (``ossencfs status`` lists it; nothing
+        written is lost), the upload queue forgets it (unmount never waits for it), and the
+        name shows what the bucket holds."""
+        st = node.staging
+        if st is None:
+            return
+        with trio.CancelScope(shield=True):
+            if not st.relay:
+                try:                         # its data and entry on disk before moving them
+                    await self.commit_locked(node, materialize=False, durable=True)
+                except (OSError, OssEncError) as jexc:
+                    log.warning("%s: cannot journal (%s)", self.ctx.where(node), jexc)
+            what = "metadata change" if st.relay else "upload"
+            where = await self.ctx.staging.quarantine(st, f"{what} refused by OSS: {exc}")
+        log.error("%s: %s refused by OSS, not retried (%s); kept in %s", self.ctx.where(node), what,
+                  exc, where)
+        node.staging = None
+        node.dirty = False
+        node.headers = None
+        node.headers_expires = node.meta_expires = 0
+        node.kernel_etag = None
+        if self.ctx.writeback is not None:
+            self.ctx.writeback.forget(node)
+        if not node.exists_remote:           # the name never reached the bucket
+            self.name_gone(node)
+
+    def name_gone(self, node: Node) -> None:
+        """``node``'s name is gone from the bucket outside any namespace call (a refused
+        upload, another client's delete): forget it here and in the kernel's entry cache."""
+        self.ctx.inodes.drop_entry(node.parent_path, node.name)
+        self.ctx.inodes.detach(node)
+        parent = self.ctx.inodes.at(node.parent_path)
+        if parent is not None:
+            self.ctx.kernel_forget(parent.ino, node.name)
+
+    async def _base_gone(self, node: Node, exc: Exception) -> None:
+        """The untouched ranges of a partly rewritten file can no longer be fetched (another
+        client replaced the object first and they were not cached): nothing sane can be
+        uploaded, so the written ranges are kept aside, reported, and the name shows the
+        other client's version."""
+        st = node.staging
+        if st is None:
+            return
+        where = await self.ctx.staging.quarantine(st, f"conflict: {exc}; the ranges written here are "
+                                            f"kept (ciphertext) with this entry")
+        log.error("%s: changed by another client before the local changes could be completed;"
+                  " they are kept in %s", self.ctx.where(node), where)
+        node.staging = None
+        node.dirty = False
+        node.headers = None
+        node.headers_expires = 0
+        node.kernel_etag = None
+        if self.ctx.writeback is not None:
+            self.ctx.writeback.forget(node)
+
+    async def close_locked(self, node: Node) -> None:
+        """close(2): write-back -> durable in the journal, upload later; else upload now."""
+        if node.unlinked:
+            node.dirty = False             # nothing to keep: the last close frees the staging
+        if not node.dirty:
+            return
+        if self.ctx.write_back > 0 and self.ctx.writeback is not None:
+            try:
+                await self.commit_locked(node, materialize=True, seal=True)
+            except (OSError, OssEncError) as exc:
+                # cannot journal (e.g. the cache disk is full): fall back to uploading now
+                log.warning("%s: cannot journal (%s); uploading at close instead",
+                            self.ctx.where(node), exc)
+                await self.upload_or_queue(node)
+                return
+            self.ctx.writeback.schedule(node)
+            return
+        try:      # not fsynced: close is acknowledged only once the object is in the bucket
+            await self.commit_locked(node, materialize=False, durable=False, seal=True)
+        except (OSError, OssEncError) as exc:
+            log.warning("%s: cannot journal (%s); uploading without it", self.ctx.where(node), exc)
+        await self.upload_or_queue(node)
+
+    async def upload_job(self, node: Node) -> None:
+        """The queue's worker: upload one pending file, then free its staging if closed."""
+        async with node.lock:
+            if node.dirty and not node.unlinked and node.staging is not None \
+                    and not node.staging.committed:
+                await self.commit_locked(node, materialize=False, seal=True)
+            try:
+                await self.upload_locked(node)
+            except BaseGoneError as exc:
+                await self._base_gone(node, exc)
+            except Exception as raw:
+                if not isinstance(first_error(raw), (RejectedError, ArchivedError)):
+                    raise
+                await self._refused(node, first_error(raw))
+            await self._drop_if_clean(node)
+
+    async def _drop_if_clean(self, node: Node) -> None:
+        if node.open_count == 0 and not node.dirty and node.staging is not None:
+            old, node.staging = node.staging, None
+            await self.ctx.staging.drop(old)
+        if node.open_count == 0 and not node.dirty:
+            if node.nlookup == 0 and node.exists_remote and not node.unlinked and \
+                    self.ctx.spawn(functools.partial(self._release_later, node)):
+                return
+            self.ctx.inodes.release_check(node)
+
+    async def _release_later(self, node: Node) -> None:
+        """A node the kernel holds no reference to (a replayed file) stays known for a
+        listing's lifetime after its upload: a listing fetched while the upload landed may
+        lack the object, and without the node a lookup would believe that listing."""
+        await trio.sleep(self.ctx.ttl)
+        if node.open_count == 0 and not node.dirty:
+            self.ctx.inodes.release_check(node)
+
+    async def start_reupload(self, node: Node, info: ObjectInfo) -> None:
+        """Make ``node`` dirty with a journaled ``Reupload`` of ``info``'s version."""
+        kept = kept_headers(info.headers)
+        crypto = {k: v for k, v in kept.items() if k not in fmt.strip_crypto_headers(kept)}
+        st = Reupload(self.ctx.staging, uuid.uuid4().hex, info.key, info.size, info.etag,
+                      info.object_type, kept, crypto)
+        self.ctx.staging.active.add(st)
+        node.headers = dict(info.headers)
+        node.staging = st
+        node.dirty = True
+        await self.commit_locked(node, materialize=False, durable=False)
+        if node.open_count == 0:
+            self.reupload_later(node)
+
+    def reupload_later(self, node: Node) -> None:
+        if self.ctx.writeback is not None:
+            self.ctx.writeback.schedule(node, max(self.ctx.write_back, META_DELAY))

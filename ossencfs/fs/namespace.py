@@ -1,0 +1,211 @@
+"""Names made and removed: mkdir, rmdir, unlink, symlink, mknod, and directory times.
+
+Layout (ossfs 1.x): a file ``a/b`` is the object ``PREFIX + "a/b"``; a directory is a
+``PREFIX + "a/"`` marker object and/or implied by deeper keys. POSIX attributes live in object
+headers (``fs.posix``).
+
+Why it exists: these calls change the bucket's key space and the inode table/listings
+together; they share the rules for markers (a directory that would vanish with its last child
+gets one) and for directory mtimes (kept in memory, stored on markers after ``META_DELAY``).
+``rename`` is its own room (``fs.rename``) built on this one.
+"""
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import stat
+import time
+
+import pyfuse3
+import trio
+
+from ..errors import OssEncError
+from . import posix
+from .attrs import Attrs
+from .context import META_DELAY, FsContext, fuse_err as _err
+from .freshness import Freshness
+from .inodes import ROOT_INO, Entry, Node, join
+from .metadata import Metadata
+
+log = logging.getLogger(__name__)
+
+
+class Namespace:
+    def __init__(self, ctx: FsContext, attr: Attrs, fresh: Freshness, meta: Metadata) -> None:
+        self.ctx = ctx
+        self.attr = attr
+        self.fresh = fresh
+        self.meta = meta
+        self._dirs_to_store: set[str] = set()   # markers to write touched times to (coalesced)
+
+    async def ensure_marker(self, dir_node: Node) -> None:
+        """Keep a directory alive when its last child goes (implied directories vanish)."""
+        if dir_node.ino == ROOT_INO or dir_node.marker:
+            return
+        key = self.ctx.dkey(dir_node.path)
+        if await self.ctx.store.head(key) is None:
+            await self.ctx.store.put(key, b"", posix.to_headers(dir_node.meta))
+        dir_node.marker = True
+
+    async def mkdir(self, parent_ino: int, name: str, mode: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if self.ctx.read_only:
+            raise _err(errno.EROFS)
+        parent = self.ctx.node(parent_ino)
+        path = join(parent.path, name)
+        self.ctx.check_key_length(path, is_dir=True)
+        meta = posix.new_meta(stat.S_IFDIR, mode, ctx.uid, ctx.gid)
+        headers = posix.to_headers(meta)
+        await self.ctx.store.put(self.ctx.dkey(path), b"", headers)
+        node = self.ctx.inodes.bind(path, stat.S_IFDIR, meta)
+        node.meta = meta
+        node.marker = True
+        node.unlinked = False
+        node.exists_remote = True
+        node.headers = headers
+        node.headers_expires = time.monotonic() + self.ctx.ttl
+        self.ctx.inodes.set_listing(path, {})
+        self.ctx.inodes.note_entry(parent.path, Entry(name, stat.S_IFDIR))
+        self.touch_dir(parent)
+        node.nlookup += 1
+        return self.attr.attrs(node)
+
+    async def symlink(self, parent_ino: int, name: str, target: str,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if self.ctx.read_only:
+            raise _err(errno.EROFS)
+        parent = self.ctx.node(parent_ino)
+        path = join(parent.path, name)
+        self.ctx.check_key_length(path)
+        meta = posix.new_meta(stat.S_IFLNK, 0o777, ctx.uid, ctx.gid)
+        attrs = await self._new_small_file(parent, name, meta,
+                                           target.encode("utf-8", "surrogateescape"))
+        node = self.ctx.inodes.at(path)
+        if node is not None:
+            node.symlink_target = target
+        return attrs
+
+    async def mknod(self, parent_ino: int, name: str, mode: int, rdev: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        """A fifo, socket or device node (or an empty regular file): an empty object whose
+        ``x-oss-meta-mode`` carries the type and ``x-oss-meta-rdev`` the device number, as
+        ossfs 1.x and s3fs store them; the kernel serves fifos and sockets itself."""
+        if self.ctx.read_only:
+            raise _err(errno.EROFS)
+        kind = stat.S_IFMT(mode)
+        if kind not in (*posix.SPECIAL_KINDS, stat.S_IFREG):
+            raise _err(errno.EINVAL)
+        parent = self.ctx.node(parent_ino)
+        path = join(parent.path, name)
+        self.ctx.check_key_length(path)
+        meta = posix.new_meta(kind, mode, ctx.uid, ctx.gid)
+        meta.rdev = rdev if kind in (stat.S_IFCHR, stat.S_IFBLK) else 0
+        return await self._new_small_file(parent, name, meta, b"")
+
+    async def _new_small_file(self, parent: Node, name: str, meta: posix.PosixMeta,
+                              body: bytes) -> pyfuse3.EntryAttributes:
+        """Store a symlink or special file (encrypted body, POSIX headers) at once."""
+        path = join(parent.path, name)
+        extra = posix.to_headers(meta)
+        self.ctx.undefer(self.ctx.okey(path))
+        etag = await self.ctx.objects.write(self.ctx.okey(path), body, len(body), extra)
+        node = self.ctx.inodes.bind(path, meta.kind, meta)
+        node.meta = meta
+        node.size, node.etag, node.mtime = len(body), etag, time.time()
+        node.exists_remote, node.unlinked = True, False
+        node.headers = extra
+        node.headers_expires = node.meta_expires = time.monotonic() + self.ctx.ttl
+        self.ctx.attr_cache.record(self.ctx.okey(path), etag, len(body), extra,
+                               not_after=self.ctx.store.server_now())
+        self.ctx.inodes.note_entry(parent.path, Entry(name, stat.S_IFREG, len(body), etag, node.mtime))
+        self.touch_dir(parent)
+        node.nlookup += 1
+        return self.attr.attrs(node)
+
+    async def unlink(self, parent_ino: int, name: str) -> None:
+        if self.ctx.read_only:
+            raise _err(errno.EROFS)
+        parent = self.ctx.node(parent_ino)
+        node = await self.fresh.child(parent, name)
+        if node.is_dir:
+            raise _err(errno.EISDIR)
+        async with node.lock:
+            key = self.ctx.okey(node.path)
+            if node.exists_remote and node.open_count and node.etag:
+                # POSIX keeps an unlinked file readable while it is open: the object goes
+                # at the last close (``_delete_deferred``); the name is gone at once
+                self.ctx.deferred[key] = (node, node.etag)
+            elif node.exists_remote:
+                await self.ctx.store.delete(key)
+            self.ctx.attr_cache.forget(key)
+            node.dirty = False
+            if node.staging is not None:
+                if node.open_count == 0:
+                    old, node.staging = node.staging, None  # the journal entry goes before we answer
+                    await self.ctx.staging.drop(old)
+                else:                                # still open: keep the data, drop the entry
+                    await trio.to_thread.run_sync(functools.partial(
+                        self.ctx.staging.journal.remove, node.staging.ident, durable=True))
+                    node.staging.committed = False
+            if self.ctx.writeback is not None:
+                self.ctx.writeback.forget(node)
+            self.ctx.inodes.drop_entry(parent.path, name)
+            self.ctx.inodes.detach(node)
+        self.touch_dir(parent)
+        await self.ensure_marker(parent)
+
+    def touch_dir(self, node: Node) -> None:
+        """An entry of directory ``node`` was added, removed or renamed: its mtime and ctime
+        become now, as on a local file system; stored on its ``dir/`` marker where it has one
+        about ``META_DELAY`` later (a burst of changes in one directory costs one PUT), kept
+        in memory for directories that exist only as a key prefix."""
+        now = time.time_ns()
+        node.meta.mtime_ns = node.meta.ctime_ns = now
+        self.ctx.dir_touched[node.path] = now
+        if node.ino == ROOT_INO or not node.marker or node.path in self._dirs_to_store:
+            return
+        if not self._dirs_to_store:
+            self.ctx.spawn(self._store_dir_times_later)
+        self._dirs_to_store.add(node.path)
+
+    async def _store_dir_times_later(self) -> None:
+        await trio.sleep(META_DELAY)
+        await self.store_dir_times()
+
+    async def store_dir_times(self) -> None:
+        """Write the times of touched directories to their markers (also at unmount)."""
+        paths, self._dirs_to_store = self._dirs_to_store, set()
+        for path in sorted(paths):
+            node = self.ctx.inodes.at(path)
+            if node is None or not node.is_dir or not node.marker or node.unlinked:
+                continue
+            try:
+                async with node.lock:
+                    await self.meta.persist_meta(node)
+            except OssEncError as exc:
+                log.info("%s: directory times not stored: %s", self.ctx.where(node), exc)
+
+    async def dir_is_empty(self, node: Node) -> bool:
+        page = await self.ctx.store.list_page(self.ctx.dkey(node.path), "/", None, 3)
+        marker = self.ctx.dkey(node.path)
+        if any(o.key != marker for o in page.objects) or page.prefixes:
+            return False
+        return not any(c.parent_path == node.path and not c.unlinked and not c.exists_remote
+                       for c in self.ctx.inodes.under(node.path))
+
+    async def rmdir(self, parent_ino: int, name: str) -> None:
+        if self.ctx.read_only:
+            raise _err(errno.EROFS)
+        parent = self.ctx.node(parent_ino)
+        node = await self.fresh.child(parent, name)
+        if not node.is_dir:
+            raise _err(errno.ENOTDIR)
+        if not await self.dir_is_empty(node):
+            raise _err(errno.ENOTEMPTY)
+        await self.ctx.store.delete(self.ctx.dkey(node.path))
+        self.ctx.inodes.drop_entry(parent.path, name)
+        self.ctx.inodes.invalidate_dir(node.path)
+        self.ctx.inodes.detach(node)
+        self.touch_dir(parent)
+        await self.ensure_marker(parent)
