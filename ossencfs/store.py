@@ -67,6 +67,10 @@ _THROTTLE_CODES = {"Throttling", "SlowDown", "RequestTimeout", "ServiceUnavailab
 _NOT_FOUND_CODES = {"NoSuchKey", "NoSuchBucket", "NoSuchUpload", "SymlinkTargetNotExist", ""}
 
 
+#: storage classes whose objects must be restored (RestoreObject) before a GET (SPEC D.13)
+ARCHIVE_CLASSES = ("Archive", "ColdArchive", "DeepColdArchive")
+
+
 @dataclass
 class ObjectInfo:
     """What OSS says about one object; ``headers`` is empty when it came from a listing."""

@@ -19,10 +19,8 @@ from typing import Any
 import trio
 
 from ..errors import OssEncError
+from ..store import ARCHIVE_CLASSES
 from .options import add_connection_options, build_store, is_oss_url, parse_oss_url
-
-ARCHIVED = ("Archive", "ColdArchive", "DeepColdArchive")
-
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
@@ -93,7 +91,7 @@ async def _restore_all(args: argparse.Namespace, targets: list[tuple[str, str, b
 
 async def _restore_one(store: Any, info: Any, args: argparse.Namespace) -> int:
     where = f"oss://{store.name}/{info.key}"
-    if info.storage_class not in ARCHIVED:
+    if info.storage_class not in ARCHIVE_CLASSES:
         if not info.key.endswith("/"):
             print(f"{where}: not archived ({info.storage_class or 'Standard'}), skipped")
         return 0

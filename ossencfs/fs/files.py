@@ -38,6 +38,7 @@ class Handle:
     source: BlockSource | None = None
     source_etag: str | None = None
     source_key: str | None = None       # the object the source reads (a rename moves it)
+    epoch: int = 0                      # the node's epoch when this handle was opened
 
 
 class Files:
@@ -82,7 +83,7 @@ class Files:
         node.kernel_etag = node.etag
         fh = self._next_fh
         self._next_fh += 1
-        handle = Handle(fh, node, writable)
+        handle = Handle(fh, node, writable, epoch=node.epoch)
         self.handles[fh] = handle
         node.open_count += 1
         if writable and flags & os.O_TRUNC:
@@ -122,7 +123,7 @@ class Files:
         self.names.touch_dir(parent)
         fh = self._next_fh
         self._next_fh += 1
-        self.handles[fh] = Handle(fh, node, True)
+        self.handles[fh] = Handle(fh, node, True, epoch=node.epoch)
         node.open_count += 1
         node.nlookup += 1
         node.kernel_etag = None
@@ -151,10 +152,21 @@ class Files:
             h.source_etag, h.source_key = node.etag, self.ctx.okey(node.path)
         return await h.source.read(off, size)
 
+    def _check_epoch(self, h: Handle, what: str) -> None:
+        """EIO for a writer whose local version was taken from it (it went to a conflict
+        copy or to quarantine, ``Lifecycle``): what it writes now has no version to join,
+        and must neither be laid over another client's object nor be dropped silently."""
+        if h.writable and h.epoch != h.node.epoch:
+            log.error("%s %s: this file's local version was moved aside (conflict copy or "
+                      "quarantine, see the log above); reopen the file", what,
+                      self.ctx.where(h.node))
+            raise _err(errno.EIO)
+
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         h = self.handle(fh)
         if self.ctx.read_only:
             raise _err(errno.EROFS)
+        self._check_epoch(h, "write")
         node = h.node
         async with node.lock:
             st = await self.life.ensure_staging(node)
@@ -170,12 +182,14 @@ class Files:
     async def flush(self, fh: int) -> None:
         h = self.handle(fh)
         node = h.node
+        self._check_epoch(h, "close")
         if h.writable and node.dirty:        # a reader's close does not upload a writer's file
             async with node.lock:
                 await self.life.close_locked(node)
 
     async def fsync(self, fh: int) -> None:
         """fsync waits until the data is in the bucket, in every mode."""
+        self._check_epoch(self.handle(fh), "fsync")
         node = self.handle(fh).node
         if node.dirty:
             async with node.lock:

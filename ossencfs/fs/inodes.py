@@ -121,6 +121,9 @@ class Node:
     symlink_target: str | None = None
     kernel_etag: str | None = None            # version whose pages the kernel may cache
     upload_busy: bool = False                 # an upload holds the lock; staging is frozen
+    # bumped when the local version open handles write to is taken from them (it went to a
+    # conflict copy or quarantine): writes through handles of an older epoch fail (EIO)
+    epoch: int = 0
     lock: trio.Lock = field(default_factory=trio.Lock)
 
     @property

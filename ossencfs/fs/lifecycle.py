@@ -178,6 +178,7 @@ class Lifecycle:
         """The local version went beside the object (or, for a metadata change, was dropped):
         show the other client's version at the name (fetched afresh) and the conflict copy
         next to it."""
+        node.epoch += 1                      # open writers' version is gone from the name
         if result.conflict_key is not None:
             copy_name = keymap.name(result.conflict_key.rsplit("/", 1)[-1])
             self.ctx.inodes.note_entry(node.parent_path, Entry(copy_name, stat.S_IFREG, st.size,
@@ -233,6 +234,7 @@ class Lifecycle:
         st = node.staging
         if st is None:
             return
+        node.epoch += 1
         with trio.CancelScope(shield=True):
             if not st.relay:
                 try:                         # its data and entry on disk before moving them
@@ -270,6 +272,7 @@ class Lifecycle:
         st = node.staging
         if st is None:
             return
+        node.epoch += 1
         where = await self.ctx.staging.quarantine(st, f"conflict: {exc}; the ranges written here are "
                                             f"kept (ciphertext) with this entry")
         log.error("%s: changed by another client before the local changes could be completed;"

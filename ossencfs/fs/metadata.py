@@ -8,6 +8,7 @@ A size change or a change of a dirty file is a transition of its ``lifecycle``.
 from __future__ import annotations
 
 import errno
+import logging
 import stat
 import time
 
@@ -15,11 +16,14 @@ import pyfuse3
 
 from ..envelope import format as fmt
 from ..objects import kept_headers
+from ..store import ARCHIVE_CLASSES
 from . import posix
 from .attrs import Attrs
 from .context import FsContext, fuse_err as _err
 from .inodes import ROOT_INO, Entry, Node
 from .lifecycle import Lifecycle
+
+log = logging.getLogger(__name__)
 
 
 class Metadata:
@@ -51,6 +55,7 @@ class Metadata:
             if fields.update_mtime:
                 node.meta.mtime_ns = attr.st_mtime_ns
                 meta_changed = True
+                self.ctx.dir_touched.pop(node.path, None)   # set explicitly: it wins
             if fields.update_atime:             # UTIME_OMIT leaves the other time alone
                 node.meta.atime_ns = attr.st_atime_ns
                 meta_changed = True
@@ -104,6 +109,13 @@ class Metadata:
             raise _err(errno.ENOENT)
         if fmt.parse_headers(info.headers) is not None or info.object_type == "Appendable" \
                 or info.size > self.ctx.objects.copy_limit:
+            if info.storage_class in ARCHIVE_CLASSES:
+                # a re-upload needs its bytes (unreadable until restored) and would make a new
+                # archived object, unreadable again: refused now rather than undone later
+                log.error("%s: metadata of an archived (%s) object cannot be changed here: it "
+                          "would take a re-upload, and the new object would need restoring "
+                          "again", self.ctx.where(node), info.storage_class)
+                raise _err(errno.EPERM)
             await self.life.start_reupload(node, info)
             return
         headers = {**kept_headers(info.headers), **extra}

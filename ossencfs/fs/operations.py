@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import functools
 import logging
-import os
 from typing import Any, Awaitable, Callable, Sequence, TypeVar
 
 import pyfuse3
@@ -107,8 +106,8 @@ class Operations(pyfuse3.Operations):
                 node = h.node if h is not None else self.model.inodes.get(first)
             if node is not None:
                 where = self.model.where(node)
-                if len(args) > 1 and isinstance(args[1], bytes):
-                    where += "/" + os.fsdecode(args[1]) if node.is_dir else ""
+                if len(args) > 1 and isinstance(args[1], bytes) and node.is_dir:
+                    where = where.rstrip("/") + "/" + keymap.from_bytes(args[1])
                 return where
         except Exception:   # describing must never fail the error path
             pass

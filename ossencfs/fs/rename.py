@@ -9,16 +9,20 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import logging
 
 import pyfuse3
 import trio
 
+from ..errors import OssEncError
 from ..store import ObjectInfo
 from . import posix
 from .context import FsContext, fuse_err as _err
 from .freshness import Freshness
 from .inodes import Entry, Node, join
 from .namespace import Namespace
+
+log = logging.getLogger(__name__)
 
 
 class Renamer:
@@ -162,9 +166,21 @@ class Renamer:
                 async with limiter:
                     copied[o.key] = await self._copy_object(
                         o.key, new_prefix + o.key[len(old_prefix):], o)
-            async with trio.open_nursery() as nursery:
-                for o in objects:
-                    nursery.start_soon(copy_one, o)
+            try:
+                async with trio.open_nursery() as nursery:
+                    for o in objects:
+                        nursery.start_soon(copy_one, o)
+            except BaseException:
+                # the copies made so far go again: a failed rename leaves the old name whole
+                # and no half-filled new one (the target was empty or absent)
+                with trio.CancelScope(shield=True):
+                    made = [new_prefix + k[len(old_prefix):] for k in copied]
+                    try:
+                        await self.ctx.store.delete_many(made)
+                    except OssEncError as exc:
+                        log.warning("%s: copies of a failed rename not removed: %s",
+                                    self.ctx.where(src), exc)
+                raise
             if old_prefix not in keys:
                 await self.ctx.store.put(new_prefix, b"", posix.to_headers(src.meta))
             await self.ctx.store.delete_many(keys)

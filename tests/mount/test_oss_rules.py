@@ -375,3 +375,68 @@ def test_a_metadata_change_overtaken_by_another_client_is_dropped(make_mount, cr
                m.cli("status", str(m.path)).stdout)
     eventually(lambda: (m.path / "doc.txt").read_bytes() == b"theirs, newer")
     assert _keys(oss2_bucket) == {"doc.txt"}                         # no conflict copy
+
+
+def test_a_writer_whose_version_went_to_a_conflict_copy_gets_eio(make_mount, crypto_bucket,
+                                                                 oss2_bucket):
+    """`echo abc > f` as bash does it (open, dup2, close, write, close) while another client
+    replaces f: the first close makes the conflict copy; the later write must not be laid over
+    the other client's version."""
+    crypto_bucket.put_object("c.txt", b"orig\n")
+    m = make_mount()
+    assert (m.path / "c.txt").read_bytes() == b"orig\n"
+    fd = os.open(m.path / "c.txt", os.O_WRONLY | os.O_TRUNC)
+    crypto_bucket.put_object("c.txt", b"REMOTE-VERSION-LONGER\n")
+    fd2 = os.dup(fd)
+    os.close(fd)                                     # the truncated version: a conflict copy
+    with pytest.raises(OSError) as e:
+        os.write(fd2, b"local data\n")
+    assert e.value.errno == errno.EIO
+    with pytest.raises(OSError):
+        os.close(fd2)
+    assert crypto_bucket.get_object("c.txt").read() == b"REMOTE-VERSION-LONGER\n"
+    assert len(_keys(oss2_bucket, "c.txt.conflict-")) == 1
+
+
+def test_a_writer_whose_upload_was_refused_gets_eio(make_mount, emulator, oss2_bucket):
+    m = make_mount()
+    (m.path / "d").mkdir()
+    _faults(emulator, deny_writes=True)
+    fd = os.open(m.path / "d" / "f", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    fd2 = os.dup(fd)
+    with pytest.raises(OSError) as e:
+        os.close(fd)
+    assert e.value.errno == errno.EACCES
+    for op in (lambda: os.write(fd2, b"important\n"), lambda: os.fsync(fd2)):
+        with pytest.raises(OSError) as e:
+            op()
+        assert e.value.errno == errno.EIO             # never a silent 0
+    with pytest.raises(OSError):
+        os.close(fd2)
+    _faults(emulator, deny_writes=False)
+
+
+def test_a_directory_time_set_after_a_change_stays(make_mount, emulator):
+    m = make_mount()
+    (m.path / "d").mkdir()
+    (m.path / "d" / "new").write_bytes(b"x")
+    os.utime(m.path / "d", (1_567_987_200, 1_567_987_200))
+    time.sleep(2.5)                                  # past the attribute timeout
+    assert os.stat(m.path / "d").st_mtime == 1_567_987_200
+
+
+def test_archived_objects_refuse_metadata_changes_and_failed_dir_moves_roll_back(
+        make_mount, crypto_bucket, oss2_bucket, emulator):
+    crypto_bucket.put_object("adir/n1", b"one")
+    crypto_bucket.put_object("adir/cold.txt", b"cold", headers={"x-oss-storage-class": "Archive"})
+    m = make_mount()
+    with pytest.raises(OSError) as e:
+        os.chmod(m.path / "adir" / "cold.txt", 0o600)  # a re-upload would re-archive it
+    assert e.value.errno == errno.EPERM
+    assert "archived" in m.log()
+    with pytest.raises(OSError) as e:
+        os.rename(m.path / "adir", m.path / "adir2")  # its copy is refused
+    assert e.value.errno == errno.ENODATA
+    assert _keys(oss2_bucket) == {"adir/n1", "adir/cold.txt"}     # no half-filled new name
+    assert (m.path / "adir" / "n1").read_bytes() == b"one"
+    assert not (m.path / "adir2").exists()
