@@ -5,4 +5,5 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/setup.sh"
 cd "$ROOT"
+.venv/bin/ruff check --quiet ossencfs tests scripts
 exec .venv/bin/python -m pytest "$@"
