@@ -7,6 +7,7 @@ and must be the same everywhere. It depends on nothing but the shared state.
 """
 from __future__ import annotations
 
+import logging
 import stat
 import time
 
@@ -16,6 +17,8 @@ from ..store import ObjectInfo
 from . import posix
 from .context import FsContext
 from .inodes import Node
+
+log = logging.getLogger(__name__)
 
 
 class Attrs:
@@ -64,6 +67,10 @@ class Attrs:
             node.headers_expires = node.meta_expires = time.monotonic() + self.ctx.ttl
             node.meta = posix.from_headers(info.headers, is_dir=False, fallback_mtime=info.mtime,
                                            policy=self.ctx.policy)
+            if node.meta.ignored and (info.key, info.etag) not in self.ctx.warned_meta:
+                self.ctx.warned_meta.add((info.key, info.etag))      # once per version
+                log.warning("%s: unusable POSIX metadata ignored (%s): written by another "
+                            "client?", self.ctx.where(node), ", ".join(node.meta.ignored))
             self.ctx.attr_cache.record(self.ctx.okey(node.path), info.etag, info.size, info.headers,
                                    info.object_type, lastmod=info.mtime)
         elif node.headers is None:

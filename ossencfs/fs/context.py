@@ -80,6 +80,8 @@ class FsContext:
         #: mtime (ns) of directories whose entries changed here, until a listing of a later
         #: marker says otherwise (set by ``namespace``, read by ``freshness``)
         self.dir_touched: dict[str, int] = {}
+        #: (key, ETag) of object versions whose bad POSIX metadata was reported already
+        self.warned_meta: set[tuple[str, str]] = set()
         #: objects of files unlinked while open: key -> (node, ETag), deleted at last close
         self.deferred: dict[str, tuple[Node, str]] = {}
         #: tells the kernel to drop a cached name (pyfuse3; a no-op below FUSE)

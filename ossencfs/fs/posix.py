@@ -57,6 +57,9 @@ class PosixMeta:
     atime_ns: int | None = None     # None: shown as the mtime (objects of other tools)
     ctime_ns: int | None = None
     rdev: int = 0                   # device nodes only
+    #: headers present but unusable (unparsable or out of range: written by another client),
+    #: ignored field by field; the caller warns once per object version
+    ignored: list[str] = field(default_factory=list)
 
     def touch_ctime(self) -> None:
         """An attribute or the content changed now (POSIX: ctime follows every change)."""
@@ -67,13 +70,19 @@ class PosixMeta:
         return stat.S_IFMT(self.mode)
 
 
-def _int(value: str | None) -> int | None:
-    if value is None:
+def _int(value: str | None, lo: int = -(1 << 63), hi: int = (1 << 63) - 1) -> int | None:
+    """The integer a header holds, None when absent, unparsable or outside [lo, hi]."""
+    if value is None or len(value) > 40:
         return None
     try:
-        return int(value.strip())
+        n = int(value.strip())
     except ValueError:
         return None
+    return n if lo <= n <= hi else None
+
+
+_ID_MAX = (1 << 32) - 2          # uid/gid: 32 bits, (uid_t)-1 means "no change"
+_KINDS = (0, stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK, *SPECIAL_KINDS)
 
 
 def parse_mtime_ns(value: str | None) -> int | None:
@@ -81,14 +90,20 @@ def parse_mtime_ns(value: str | None) -> int | None:
     if value is None:
         return None
     value = value.strip()
+    if len(value) > 40:
+        return None
     try:
         if "." in value:
             sec, frac = value.split(".", 1)
+            if not frac.isdigit():
+                return None
             frac = (frac + "000000000")[:9]
-            return int(sec) * 1_000_000_000 + int(frac)
-        return int(value) * 1_000_000_000
+            ns = int(sec) * 1_000_000_000 + int(frac)
+        else:
+            ns = int(value) * 1_000_000_000
     except ValueError:
         return None
+    return ns if -(1 << 63) < ns < (1 << 63) else None    # what st_*time_ns can hold
 
 
 def format_mtime(mtime_ns: int) -> str:
@@ -101,25 +116,33 @@ def from_headers(headers: Mapping[str, str], *, is_dir: bool, fallback_mtime: fl
     """Attributes of an object from its (lower-case) headers; defaults where absent."""
     h = {k.lower(): v for k, v in headers.items()}
     explicit = {name for name in POSIX_HEADERS if name in h}
-    mode = _int(h.get(META_MODE))
+    mode = _int(h.get(META_MODE), 0, 0o177777)
+    if mode is not None and stat.S_IFMT(mode) not in _KINDS:
+        mode = None
+    stored_mode = mode
     if mode is not None and stat.S_IFMT(mode) == 0:
         mode |= stat.S_IFDIR if is_dir else stat.S_IFREG
     if mode is None or (is_dir and not stat.S_ISDIR(mode)):
         mode = (stat.S_IFDIR | policy.dir_mode) if is_dir else (stat.S_IFREG | policy.file_mode)
     if not is_dir and stat.S_ISDIR(mode):
         mode = stat.S_IFREG | stat.S_IMODE(mode)
-    uid = _int(h.get(META_UID))
-    gid = _int(h.get(META_GID))
+    uid = _int(h.get(META_UID), 0, _ID_MAX)
+    gid = _int(h.get(META_GID), 0, _ID_MAX)
     mtime_ns = parse_mtime_ns(h.get(META_MTIME))
+    rdev = _int(h.get(META_RDEV), 0, (1 << 32) - 1)
+    parsed = {META_MODE: stored_mode, META_UID: uid, META_GID: gid, META_MTIME: mtime_ns,
+              META_ATIME: parse_mtime_ns(h.get(META_ATIME)),
+              META_CTIME: parse_mtime_ns(h.get(META_CTIME)), META_RDEV: rdev}
     return PosixMeta(
         mode=mode,
         uid=policy.default_uid if uid is None else uid,
         gid=policy.default_gid if gid is None else gid,
         mtime_ns=int(fallback_mtime * 1e9) if mtime_ns is None else mtime_ns,
         explicit=explicit,
-        atime_ns=parse_mtime_ns(h.get(META_ATIME)),
-        ctime_ns=parse_mtime_ns(h.get(META_CTIME)),
-        rdev=_int(h.get(META_RDEV)) or 0,
+        atime_ns=parsed[META_ATIME],
+        ctime_ns=parsed[META_CTIME],
+        rdev=rdev or 0,
+        ignored=sorted(n for n, v in parsed.items() if v is None and n in h),
     )
 
 

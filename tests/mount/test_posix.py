@@ -437,3 +437,21 @@ def test_an_open_file_stays_readable_after_unlink(mount, crypto_bucket, oss2_buc
         os.unlink(p / "other.bin")
         assert f.read() == b"x"
     eventually(lambda: not oss2_bucket.object_exists("other.bin"))   # (release is async)
+
+
+def test_bad_posix_metadata_of_other_clients_is_ignored_field_by_field(make_mount, oss2_bucket):
+    oss2_bucket.put_object("odd/a.txt", b"aaa", headers={
+        "x-oss-meta-uid": "-5", "x-oss-meta-gid": "1" * 23, "x-oss-meta-mode": "9" * 30,
+        "x-oss-meta-mtime": "9" * 30})
+    oss2_bucket.put_object("odd/b.txt", b"b", headers={"x-oss-meta-uid": "77",
+                                                        "x-oss-meta-mtime": "12.x"})
+    m = make_mount()
+    for _ in range(2):                                   # and again from the attribute cache
+        out = m.run("ls", "-ln", str(m.path / "odd")).stdout.decode()
+        assert "a.txt" in out and "b.txt" in out
+        st = os.stat(m.path / "odd" / "a.txt")
+        assert stat.S_ISREG(st.st_mode) and st.st_size == 3 and st.st_uid == os.getuid()
+        assert os.stat(m.path / "odd" / "b.txt").st_uid == 77           # the good field stays
+        assert (m.path / "odd" / "a.txt").read_bytes() == b"aaa"
+        m.remount()
+    assert m.log().count("unusable POSIX metadata ignored") >= 1
