@@ -24,7 +24,7 @@ import pytest
 pytestmark = pytest.mark.mount
 
 PROCS = 4
-SECONDS = 12.0
+SECONDS = float(os.environ.get("OSSENCFS_STRESS_SECONDS", "12"))   # longer runs by hand
 
 WORKER = r'''
 import errno, hashlib, json, os, random, sys, time
