@@ -48,13 +48,19 @@ class Namespace:
             await self.ctx.store.put(key, b"", posix.to_headers(dir_node.meta))
         dir_node.marker = True
 
-    async def mkdir(self, parent_ino: int, name: str, mode: int,
-                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    def _new_name(self, parent_ino: int, name: str, *, is_dir: bool = False) -> tuple[Node, str]:
+        """(parent, path) for a name about to be made: EROFS on a read-only mount,
+        ENAMETOOLONG for a key OSS would refuse."""
         if self.ctx.read_only:
             raise _err(errno.EROFS)
         parent = self.ctx.node(parent_ino)
         path = join(parent.path, name)
-        self.ctx.check_key_length(path, is_dir=True)
+        self.ctx.check_key_length(path, is_dir=is_dir)
+        return parent, path
+
+    async def mkdir(self, parent_ino: int, name: str, mode: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        parent, path = self._new_name(parent_ino, name, is_dir=True)
         meta = posix.new_meta(stat.S_IFDIR, mode, ctx.uid, ctx.gid)
         headers = posix.to_headers(meta)
         await self.ctx.store.put(self.ctx.dkey(path), b"", headers)
@@ -73,11 +79,7 @@ class Namespace:
 
     async def symlink(self, parent_ino: int, name: str, target: str,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        if self.ctx.read_only:
-            raise _err(errno.EROFS)
-        parent = self.ctx.node(parent_ino)
-        path = join(parent.path, name)
-        self.ctx.check_key_length(path)
+        parent, path = self._new_name(parent_ino, name)
         meta = posix.new_meta(stat.S_IFLNK, 0o777, ctx.uid, ctx.gid)
         attrs = await self._new_small_file(parent, name, meta,
                                            target.encode("utf-8", "surrogateescape"))
@@ -91,14 +93,10 @@ class Namespace:
         """A fifo, socket or device node (or an empty regular file): an empty object whose
         ``x-oss-meta-mode`` carries the type and ``x-oss-meta-rdev`` the device number, as
         ossfs 1.x and s3fs store them; the kernel serves fifos and sockets itself."""
-        if self.ctx.read_only:
-            raise _err(errno.EROFS)
         kind = stat.S_IFMT(mode)
         if kind not in (*posix.SPECIAL_KINDS, stat.S_IFREG):
             raise _err(errno.EINVAL)
-        parent = self.ctx.node(parent_ino)
-        path = join(parent.path, name)
-        self.ctx.check_key_length(path)
+        parent, _ = self._new_name(parent_ino, name)
         meta = posix.new_meta(kind, mode, ctx.uid, ctx.gid)
         meta.rdev = rdev if kind in (stat.S_IFCHR, stat.S_IFBLK) else 0
         return await self._new_small_file(parent, name, meta, b"")
