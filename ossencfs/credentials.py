@@ -166,6 +166,11 @@ class CredentialSource:
             self._refresh_at = self._schedule(first, self._clock())
 
     @property
+    def current(self) -> Credentials | None:
+        """The credentials in use now, without renewing (None before the first fetch)."""
+        return self._current
+
+    @property
     def temporary(self) -> bool:
         c = self._current
         return c is not None and c.security_token is not None
