@@ -19,6 +19,7 @@ import sys
 import time
 from typing import Any
 
+from ..errors import OssEncError
 from ..objects import COPY_LIMIT
 
 from .options import add_connection_options, add_key_options
@@ -26,8 +27,29 @@ from .options import add_connection_options, add_key_options
 
 def _mount(args: argparse.Namespace) -> int:
     from ..fs.mounter import Connectors, run_mount
+    from .configfile import apply_config
     from .options import build_keyring, build_store, parse_oss_url
+    apply_config(args, args.config_defaults)
+    _take_passwd_file(args)
+    if not args.url or not args.mountpoint:
+        raise OssEncError("mount needs oss://BUCKET[/PREFIX] and MOUNTPOINT (arguments or "
+                          "url/mountpoint in --config)")
     return run_mount(args, Connectors(parse_oss_url, build_keyring, build_store))
+
+
+def _take_passwd_file(args: argparse.Namespace) -> None:
+    """ossfs's ``-o passwd_file=FILE`` is ours to read, not a FUSE option."""
+    kept = []
+    for item in args.options or []:
+        rest = []
+        for opt in item.split(","):
+            if opt.startswith("passwd_file="):
+                args.passwd_file = opt[len("passwd_file="):]
+            else:
+                rest.append(opt)
+        if rest:
+            kept.append(",".join(rest))
+    args.options = kept
 
 
 def _pid_alive(pid: int) -> bool:
@@ -98,6 +120,11 @@ class _Progress:
 def _umount(args: argparse.Namespace) -> int:
     from ..fs.mounter import pidfile_for
     from ..fs.state import state_path_for
+    if args.mountpoint is None:
+        from .configfile import load_config
+        args.mountpoint = load_config(args.config).get("mountpoint") if args.config else None
+        if not args.mountpoint:
+            raise OssEncError("umount needs MOUNTPOINT (argument or mountpoint in --config)")
     mountpoint = os.path.abspath(args.mountpoint)
     pidfile = pidfile_for(mountpoint)
     state_path = state_path_for(pidfile)
@@ -155,13 +182,18 @@ def register(subparsers: Any) -> None:
         description="Mount oss://BUCKET[/PREFIX] on MOUNTPOINT. Files are stored as OSS "
                     "client-side-encrypted objects that the official SDKs read; directories "
                     "use ossfs conventions (dir/ markers, x-oss-meta-mode/uid/gid/mtime).")
-    p.add_argument("url", metavar="oss://BUCKET[/PREFIX]")
-    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("url", metavar="oss://BUCKET[/PREFIX]", nargs="?")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?")
+    p.add_argument("--config", metavar="FILE",
+                   help="TOML file with url, mountpoint, endpoint, region, credentials, [[key]] "
+                        "tables (rsa/kms, matdesc), options and any long option; the command "
+                        "line wins (README: Configuration file)")
     p.add_argument("-f", "--foreground", action="store_true",
                    help="stay in the foreground (default: detach once mounted)")
     p.add_argument("-o", dest="options", action="append", metavar="OPTIONS",
                    help="comma-separated: allow_other, ro, uid=N, gid=N, umask=OCT, "
-                        "file_mode=OCT, dir_mode=OCT, attr_timeout=SECONDS (default 2)")
+                        "file_mode=OCT, dir_mode=OCT, attr_timeout=SECONDS (default 2), "
+                        "passwd_file=FILE (ossfs's bucket:id:secret lines, mode 600)")
     p.add_argument("--cache-dir", metavar="DIR",
                    help="block cache and staging area (ciphertext only); default "
                         "/var/cache/ossencfs as root, else ~/.cache/ossencfs")
@@ -190,10 +222,13 @@ def register(subparsers: Any) -> None:
                         "waits for the bucket")
     add_connection_options(p)
     add_key_options(p)
-    p.set_defaults(func=_mount)
+    p.set_defaults(func=_mount, passwd_file=None)
+    p.set_defaults(config_defaults={a.dest: a.default for a in p._actions
+                                    if a.dest not in ("help", "config", "key_order")})
 
     u = subparsers.add_parser("umount", help="unmount after pending uploads are done")
-    u.add_argument("mountpoint", metavar="MOUNTPOINT")
+    u.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?")
+    u.add_argument("--config", metavar="FILE", help="take MOUNTPOINT from this mount config file")
     u.add_argument("-z", "--lazy", "--no-wait", dest="lazy", action="store_true",
                    help="detach now (lazy) and do not wait for pending uploads: they stay "
                         "journaled and go up at the next mount with the same --cache-dir")
