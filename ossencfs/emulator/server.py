@@ -602,6 +602,11 @@ class Emulator:
             finally:
                 self._kms = None
 
+    @property
+    def kms_service(self) -> Any:
+        """The KmsServer this emulator runs (``kms_port``), or None."""
+        return self._kms
+
     def __enter__(self) -> "Emulator":
         return self.start()
 
