@@ -159,6 +159,16 @@ class CredentialSource:
                 return False
             return fresh != rejected
 
+    def seconds_to_renewal(self) -> float:
+        """How long until ``get()`` would try a renewal (at least 0.5 s); for a background
+        task that keeps an idle mount's credentials fresh."""
+        with self._lock:
+            now = self._clock()
+            current = self._current
+            if current is not None and self._expired(current, now):
+                return max(0.5, self._next_try - now)
+            return max(0.5, min(max(self._refresh_at, self._next_try) - now, 3600.0))
+
     def prime(self, first: Credentials) -> None:
         """Start with credentials fetched already (the chain's probe)."""
         with self._lock:

@@ -308,6 +308,7 @@ class Mount:
                 nursery.start_soon(self._signals)
                 nursery.start_soon(self.model.writeback.run)
                 nursery.start_soon(publish, self, state_path)
+                nursery.start_soon(self._renew_credentials)
                 await pyfuse3.main()
                 # unmount before draining: nothing may hang on a mount nobody serves
                 pyfuse3.close(unmount=True)
@@ -336,6 +337,19 @@ class Mount:
                     pass
             log.warning("unmounted %s", self.mountpoint)
         return 1 if failed and not self.no_wait else 0
+
+    async def _renew_credentials(self) -> None:
+        """Renew temporary credentials when due even while no request asks for them, so the
+        first request after a quiet spell does not wait; failures are logged by the source."""
+        source = getattr(self.store, "credentials", None)
+        if source is None:
+            return
+        while True:
+            await trio.sleep(source.seconds_to_renewal())
+            try:
+                await trio.to_thread.run_sync(source.get)
+            except OssEncError:
+                pass
 
     async def _signals(self) -> None:
         terminated = False
