@@ -43,11 +43,25 @@ def register(subparsers: Any) -> None:
                    help="CopyObject refuses sources larger than this (default 1000000000, OSS's 1 GB)")
     p.add_argument("--restore-seconds", type=float, default=1.0, metavar="S",
                    help="RestoreObject of Archive/Cold Archive objects completes after S seconds (default 1)")
+    p.add_argument("--sts-lifetime", type=_seconds, default=None, metavar="SECONDS",
+                   help="issue temporary (STS) credentials valid this long (e.g. 30 or 30s); OSS "
+                        "and KMS accept them until then and refuse them afterwards with "
+                        "SecurityTokenExpired / InvalidSecurityToken.Expired")
+    p.add_argument("--credentials-port", type=int, default=None, metavar="PORT",
+                   help="with --sts-lifetime: serve a credentials URI (/credentials) and the ECS "
+                        "metadata paths (for OSSENCFS_ECS_METADATA_ENDPOINT) on this port (0 = any)")
     p.add_argument("--no-fsync", action="store_true", help="skip fsync (faster, not crash-safe)")
     p.add_argument("--no-crc", action="store_true",
                    help="do not compute CRC-64 of new objects (faster PUT; responses then omit "
                         "x-oss-hash-crc64ecma, which SDKs accept)")
     p.set_defaults(func=run)
+
+
+def _seconds(text: str) -> float:
+    value = float(text[:-1] if text.endswith("s") else text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("wants a positive number of seconds")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
                    buckets=args.bucket, latency_ms=args.latency_ms, bandwidth_mbps=args.bandwidth_mbps,
                    fail_rate=args.fail_rate, drop_rate=args.drop_rate, kms_port=args.kms_port,
                    fsync=not args.no_fsync, crc=not args.no_crc, region=args.region,
-                   fail_code=args.fail_code, copy_limit=args.copy_limit, restore_seconds=args.restore_seconds)
+                   fail_code=args.fail_code, copy_limit=args.copy_limit, restore_seconds=args.restore_seconds,
+                   sts_lifetime=args.sts_lifetime, credentials_port=args.credentials_port)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -76,6 +91,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"OSS endpoint: {emu.endpoint}", flush=True)
         if emu.kms_endpoint:
             print(f"KMS endpoint: {emu.kms_endpoint}", flush=True)
+        ends = emu.credential_endpoints
+        if ends is not None:
+            print(f"Credentials URI: {ends.uri}", flush=True)
+            print(f"ECS metadata endpoint: {ends.metadata_host}", flush=True)
         while not stop.wait(0.5):
             pass
     finally:

@@ -222,9 +222,11 @@ def register(subparsers: Any) -> None:
                         "waits for the bucket")
     add_connection_options(p)
     add_key_options(p)
-    p.set_defaults(func=_mount, passwd_file=None)
-    p.set_defaults(config_defaults={a.dest: a.default for a in p._actions
-                                    if a.dest not in ("help", "config", "key_order")})
+    p.set_defaults(func=_mount, passwd_file=None, security_token=None)
+    fields = {a.dest: a.default for a in p._actions
+              if a.dest not in ("help", "config", "key_order")}
+    fields.update(passwd_file=None, security_token=None)       # config-file-only fields
+    p.set_defaults(config_defaults=fields)
 
     u = subparsers.add_parser("umount", help="unmount after pending uploads are done")
     u.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?")

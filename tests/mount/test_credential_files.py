@@ -127,3 +127,31 @@ def test_matdesc_selects_the_key_before_any_trial(second_rsa_key_path: str) -> N
     ring = KeyRing([k1, k2])                           # k1 first: a trial would start there
     assert ring.open(parse_headers(stored)).key == material.key
     assert ring.unwrap_calls == 1
+
+
+def test_fstab_helper_with_a_config_file(make_mount, tmp_path: Path, oss2_bucket) -> None:
+    """systemd/mount.ossencfs with config=FILE: endpoint, keys and an ossfs passwd file come
+    from the config, nothing secret is on the command line."""
+    import os
+    m = make_mount("fstab", start=False)
+    passwd = tmp_path / "passwd-ossfs"
+    passwd.write_text(f"{AK}:{SK}\n")
+    passwd.chmod(0o600)
+    cfg = tmp_path / "fstab.toml"
+    cfg.write_text(f'endpoint = "{m.emulator.endpoint}"\npasswd_file = "{passwd}"\n'
+                   f'cache_dir = "{m.cache_dir}"\n[[key]]\nrsa = "{KEY1}"\nmatdesc = \'{MATDESC1}\'\n')
+    env = _no_oss_env(m.env)
+    env["OSSENCFS"] = str(ROOT / ".venv" / "bin" / "ossencfs")
+    r = subprocess.run([str(ROOT / "systemd" / "mount.ossencfs"), f"oss://{BUCKET}", str(m.path),
+                        "-o", f"_netdev,config={cfg}"], env=env, capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    try:
+        (m.path / "f.txt").write_bytes(b"fstab")
+        assert (m.path / "f.txt").read_bytes() == b"fstab"
+    finally:
+        subprocess.run([sys.executable, "-m", "ossencfs", "umount", str(m.path)], env=m.env,
+                       timeout=60)
+    assert not os.path.ismount(m.path)
+    # (oss2's CryptoBucket, without that matdesc, refuses the object: SPEC A.6)
+    head = oss2_bucket.head_object("f.txt")
+    assert head.headers["x-oss-meta-client-side-encryption-matdesc"] == MATDESC1
