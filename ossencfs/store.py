@@ -249,7 +249,9 @@ class ObjectStore:
     def _classify(self, op: str, key: str, exc: Exception) -> tuple[bool, OssEncError]:
         what = f"{op} oss://{self.name}/{key}"
         if isinstance(exc, CredentialsError):
-            return True, exc           # the source is down: its current ones expired meanwhile
+            # the credential source is down and its last credentials expired: like a network
+            # outage (retried; the fs layer serves what it has cached, uploads stay journaled)
+            return True, NetworkError(f"{what}: {exc}")
         if isinstance(exc, OssEncError):
             return False, exc
         if isinstance(exc, _Transient):

@@ -133,3 +133,19 @@ def test_credential_process(sts_emulator, tmp_path: Path) -> None:
     _wait_past_expiry()
     assert trio.run(store.get_range, "p", 0, 0) == b"1" and source.renewals >= 1
     assert json.loads(json.dumps(source.name)) == "--credential-process"
+
+
+def test_source_down_past_expiry_is_a_network_outage(sts_emulator) -> None:
+    """What the fs layer treats as offline (serving its caches), and back once it answers."""
+    from ossencfs.errors import NetworkError
+    ends = sts_emulator.credential_endpoints
+    source = build_source(CredentialOptions(credentials_uri=ends.uri), {})
+    store = ObjectStore.connect(sts_emulator.endpoint, BUCKET, credentials=source, retries=1,
+                                backoff_base=0.01)
+    trio.run(store.put, "n", b"1", {})
+    ends.stop()
+    _wait_past_expiry()
+    with pytest.raises(NetworkError, match="expired and could not be renewed"):
+        trio.run(store.head, "n")
+    ends.start()
+    assert trio.run(store.head, "n") is not None
