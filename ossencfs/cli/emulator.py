@@ -18,7 +18,8 @@ def register(subparsers: Any) -> None:
         description="Local OSS server with real V1/V4 signatures and on-disk data. Faults can be changed "
                     "at run time with POST /-/admin/faults?latency_ms=&bandwidth_mbps=&fail_rate=&drop_rate="
                     "&fail_code=&copy_limit=&restore_seconds=&deny_writes= "
-                    "(loopback only); GET /-/admin/stats returns request counters.")
+                    "(loopback only, with the header X-Admin-Token: <the token in DATA/admin-token, mode 0600>); "
+                    "GET /-/admin/stats returns request counters.")
     p.add_argument("--data", required=True, metavar="DIR", help="data directory (created if missing)")
     p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=0, help="listen port (0 = any free port)")

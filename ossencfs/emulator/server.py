@@ -13,13 +13,17 @@ connections dropped mid-response) can be changed while it runs, in-process with
     GET  http://127.0.0.1:PORT/-/admin/stats         -> request counters and byte counts (JSON)
     POST http://127.0.0.1:PORT/-/admin/stats/reset
 
-The admin endpoint is unsigned, answers only loopback clients and cannot collide with a bucket
-(bucket names never start with ``-``). ``bandwidth_mbps`` is in megabits per second.
+The admin endpoint answers only loopback clients that send the emulator's admin token in an
+``X-Admin-Token`` header; the token is made at start and written to ``DATA_DIR/admin-token``
+(mode 0600, readable only by the emulator's user), so other local users cannot change faults.
+It cannot collide with a bucket (bucket names never start with ``-``). ``bandwidth_mbps`` is in
+megabits per second.
 """
 from __future__ import annotations
 
 import base64
 import collections
+import hmac
 import ipaddress
 import json
 import logging
@@ -46,6 +50,7 @@ from .xmlout import OssError, error_xml, http_date
 log = logging.getLogger(__name__)
 
 _DRAIN_LIMIT = 64 << 20
+ADMIN_TOKEN_FILE = "admin-token"
 _HANDLED = frozenset({"restore", "acl", "uploads", "location", "delete", "append", "position", "objectMeta", "uploadId",
                       "partNumber", "security-token", "symlink", "bucketInfo", "continuation-token",
                       "response-content-type", "response-content-language", "response-expires",
@@ -439,6 +444,10 @@ class _Handler(BaseHTTPRequestHandler):
         status, payload = 200, {}
         if not _is_ip(self.client_address[0]) or not ipaddress.ip_address(self.client_address[0]).is_loopback:
             status, payload = 403, {"error": "admin endpoint is loopback-only"}
+        elif not hmac.compare_digest(self.headers.get("x-admin-token", "").encode("latin-1", "replace"),
+                                     emu.admin_token.encode()):
+            status, payload = 403, {"error": "admin endpoint needs the X-Admin-Token header "
+                                             f"(the token is in {ADMIN_TOKEN_FILE} in the data directory)"}
         elif path == "/-/admin/faults":
             if self.command == "POST":
                 q = dict(parse_qsl(query))
@@ -532,11 +541,30 @@ class Emulator:
         self.endpoint = ""
         self.kms_endpoint: str | None = None
         self.storage: Storage | None = None
+        self.admin_token = ""
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """The header that authorises admin endpoint requests (valid while this emulator runs)."""
+        return {"X-Admin-Token": self.admin_token}
+
+    def _write_admin_token(self) -> None:
+        """A fresh random token in DATA_DIR/admin-token, created 0600 (never through a symlink)."""
+        self.admin_token = secrets.token_hex(24)
+        path = os.path.join(self.data_dir, ADMIN_TOKEN_FILE)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.admin_token + "\n")
 
     def start(self) -> "Emulator":
         if self._server is not None:
             return self
         os.makedirs(self.data_dir, exist_ok=True)
+        self._write_admin_token()
         self.storage = Storage(os.path.join(self.data_dir, "oss"), fsync=self.fsync, crc=self.crc)
         for b in self.buckets:
             if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", b):   # oss2 itself needs >= 3 chars
