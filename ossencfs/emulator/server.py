@@ -534,7 +534,7 @@ class Emulator:
         self._faults = Faults(float(latency_ms), float(bandwidth_mbps), float(fail_rate), float(drop_rate))
         self.set_faults(fail_code=fail_code, copy_limit=copy_limit, restore_seconds=restore_seconds)
         self._stats = Stats()
-        self._verifier = Verifier(self.credentials, self.sts_tokens)
+        self._verifier = Verifier(self.credentials, self.sts_tokens, region=self.region)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._kms: Any = None
