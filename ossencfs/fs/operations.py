@@ -88,7 +88,7 @@ class Operations(pyfuse3.Operations):
             log.error("%s %s: object changed by another client: %s", op, what, exc)
             return errno.EIO
         if isinstance(exc, OssEncError):
-            log.error("%s %s: %s", op, what, exc)
+            (log.debug if exc.repeat else log.error)("%s %s: %s", op, what, exc)
             return exc.errno or errno.EIO
         if isinstance(exc, OSError) and exc.errno:
             log.error("%s %s: %s", op, what, exc)
