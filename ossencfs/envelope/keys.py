@@ -327,14 +327,17 @@ def _copy_error(exc: OssEncError, old_name: str, new_name: str) -> OssEncError:
 
     Fresh because raising one object in many threads tangles tracebacks; renamed because two
     objects can share a wrapped key (a server-side copy), and the log must name the one read.
+    The same object's failure again is a ``repeat`` (logged once, by whoever saw it first).
     """
     msg = str(exc)
     if msg.startswith(old_name + ": "):
         msg = new_name + ": " + msg[len(old_name) + 2:]
     try:
-        return type(exc)(msg)
+        err = type(exc)(msg)
     except Exception:  # pragma: no cover - exotic subclass signature
-        return OssEncError(msg)
+        err = OssEncError(msg)
+    err.repeat = exc.repeat or old_name == new_name
+    return err
 
 
 CacheKey = tuple[str, str, str]

@@ -6,7 +6,6 @@ connections that hold the server with unfinished headers cannot stop other clien
 """
 from __future__ import annotations
 
-import os
 import resource
 import socket
 import subprocess
