@@ -503,7 +503,7 @@ class _Handler(BaseHTTPRequestHandler):
     # ---- admin -------------------------------------------------------------------------
     def _admin(self, path: str, query: str, body: BodyReader, rid: str) -> None:
         emu = self.server.emu
-        status, payload = 200, {}
+        status, payload = 200, dict[str, Any]()
         if not _is_ip(self.client_address[0]) or not ipaddress.ip_address(self.client_address[0]).is_loopback:
             status, payload = 403, {"error": "admin endpoint is loopback-only"}
         elif not hmac.compare_digest(self.headers.get("x-admin-token", "").encode("latin-1", "replace"),

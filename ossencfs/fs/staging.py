@@ -572,4 +572,5 @@ class StagingArea:
         st.close_for_good()
         self.active.discard(st)
         with trio.CancelScope(shield=True):
-            return await trio.to_thread.run_sync(self.journal.quarantine, st.ident, reason)
+            where = await trio.to_thread.run_sync(self.journal.quarantine, st.ident, reason)
+        return where
