@@ -93,6 +93,20 @@ def emulator(tmp_path: Path, no_proxy_env: None) -> Iterator[object]:
         emu.stop()
 
 
+def sts_emulator_at(path: Path, lifetime: float) -> Iterator[object]:
+    """An emulator (OSS + KMS, bucket ``test-bucket``) that also issues STS credentials of
+    ``lifetime`` seconds and serves them on 127.0.0.1 (credentials URI, ECS metadata paths);
+    the generator behind the STS tests' fixtures."""
+    from ossencfs.emulator.server import Emulator
+    emu = Emulator(str(path), credentials={AK: SK}, buckets=[BUCKET], kms_port=0,
+                   sts_lifetime=lifetime, credentials_port=0)
+    emu.start()
+    try:
+        yield emu
+    finally:
+        emu.stop()
+
+
 @pytest.fixture
 def kms_server(emulator: object, tmp_path: Path) -> Iterator[object]:
     """The local KMS: the emulator's own when it runs one, else a standalone KmsServer."""

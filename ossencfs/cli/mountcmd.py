@@ -25,10 +25,35 @@ from ..objects import COPY_LIMIT
 from .options import add_connection_options, add_key_options
 
 
+_HIDDEN_SECRET = "_OSSENCFS_HIDDEN_SECRET"
+
+
+def _hide_secret_from_ps() -> None:
+    """``--access-key-secret`` on the command line would show in ``ps`` for as long as the
+    mount runs: the process re-executes itself without it, handing the value over in its
+    environment (which only the same user and root can read), and removes it from there."""
+    argv = sys.argv[1:]
+    for i, arg in enumerate(argv):
+        if arg == "--access-key-secret" and i + 1 < len(argv):
+            value, rest = argv[i + 1], argv[:i] + argv[i + 2:]
+        elif arg.startswith("--access-key-secret="):
+            value, rest = arg.split("=", 1)[1], argv[:i] + argv[i + 1:]
+        else:
+            continue
+        env = dict(os.environ)
+        env[_HIDDEN_SECRET] = value
+        os.execve(sys.executable, [sys.executable, "-m", "ossencfs", *rest], env)
+
+
 def _mount(args: argparse.Namespace) -> int:
     from ..fs.mounter import Connectors, run_mount
     from .configfile import apply_config
     from .options import build_keyring, build_store, parse_oss_url
+    if args.access_key_secret:
+        _hide_secret_from_ps()
+    hidden = os.environ.pop(_HIDDEN_SECRET, None)
+    if hidden:
+        args.access_key_secret = hidden
     apply_config(args, args.config_defaults)
     _take_passwd_file(args)
     if not args.url or not args.mountpoint:

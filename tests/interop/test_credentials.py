@@ -20,21 +20,14 @@ from ossencfs.errors import KeyUnavailableError
 from ossencfs.kms import KmsMasterKey
 from ossencfs.store import ObjectStore
 
-from ..conftest import AK, BUCKET, KMS_REGION, SK
+from ..conftest import BUCKET, KMS_REGION, sts_emulator_at
 
 LIFETIME = 3
 
 
 @pytest.fixture
 def sts_emulator(tmp_path: Path, no_proxy_env: None) -> Iterator[object]:
-    from ossencfs.emulator.server import Emulator
-    emu = Emulator(str(tmp_path / "oss"), credentials={AK: SK}, buckets=[BUCKET], kms_port=0,
-                   sts_lifetime=LIFETIME, credentials_port=0)
-    emu.start()
-    try:
-        yield emu
-    finally:
-        emu.stop()
+    yield from sts_emulator_at(tmp_path / "oss", LIFETIME)
 
 
 def _wait_past_expiry() -> None:

@@ -155,3 +155,14 @@ def test_fstab_helper_with_a_config_file(make_mount, tmp_path: Path, oss2_bucket
     # (oss2's CryptoBucket, without that matdesc, refuses the object: SPEC A.6)
     head = oss2_bucket.head_object("f.txt")
     assert head.headers["x-oss-meta-client-side-encryption-matdesc"] == MATDESC1
+
+
+def test_a_secret_given_as_an_option_is_not_in_ps(make_mount) -> None:
+    m = make_mount(start=False, extra=["--access-key-id", AK, "--access-key-secret", SK])
+    m.env = _no_oss_env(m.env)
+    m.start()
+    assert m.proc is not None
+    cmdline = Path(f"/proc/{m.proc.pid}/cmdline").read_bytes().split(b"\0")
+    assert SK.encode() not in cmdline and b"--access-key-secret" not in cmdline
+    (m.path / "s.txt").write_bytes(b"hidden")
+    assert (m.path / "s.txt").read_bytes() == b"hidden"

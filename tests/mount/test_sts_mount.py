@@ -11,20 +11,9 @@ from typing import Iterator
 
 import pytest
 
-from tests.conftest import AK, BUCKET, KMS_REGION, SK
+from tests.conftest import KMS_REGION, sts_emulator_at
 
 from .conftest import Mounted
-
-
-def _sts_emulator(tmp_path: Path, lifetime: float) -> Iterator[object]:
-    from ossencfs.emulator.server import Emulator
-    emu = Emulator(str(tmp_path / "oss"), credentials={AK: SK}, buckets=[BUCKET], kms_port=0,
-                   sts_lifetime=lifetime, credentials_port=0)
-    emu.start()
-    try:
-        yield emu
-    finally:
-        emu.stop()
 
 
 @pytest.fixture
@@ -32,7 +21,7 @@ def emulator(request: pytest.FixtureRequest, tmp_path: Path, no_proxy_env: None)
     """The shared fixture's emulator, issuing STS credentials (lifetime from the sts_lifetime
     marker, default 30 s); the mount fixtures use this one."""
     mark = request.node.get_closest_marker("sts_lifetime")
-    yield from _sts_emulator(tmp_path, mark.args[0] if mark else 30)
+    yield from sts_emulator_at(tmp_path / "oss", mark.args[0] if mark else 30)
 
 
 def _sts_mount(make_mount, emulator, *, extra: list[str] | None = None,
