@@ -16,6 +16,7 @@ from ..credential_chain import CHAIN_ORDER, CredentialOptions
 from ..errors import KeyFileError, OssEncError
 
 if TYPE_CHECKING:
+    from ..credentials import CredentialSource
     from ..envelope.keys import MasterKey
 
 ENV_AK = "OSS_ACCESS_KEY_ID"
@@ -63,9 +64,10 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
                    help=f"OSS endpoint, e.g. https://oss-cn-hangzhou.aliyuncs.com "
                         f"(default: ${ENV_ENDPOINT})")
     g.add_argument("--access-key-id", metavar="ID", default=None,
-                   help=f"AccessKey ID (default: ${ENV_AK})")
+                   help="AccessKey ID (without it: the credential chain below)")
     g.add_argument("--access-key-secret", metavar="SECRET", default=None,
-                   help=f"AccessKey secret (default: ${ENV_SK}; prefer the variable)")
+                   help=f"AccessKey secret (shows in ps: prefer ${ENV_SK}, --config or a "
+                        f"passwd file; a mount takes it off its command line)")
     c = parser.add_argument_group("credentials", CHAIN_HELP)
     c.add_argument("--profile", metavar="NAME",
                    help="profile of ~/.aliyun/config.json or ~/.alibabacloud/credentials")
@@ -116,7 +118,7 @@ def add_key_options(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(key_order=[])
 
 
-def credential_source(args: argparse.Namespace):
+def credential_source(args: argparse.Namespace) -> "CredentialSource":
     """The command's one CredentialSource (built on first use, shared by OSS and KMS)."""
     source = getattr(args, "_credential_source", None)
     if source is None:
