@@ -25,7 +25,8 @@ own ``DefaultCredentialsProvider`` does) and renewed by ``ossencfs.credentials``
 The metadata service address: alibabacloud-credentials 1.0.12 hard-codes ``100.100.100.200``
 (provider/ecs_ram_role.py: ``self.__metadata_service_host``; no option or variable changes
 it). ``OSSENCFS_ECS_METADATA_ENDPOINT=HOST:PORT`` replaces it, so that tests serve the
-metadata paths from a local stand-in and never reach the real address.
+metadata paths from a local stand-in and never reach the real address; likewise
+``OSSENCFS_STS_ENDPOINT`` for the STS endpoint OIDC (RRSA) asks.
 """
 from __future__ import annotations
 
@@ -37,6 +38,9 @@ from .credentials import CredentialSource, Credentials, from_library, quiet_libr
 from .errors import CredentialsError
 
 ENV_ECS_METADATA_ENDPOINT = "OSSENCFS_ECS_METADATA_ENDPOINT"
+#: STS endpoint for OIDC (host, or http(s)://host:port); default the library's choice
+#: (sts.aliyuncs.com, or per ALIBABA_CLOUD_STS_REGION / ALIBABA_CLOUD_VPC_ENDPOINT_ENABLED)
+ENV_STS_ENDPOINT = "OSSENCFS_STS_ENDPOINT"
 
 CHAIN_ORDER = (
     "explicit options (keys, --config keys, -o passwd_file, --profile, --ram-role, "
@@ -206,7 +210,8 @@ def _oidc_provider(env: Mapping[str, str]) -> Any:
         oidc_provider_arn=env["ALIBABA_CLOUD_OIDC_PROVIDER_ARN"],
         oidc_token_file_path=env["ALIBABA_CLOUD_OIDC_TOKEN_FILE"],
         role_session_name=env.get("ALIBABA_CLOUD_ROLE_SESSION_NAME") or None,
-        sts_region_id=env.get("ALIBABA_CLOUD_STS_REGION") or None)
+        sts_region_id=env.get("ALIBABA_CLOUD_STS_REGION") or None,
+        sts_endpoint=env.get(ENV_STS_ENDPOINT) or None)
 
 
 def _cli_profile(path: str, name: str | None) -> Any:

@@ -28,6 +28,11 @@ so that renewals happen within a test.
   /latest/meta-data/ram/security-credentials/`` (the role name) and ``GET
   .../security-credentials/ROLE`` (the same JSON plus ``LastUpdated``); 404 for another role.
 
+* ``GET /?Action=AssumeRoleWithOIDC&RoleArn=..&OIDCProviderArn=..&OIDCToken=..`` (STS's RPC
+  API as the library's OIDC provider calls it, provider/oidc.py; the answer's ``Credentials``
+  element as in https://www.alibabacloud.com/help/en/ram/developer-reference/api-sts-2015-04-01-assumerolewithoidc);
+  a missing parameter gets 400 ``MissingParameter``-style JSON.
+
 ``stop()`` closes the listening socket (a dead endpoint: connections are refused) and
 ``start()`` opens it again on the same port.
 """
@@ -130,6 +135,8 @@ class _Handler(BaseHTTPRequestHandler):
         issuer = ends.issuer
         base = "/latest/meta-data/ram/security-credentials/"
         path = self.path.split("?", 1)[0]
+        if path == "/":
+            return self._assume_role_with_oidc()
         if path == "/credentials":
             ends.requests["uri"] += 1
             return self._reply(200, json.dumps(issuer.issue()).encode())
@@ -140,6 +147,25 @@ class _Handler(BaseHTTPRequestHandler):
             ends.requests["ecs"] += 1
             return self._reply(200, json.dumps(issuer.issue()).encode())
         return self._reply(404, b"Not Found", "text/plain")
+
+
+    def _assume_role_with_oidc(self) -> None:
+        from urllib.parse import parse_qs
+        ends = self.server.owner
+        q = {k: v[0] for k, v in parse_qs(self.path.partition("?")[2]).items()}
+        if q.get("Action") != "AssumeRoleWithOIDC":
+            return self._reply(400, json.dumps({"Code": "InvalidAction.NotFound"}).encode())
+        for name in ("RoleArn", "OIDCProviderArn", "OIDCToken"):
+            if not q.get(name):
+                return self._reply(400, json.dumps({"Code": f"Missing{name}"}).encode())
+        ends.requests["oidc"] += 1
+        issued = ends.issuer.issue()
+        creds = {k: issued[k] for k in ("AccessKeyId", "AccessKeySecret", "SecurityToken",
+                                         "Expiration")}
+        body = {"RequestId": secrets.token_hex(8).upper(), "Credentials": creds,
+                "AssumedRoleUser": {"Arn": q["RoleArn"] + "/" + q.get("RoleSessionName", ""),
+                                    "AssumedRoleId": "3000:" + q.get("RoleSessionName", "")}}
+        return self._reply(200, json.dumps(body).encode())
 
 
 class _Server(ThreadingHTTPServer):
@@ -166,6 +192,11 @@ class CredentialEndpoints:
     def uri(self) -> str:
         """For ``--credentials-uri`` / ALIBABA_CLOUD_CREDENTIALS_URI."""
         return f"http://{self.host}:{self.port}/credentials"
+
+    @property
+    def sts_endpoint(self) -> str:
+        """For OSSENCFS_STS_ENDPOINT (AssumeRoleWithOIDC)."""
+        return f"http://{self.host}:{self.port}"
 
     @property
     def metadata_host(self) -> str:

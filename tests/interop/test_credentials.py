@@ -14,7 +14,8 @@ import oss2
 import pytest
 import trio
 
-from ossencfs.credential_chain import ENV_ECS_METADATA_ENDPOINT, CredentialOptions, build_source
+from ossencfs.credential_chain import (ENV_ECS_METADATA_ENDPOINT, ENV_STS_ENDPOINT, CredentialOptions,
+                                      build_source)
 from ossencfs.credentials import CredentialSource
 from ossencfs.errors import KeyUnavailableError
 from ossencfs.kms import KmsMasterKey
@@ -142,3 +143,21 @@ def test_source_down_past_expiry_is_a_network_outage(sts_emulator) -> None:
         trio.run(store.head, "n")
     ends.start()
     assert trio.run(store.head, "n") is not None
+
+
+def test_oidc_rrsa_from_the_environment(sts_emulator, tmp_path: Path) -> None:
+    """ACK's RRSA variables: AssumeRoleWithOIDC at the local STS stand-in, renewed."""
+    token = tmp_path / "token"
+    token.write_text("eyJhbGciOiJSUzI1NiJ9.payload.signature")
+    ends = sts_emulator.credential_endpoints
+    env = {"ALIBABA_CLOUD_ROLE_ARN": "acs:ram::123:role/pod-role",
+           "ALIBABA_CLOUD_OIDC_PROVIDER_ARN": "acs:ram::123:oidc-provider/ack-rrsa-c1",
+           "ALIBABA_CLOUD_OIDC_TOKEN_FILE": str(token), "ALIBABA_CLOUD_ROLE_SESSION_NAME": "pod",
+           "ALIBABA_CLOUD_ECS_METADATA_DISABLED": "true", ENV_STS_ENDPOINT: ends.sts_endpoint}
+    source = build_source(CredentialOptions(), env)
+    assert source.name == "OIDC (RRSA)"
+    store = ObjectStore.connect(sts_emulator.endpoint, BUCKET, credentials=source, retries=0)
+    trio.run(store.put, "o", b"1", {})
+    _wait_past_expiry()
+    assert trio.run(store.get_range, "o", 0, 0) == b"1"
+    assert ends.requests["oidc"] >= 2 and source.renewals >= 1
