@@ -39,7 +39,8 @@ class Outcome:
 class Totals:
     statuses: collections.Counter[str] = field(default_factory=collections.Counter)
     reasons: collections.Counter[str] = field(default_factory=collections.Counter)
-    resumed: int = 0                # finished by an earlier run (checkpoint)
+    resumed: int = 0                # finished by an earlier run, above its watermark
+    resumed_after: str = ""         # the listing started after this key (checkpoint)
     objects: int = 0
     bytes: int = 0
 
@@ -86,6 +87,7 @@ async def walk(store: ObjectStore, prefix: str, action: Action, *, jobs: int = 8
     async def produce() -> None:
         async with send:
             start = checkpoint.below if checkpoint is not None else ""
+            totals.resumed_after = start
             async for info in store.iter_objects(prefix, start_after=start):
                 if not shard.owns(info.key):
                     continue

@@ -205,7 +205,10 @@ async def _write_run(args: argparse.Namespace, objects, action, cmd: str,
 def _summary(cmd: str, totals, dry_run: bool) -> None:
     from ..bulk.progress import human_bytes
     counts = ", ".join(f"{n} {s}" for s, n in sorted(totals.statuses.items())) or "nothing to do"
-    resumed = f", {totals.resumed} finished earlier (checkpoint)" if totals.resumed else ""
+    resumed = ""
+    if totals.resumed or totals.resumed_after:
+        resumed = (f"; continued after {totals.resumed_after!r} and {totals.resumed} other objects"
+                   " finished earlier (checkpoint)")
     verb = "would be re-uploaded" if dry_run else "re-uploaded"
     print(f"ossencfs: {cmd}: {totals.objects} objects ({counts}){resumed}; "
           f"{human_bytes(totals.bytes)} {verb}", file=sys.stderr)
