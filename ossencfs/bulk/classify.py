@@ -236,14 +236,15 @@ def expected_md5(ins: Inspection) -> bytes | None:
 
 async def deep_check(store: ObjectStore, ins: Inspection, *,
                      parallel: int = 4, progress: Any = None) -> None:
-    """Read the whole content (parallel ranged GETs of ``DEEP_CHUNK``, pinned to the ETag,
-    decrypted in order; memory about ``parallel`` x ``DEEP_CHUNK``) and compare its MD5 with
-    ``expected_md5``. Adds MD5_MISMATCH or READ_FAILED to the record."""
+    """Read the whole content of an object that opens (parallel ranged GETs of
+    ``DEEP_CHUNK``, pinned to the ETag, decrypted in order; memory about ``parallel`` x
+    ``DEEP_CHUNK``) and compare its MD5 with ``expected_md5`` where there is one. Adds
+    MD5_MISMATCH or READ_FAILED to the record."""
     rec = ins.record
-    want = expected_md5(ins)
-    if (want is None or ins.info is None or not rec.opens
+    if (ins.info is None or not rec.opens
             or (ins.headers is not None and ins.material is None)):
         return
+    want = expected_md5(ins)
     reader = ObjectReader(store, ins.info, ins.material)
     digest = hashlib.md5()
     try:
@@ -253,6 +254,8 @@ async def deep_check(store: ObjectStore, ins: Inspection, *,
                 progress(len(piece))
     except OssEncError as exc:
         rec.problem(READ_FAILED, str(exc))
+        return
+    if want is None:
         return
     rec.md5_checked = True
     if digest.digest() != want:
