@@ -46,13 +46,16 @@ class Rotation:
         rec, info = ins.record, ins.info
         if info is None:
             return Outcome(listed.key, SKIPPED, GONE)
-        if rec.kind == "plain":
-            return Outcome(rec.key, SKIPPED, PLAIN)
+        if rec.kind not in ("cse", "cse-legacy"):
+            return Outcome(rec.key, SKIPPED, PLAIN if rec.kind == "plain" else
+                           f"{rec.kind} object (not re-wrapped)")
         if DAMAGED in rec.problems:
             return Outcome(rec.key, FAILED, DAMAGED, rec.detail)
         target = target_identity(self.target)
         if rec.master == target:
             return Outcome(rec.key, SKIPPED, ALREADY)
+        if rec.master is not None and rec.master not in self._sources():
+            return Outcome(rec.key, SKIPPED, OTHER_KEY)     # a KMS blob names another CMK
         if not self._reencrypt_fits(ins):
             await open_data_key(ins, self.keyring)
             if rec.master == target:
@@ -60,6 +63,9 @@ class Rotation:
             if ins.material is None:
                 if rec.problems and rec.problems[-1] != "no configured key":
                     return Outcome(rec.key, FAILED, rec.problems[-1], rec.detail)
+                return Outcome(rec.key, SKIPPED, OTHER_KEY)
+            if rec.master not in self._sources():
+                # a KMS blob of a CMK not given: KMS opens it for any key with access
                 return Outcome(rec.key, SKIPPED, OTHER_KEY)
         if self.dry_run:
             return Outcome(rec.key, WOULD, f"re-wrap {rec.master} -> {target}", nbytes=info.size)
@@ -76,9 +82,12 @@ class Rotation:
         """A current-format KMS object of a configured source CMK, to a KMS target: KMS
         ReEncrypt moves its blobs without the data key leaving KMS."""
         h = ins.headers
-        sources = {target_identity(m) for m in self.keyring.masters}
         return (callable(getattr(self.target, "reencrypt", None)) and h is not None
-                and not h.legacy and h.wrap_alg == fmt.WRAP_KMS and ins.record.master in sources)
+                and not h.legacy and h.wrap_alg == fmt.WRAP_KMS
+                and ins.record.master in self._sources())
+
+    def _sources(self) -> set[str]:
+        return {target_identity(m) for m in self.keyring.masters}
 
     def _new_headers(self, ins: Inspection) -> fmt.CryptoHeaders:
         """BLOCKING (KMS calls). ReEncrypt where it fits; unwrap + wrap as the SDK otherwise."""

@@ -267,6 +267,10 @@ def test_rotate_kms_uses_reencrypt(run_cli, mixed, crypto_bucket, oss2_bucket, k
                                    rsa_key_path):
     cmk2 = kms_server.create_key(description="new")
     kms_keys = [k for k, e in mixed.expect.items() if e.get("kms_flavour")]
+    # a third CMK's object: KMS would open it for any key, but it is not a source key's
+    cmk3 = kms_server.create_key(description="other")
+    crypto_bucket(kms_provider(kms_server, cmk3)).put_object("k/other", b"other cmk")
+    other_before = oss2_bucket.head_object("k/other").etag
     before_calls = dict(kms_server.calls)
     proc = run_cli("rotate", URL + "k/", "--kms-key", mixed.cmk, "--to-kms-key", cmk2,
                    *kms_opts(kms_server), "--no-progress")
@@ -274,9 +278,10 @@ def test_rotate_kms_uses_reencrypt(run_cli, mixed, crypto_bucket, oss2_bucket, k
     proc = run_cli("rotate", URL + "cp/kjava", "--kms-key", mixed.cmk, "--to-kms-key", cmk2,
                    "--kms-flavour", "java", *kms_opts(kms_server), "--no-progress")
     assert proc.returncode == 0, proc.stderr
+    assert oss2_bucket.head_object("k/other").etag == other_before
     calls = {k: v - before_calls.get(k, 0) for k, v in kms_server.calls.items()}
     assert calls.get("ReEncrypt") == 2 * len(kms_keys)          # key and IV blob each
-    assert calls.get("Decrypt", 0) == 0                         # the data key stayed in KMS
+    assert calls.get("Decrypt", 0) == 0     # the data keys stayed in KMS
     kms_server.disable_key(mixed.cmk)                           # the old CMK opens nothing now
     cb = crypto_bucket(kms_provider(kms_server, cmk2))
     for k in kms_keys:
