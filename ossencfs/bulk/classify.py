@@ -18,6 +18,7 @@ from typing import Any, Mapping, Protocol
 
 import trio
 
+from ..aio import first_error
 from ..envelope import format as fmt
 from ..envelope.keys import ContentMaterial, KeyRing, MasterKey
 from ..errors import FormatError, KeyUnavailableError, OssEncError, WrongKeyError
@@ -36,7 +37,7 @@ READ_FAILED = "read failed"
 UNREADABLE = frozenset({NO_KEY, DAMAGED, KEY_UNAVAILABLE, MD5_MISMATCH, READ_FAILED})
 
 _HEX_MD5 = re.compile(r"^[0-9A-Fa-f]{32}$")
-DEEP_CHUNK = 1 << 20        # bytes per ranged GET of ``--deep`` (memory: parallel x this)
+DEEP_CHUNK = 4 << 20        # bytes per ranged GET of ``--deep`` (memory: 2 x parallel x this)
 
 
 @dataclass
@@ -237,9 +238,9 @@ def expected_md5(ins: Inspection) -> bytes | None:
 async def deep_check(store: ObjectStore, ins: Inspection, *,
                      parallel: int = 4, progress: Any = None) -> None:
     """Read the whole content of an object that opens (parallel ranged GETs of
-    ``DEEP_CHUNK``, pinned to the ETag, decrypted in order; memory about ``parallel`` x
-    ``DEEP_CHUNK``) and compare its MD5 with ``expected_md5`` where there is one. Adds
-    MD5_MISMATCH or READ_FAILED to the record."""
+    ``DEEP_CHUNK`` = 4 MiB, pinned to the ETag, decrypted in order and hashed while the next
+    ranges download; memory about 2 x ``parallel`` x ``DEEP_CHUNK``) and compare its MD5
+    with ``expected_md5`` where there is one. Adds MD5_MISMATCH or READ_FAILED to the record."""
     rec = ins.record
     if (ins.info is None or not rec.opens
             or (ins.headers is not None and ins.material is None)):
@@ -247,12 +248,25 @@ async def deep_check(store: ObjectStore, ins: Inspection, *,
     want = expected_md5(ins)
     reader = ObjectReader(store, ins.info, ins.material)
     digest = hashlib.md5()
+    send, recv = trio.open_memory_channel[bytes](parallel)
+
+    async def fetch() -> None:      # the next ranges download while this task hashes
+        async with send:
+            async for piece in reader.chunks(chunk_size=DEEP_CHUNK, parallelism=parallel):
+                await send.send(piece)
+
     try:
-        async for piece in reader.chunks(chunk_size=DEEP_CHUNK, parallelism=parallel):
-            digest.update(piece)
-            if progress is not None:
-                progress(len(piece))
-    except OssEncError as exc:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(fetch)
+            async with recv:
+                async for piece in recv:
+                    await trio.to_thread.run_sync(digest.update, piece)  # drops the GIL
+                    if progress is not None:
+                        progress(len(piece))
+    except BaseExceptionGroup as eg:
+        exc = first_error(eg)
+        if not isinstance(exc, OssEncError):
+            raise
         rec.problem(READ_FAILED, str(exc))
         return
     if want is None:

@@ -73,8 +73,7 @@ def mixed(emulator, run_cli, crypto_bucket, oss2_bucket, kms_server, rsa_key_pat
     m = Mixed()
     m.cmk = kms_server.create_key(description="bulk")
     a, b = rsa_fp(rsa_key_path), rsa_fp(second_rsa_key_path)
-    cb_a = crypto_bucket(oss2.RsaProvider(key_pair={"private_key": pem(rsa_key_path),
-                                                    "public_key": public_pem_of(rsa_key_path)}))
+    cb_a = crypto_bucket(rsa_provider_of(rsa_key_path))
     cb_b = crypto_bucket(rsa_provider_of(second_rsa_key_path))
     cb_c = crypto_bucket(rsa_provider_of(third_rsa_key_path))
     cb_k = crypto_bucket(kms_provider(kms_server, m.cmk))
@@ -236,8 +235,7 @@ def test_rotate_rsa_a_to_b(run_cli, mixed, crypto_bucket, oss2_bucket, emulator,
     for k in others:
         assert after[k] == before[k], k             # other keys' objects untouched
     cb_b = crypto_bucket(rsa_provider_of(second_rsa_key_path))
-    cb_a = crypto_bucket(oss2.RsaProvider(key_pair={"private_key": pem(rsa_key_path),
-                                                    "public_key": public_pem_of(rsa_key_path)}))
+    cb_a = crypto_bucket(rsa_provider_of(rsa_key_path))
     for k in formerly_a:
         if k != "bad/md5":
             assert cb_b.get_object(k).read() == mixed.data[k], k
@@ -304,8 +302,7 @@ def test_migrate_encrypts_plain_objects(run_cli, mixed, crypto_bucket, oss2_buck
     proc = run_cli("migrate", URL, "--rsa-key", rsa_key_path, "--no-progress")
     assert proc.returncode == 0, proc.stderr
     after = _heads(oss2_bucket, list(mixed.expect))
-    cb = crypto_bucket(oss2.RsaProvider(key_pair={"private_key": pem(rsa_key_path),
-                                                  "public_key": public_pem_of(rsa_key_path)}))
+    cb = crypto_bucket(rsa_provider_of(rsa_key_path))
     for k in ("plain/one", "plain/two"):
         assert cb.get_object(k).read() == mixed.data[k], k
         assert CSE + "key" in after[k]
@@ -326,8 +323,7 @@ def test_migrate_encrypts_plain_objects(run_cli, mixed, crypto_bucket, oss2_buck
 def test_rotate_killed_half_way_resumes_without_redoing(emulator, cli_env, oss2_bucket,
                                                         crypto_bucket, rsa_key_path,
                                                         second_rsa_key_path, tmp_path):
-    cb_a = crypto_bucket(oss2.RsaProvider(key_pair={"private_key": pem(rsa_key_path),
-                                                    "public_key": public_pem_of(rsa_key_path)}))
+    cb_a = crypto_bucket(rsa_provider_of(rsa_key_path))
     keys = [f"many/{i:03d}" for i in range(40)]
     for i, k in enumerate(keys):
         cb_a.put_object(k, payload(300 + i, i))
@@ -379,8 +375,7 @@ def test_rotate_skips_an_object_changed_meanwhile(emulator, oss2_bucket, crypto_
     from ossencfs.objects import EncryptedObjects
     from ossencfs.store import ObjectStore
 
-    cb_a = crypto_bucket(oss2.RsaProvider(key_pair={"private_key": pem(rsa_key_path),
-                                                    "public_key": public_pem_of(rsa_key_path)}))
+    cb_a = crypto_bucket(rsa_provider_of(rsa_key_path))
     cb_a.put_object("race/k", b"old version")
 
     class WriterDuringWrap(RsaMasterKey):
