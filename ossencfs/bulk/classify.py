@@ -33,8 +33,10 @@ KEY_UNAVAILABLE = "key unavailable"
 SIZE_MISMATCH = "size mismatch"
 MD5_MISMATCH = "md5 mismatch"
 READ_FAILED = "read failed"
-#: problems that mean the object does not open (verify's exit status is 1 with any of them)
-UNREADABLE = frozenset({NO_KEY, DAMAGED, KEY_UNAVAILABLE, MD5_MISMATCH, READ_FAILED})
+#: problems that mean the object does not open (verify's exit status is 1 with any of them);
+#: a size mismatch is one: ossencfs refuses to serve a torn body (``objects.check_length``)
+UNREADABLE = frozenset({NO_KEY, DAMAGED, KEY_UNAVAILABLE, SIZE_MISMATCH, MD5_MISMATCH,
+                        READ_FAILED})
 
 _HEX_MD5 = re.compile(r"^[0-9A-Fa-f]{32}$")
 DEEP_CHUNK = 4 << 20        # bytes per ranged GET of ``--deep`` (memory: 2 x parallel x this)
@@ -133,7 +135,7 @@ async def open_data_key(ins: Inspection, keyring: KeyRing | None) -> None:
         return
     what = f"oss://{rec.key}"
     try:
-        ins.material, ins.opener = await trio.to_thread.run_sync(
+        material, opener = await trio.to_thread.run_sync(
             functools.partial(keyring.open_with, h, object_name=what))
     except WrongKeyError as exc:
         rec.problem(NO_KEY, _strip(str(exc), what))
@@ -142,7 +144,8 @@ async def open_data_key(ins: Inspection, keyring: KeyRing | None) -> None:
     except KeyUnavailableError as exc:
         rec.problem(KEY_UNAVAILABLE, _strip(str(exc), what))
     else:
-        rec.master = key_identity(h) or ins.opener.name
+        ins.material, ins.opener = material, opener
+        rec.master = key_identity(h) or opener.name
 
 
 class PlainKind:

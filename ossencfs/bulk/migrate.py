@@ -60,8 +60,8 @@ class Migration:
 
 
 def plaintext_facts(info: ObjectInfo) -> dict[str, str]:
-    """unencrypted-content-length, and -md5 from a Normal object's ETag (its content MD5)."""
-    out = {fmt.H_UNENC_LENGTH: str(info.size)}
+    """unencrypted-content-md5 from a Normal object's ETag (its content MD5); the length is
+    recorded by every upload (``EncryptedObjects.upload``)."""
     if info.object_type == "Normal" and _HEX_MD5.match(info.etag):
-        out[fmt.H_UNENC_MD5] = base64.b64encode(bytes.fromhex(info.etag)).decode("ascii")
-    return out
+        return {fmt.H_UNENC_MD5: base64.b64encode(bytes.fromhex(info.etag)).decode("ascii")}
+    return {}
