@@ -294,6 +294,16 @@ def test_rotate_kms_uses_reencrypt(run_cli, mixed, crypto_bucket, oss2_bucket, k
     assert [recs[k]["kms_flavour"] for k in sorted(kms_keys)] == ["java", "oss2", "oss2"]
     assert {recs[k]["master"] for k in kms_keys} == {f"kms:{cmk2}"}
 
+    # RSA -> KMS: unwrap locally, Encrypt the data key and the IV under the CMK
+    before_calls = dict(kms_server.calls)
+    proc = run_cli("rotate", URL + "a/", "--rsa-key", rsa_key_path, "--to-kms-key", cmk2,
+                   *kms_opts(kms_server), "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    calls = {k: v - before_calls.get(k, 0) for k, v in kms_server.calls.items()}
+    assert calls.get("Encrypt") == 4 and not calls.get("Decrypt")
+    for k in ("a/single", "a/multi"):
+        assert cb.get_object(k).read() == mixed.data[k], k
+
 
 def test_migrate_encrypts_plain_objects(run_cli, mixed, crypto_bucket, oss2_bucket, emulator,
                                         rsa_key_path):
