@@ -20,7 +20,7 @@ from ..envelope.keys import KeyRing, MasterKey
 from ..errors import ConflictError, NotFoundError
 from ..objects import EncryptedObjects, keep_layout
 from ..store import ObjectInfo
-from .classify import DAMAGED, Inspection, inspect, open_data_key
+from .classify import DAMAGED, NO_KEY, Inspection, inspect, open_data_key
 from .walk import DONE, FAILED, SKIPPED, WOULD, Outcome
 
 ALREADY = "already under the target key"
@@ -61,7 +61,7 @@ class Rotation:
             if rec.master == target:
                 return Outcome(rec.key, SKIPPED, ALREADY)
             if ins.material is None:
-                if rec.problems and rec.problems[-1] != "no configured key":
+                if rec.problems and rec.problems[-1] != NO_KEY:
                     return Outcome(rec.key, FAILED, rec.problems[-1], rec.detail)
                 return Outcome(rec.key, SKIPPED, OTHER_KEY)
             if rec.master not in self._sources():
