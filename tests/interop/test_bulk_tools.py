@@ -403,15 +403,3 @@ def test_rotate_skips_an_object_changed_meanwhile(emulator, oss2_bucket, crypto_
     out = trio.run(main)
     assert (out.status, out.reason) == ("skipped", CHANGED)
     assert cb_a.get_object("race/k").read() == b"concurrent writer's version"
-
-
-def test_shard_is_a_deterministic_partition():
-    from ossencfs.bulk.shard import parse_shard
-    keys = [f"k/{i}" for i in range(2000)] + ["", "ü/ß", "a" * 1000]
-    owners = [[k for k in keys if parse_shard(f"{i}/4").owns(k)] for i in range(1, 5)]
-    assert sorted(sum(owners, [])) == sorted(keys)
-    assert all(250 < len(o) < 1000 for o in owners[:1])
-    assert owners[2] == [k for k in keys if parse_shard("3/4").owns(k)]
-    for bad in ("0/3", "4/3", "x", "1/0"):
-        with pytest.raises(Exception):
-            parse_shard(bad)

@@ -1,9 +1,13 @@
-"""The checkpoint file of the bulk tools and the watermark the walk moves over it."""
+"""Parts of the bulk tools: the checkpoint file and the watermark the walk moves over it,
+shards, progress lines."""
 from __future__ import annotations
 
 import pytest
 
+import io
+
 from ossencfs.bulk.checkpoint import Checkpoint
+from ossencfs.bulk.progress import BulkProgress
 from ossencfs.bulk.walk import _Order
 from ossencfs.errors import OssEncError
 
@@ -41,3 +45,29 @@ def test_a_checkpoint_of_another_run_is_refused(tmp_path):
     (tmp_path / "junk").write_text("hello\n")
     with pytest.raises(OssEncError, match="not a checkpoint"):
         Checkpoint(str(tmp_path / "junk"), RUN).open()
+
+
+def test_shard_is_a_deterministic_partition():
+    from ossencfs.bulk.shard import parse_shard
+    keys = [f"k/{i}" for i in range(2000)] + ["", "ü/ß", "a" * 1000]
+    owners = [[k for k in keys if parse_shard(f"{i}/4").owns(k)] for i in range(1, 5)]
+    assert sorted(sum(owners, [])) == sorted(keys)
+    assert all(400 < len(o) < 620 for o in owners)     # about a quarter each
+    assert owners[2] == [k for k in keys if parse_shard("3/4").owns(k)]
+    for bad in ("0/3", "4/3", "x", "1/0"):
+        with pytest.raises(OssEncError):
+            parse_shard(bad)
+
+
+def test_progress_is_a_line_every_interval_off_a_terminal():
+    out = io.StringIO()
+    p = BulkProgress("rotate", interval=0, stream=out)
+    p.add_bytes(2048)
+    p.object_done()
+    p.close()
+    line = out.getvalue()
+    assert line.startswith("ossencfs: rotate: 1 objects, 2.0 KiB, ") and "obj/s" in line
+    quiet = io.StringIO()
+    q = BulkProgress("rotate", enabled=False, interval=0, stream=quiet)
+    q.object_done()
+    assert quiet.getvalue() == ""
