@@ -196,6 +196,7 @@ class Mount:
         self.other_journals: list[dict[str, Any]] = []
         self.no_wait = False
         self._drain_scope: trio.CancelScope | None = None
+        self._serving = False        # pyfuse3.main() is running (the FUSE session is open)
         # resolved now: once mounted, touching the mount point from this process would ask
         # this very process (which is busy) and deadlock
         self.pidfile = pidfile_for(self.mountpoint)
@@ -313,7 +314,11 @@ class Mount:
                 nursery.start_soon(self._signals)
                 nursery.start_soon(self.model.writeback.run)
                 nursery.start_soon(publish, self, state_path)
+                self._serving = True
                 await pyfuse3.main()
+                # the session ends here (unmounted by a signal or by fusermount3 -u): from now on
+                # a signal must not touch it (pyfuse3.terminate() on a closed session crashes)
+                self._serving = False
                 # unmount before draining: nothing may hang on a mount nobody serves
                 pyfuse3.close(unmount=True)
                 closed = True
@@ -331,6 +336,9 @@ class Mount:
                 spawn.nursery = None
                 nursery.cancel_scope.cancel()
         finally:
+            self._serving = False
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):   # cleanup is short:
+                signal.signal(signum, signal.SIG_IGN)                       # let it finish
             if not closed:
                 pyfuse3.close(unmount=True)
             self.model.attr_cache.close()
@@ -343,11 +351,15 @@ class Mount:
         return 1 if failed and not self.no_wait else 0
 
     async def _signals(self) -> None:
+        """SIGTERM/SIGINT/SIGHUP while mounted: unmount, then upload what is pending. Any later
+        one, one after an external unmount (``fusermount3 -u``: the mount is gone, only the
+        drain is left), and SIGUSR1: stop waiting; pending uploads stay journaled for the next
+        mount. Every path ends in a clean exit with the journal intact."""
         terminated = False
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
                                        signal.SIGUSR1) as sigs:
             async for signum in sigs:
-                if signum == signal.SIGUSR1 or terminated:
+                if signum == signal.SIGUSR1 or terminated or not self._serving:
                     log.warning("not waiting for pending uploads: they stay journaled")
                     self.no_wait = True
                     if self._drain_scope is not None:
