@@ -38,7 +38,8 @@ import threading
 import time
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
-from urllib.request import getproxies_environment, proxy_bypass_environment
+from urllib.request import getproxies_environment
+from urllib.request import proxy_bypass_environment  # type: ignore[attr-defined]  # (not in typeshed)
 
 from aliyunsdkcore.acs_exception.exceptions import ClientException, ServerException
 from aliyunsdkcore.client import AcsClient

@@ -490,11 +490,12 @@ class KmsServer:
             text = base64.b64decode(blob, validate=True).decode("ascii")
         except (binascii.Error, UnicodeDecodeError, ValueError):
             raise bad from None
-        rec = self.store.owner_of(text)
-        if rec is None:
+        owner = self.store.owner_of(text)
+        if owner is None:
             if _UUID_RE.match(text):
                 raise KmsApiError(404, "Forbidden.KeyNotFound", "The specified Key is not found.")
             raise bad
+        rec = owner
         usable(rec)
         inner = text[len(rec["KeyId"]):]
         if not _B64_RE.match(inner):

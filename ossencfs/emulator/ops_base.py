@@ -265,7 +265,7 @@ def _offset(digits: str) -> int:
 
 def parse_range(spec: str, size: int, standard: bool) -> tuple[int, int] | None:
     """(start, end) inclusive for a 206, None to ignore the Range (200), or 416 InvalidRange."""
-    def bad() -> None:
+    def bad() -> tuple[int, int] | None:
         if standard:
             raise OssError(416, "InvalidRange", "The requested range cannot be satisfied.",
                            RangeRequested=spec, ActualObjectSize=str(size))

@@ -274,8 +274,8 @@ class _Handler(BaseHTTPRequestHandler):
         return
 
     def setup(self) -> None:
-        self.timeout = self.server.emu.idle_timeout      # applied to the socket by super().setup()
         super().setup()
+        self.connection.settimeout(self.server.emu.idle_timeout)
         self.server.track(self.connection, True)
         faults = self.server.emu._faults
         self.up = Throttle(faults)
@@ -497,13 +497,13 @@ class _Handler(BaseHTTPRequestHandler):
             try:
                 return os.sendfile(out, fd, offset, count)
             except BlockingIOError:
-                if not select.select([], [out], [], self.timeout)[1]:
+                if not select.select([], [out], [], self.connection.gettimeout())[1]:
                     raise TimeoutError("client stopped reading") from None
 
     # ---- admin -------------------------------------------------------------------------
     def _admin(self, path: str, query: str, body: BodyReader, rid: str) -> None:
         emu = self.server.emu
-        status, payload = 200, {}
+        status, payload = 200, dict[str, Any]()
         if not _is_ip(self.client_address[0]) or not ipaddress.ip_address(self.client_address[0]).is_loopback:
             status, payload = 403, {"error": "admin endpoint is loopback-only"}
         elif not hmac.compare_digest(self.headers.get("x-admin-token", "").encode("latin-1", "replace"),

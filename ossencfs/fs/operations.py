@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
-from typing import Any, Awaitable, Callable, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Concatenate, Coroutine, ParamSpec, Sequence, TypeVar
 
 import pyfuse3
 import trio
@@ -24,6 +24,7 @@ from .model import FsModel
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+P = ParamSpec("P")
 META_TIMEOUT = 120.0       # lookups, listings, metadata changes (the store retries inside)
 LONG_TIMEOUT = 3600.0      # directory renames, and everything that may wait for a file's lock
                            # while an upload holds it (uploads carry their own stall timeout)
@@ -47,13 +48,17 @@ def _first(exc: BaseException) -> BaseException:
     return exc
 
 
-def _guard(timeout: float) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
-    def deco(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+def _guard(timeout: float) -> Callable[[Callable[Concatenate["Operations", P], Awaitable[T]]],
+                                       Callable[Concatenate["Operations", P], Coroutine[Any, Any, T]]]:
+    """The handler's own signature is kept (``ParamSpec``): mypy checks each against
+    ``pyfuse3.Operations``."""
+    def deco(fn: Callable[Concatenate["Operations", P], Awaitable[T]]
+             ) -> Callable[Concatenate["Operations", P], Coroutine[Any, Any, T]]:
         @functools.wraps(fn)
-        async def wrapper(self: "Operations", *args: Any) -> T:
+        async def wrapper(self: "Operations", *args: P.args, **kwargs: P.kwargs) -> T:
             try:
                 with trio.fail_after(timeout):
-                    return await fn(self, *args)
+                    return await fn(self, *args, **kwargs)
             except BaseException as raw:
                 exc = _first(raw)
                 if isinstance(exc, pyfuse3.FUSEError):

@@ -16,11 +16,12 @@ import trio
 
 from ..errors import OssEncError
 from ..store import ObjectInfo
-from . import posix
+from . import dirtystate, posix
 from .context import FsContext, fuse_err as _err
 from .freshness import Freshness
 from .inodes import Entry, Node, join
 from .namespace import Namespace
+from .reupload import Reupload
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class Renamer:
         st = src.staging if src.dirty else None
         if st is not None and not st.complete:
             await st.materialize()          # the old name's object goes away below
-        if src.exists_remote and st is not None and st.relay:
+        if src.exists_remote and isinstance(st, Reupload):
             # a pending metadata change goes to the new name at once: one re-upload
             # instead of a copy now and a re-upload later (rsync's temp file + rename)
             extra = posix.to_headers(src.meta)
@@ -100,7 +101,8 @@ class Renamer:
             self.ctx.attr_cache.forget(self.ctx.okey(src.path))
             self.ctx.attr_cache.record(self.ctx.okey(new_path), copied, src.size, extra,
                                    src.object_type, not_after=self.ctx.store.server_now())
-            src.staging, src.dirty = None, False
+            src.staging = None
+            dirtystate.mark_clean(src)
             if self.ctx.writeback is not None:
                 self.ctx.writeback.forget(src)
             await self.ctx.staging.drop(st)     # its journal entry is done with
@@ -129,7 +131,7 @@ class Renamer:
                 st.base_etag = copied        # the version we now build on
             src.etag = copied
         if dst is not None:
-            dst.dirty = False
+            dirtystate.mark_clean(dst)
             if dst.staging is not None and dst.open_count == 0:
                 old, dst.staging = dst.staging, None
                 await self.ctx.staging.drop(old)
@@ -137,7 +139,7 @@ class Renamer:
                 # still open: keep its data for the readers, but nothing to replay
                 await trio.to_thread.run_sync(functools.partial(
                     self.ctx.staging.journal.remove, dst.staging.ident, durable=True))
-                dst.staging.committed = False
+                dirtystate.uncommit(dst.staging)
             if self.ctx.writeback is not None:
                 self.ctx.writeback.forget(dst)
             self.ctx.inodes.detach(dst)

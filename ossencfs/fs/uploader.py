@@ -37,6 +37,9 @@ import trio
 from ..envelope import format as fmt
 from ..errors import ConflictError, NetworkError, NotFoundError
 from ..aio import first_error
+from ..objects import EncryptedObjects
+from . import dirtystate
+from .reupload import Reupload
 from .staging import Staging
 
 log = logging.getLogger(__name__)
@@ -88,7 +91,7 @@ class UploadResult:
 
 @dataclass
 class Uploader:
-    objects: Any                       # ossencfs.objects.EncryptedObjects
+    objects: EncryptedObjects
     pending: dict[int, Pending] = field(default_factory=dict)
     failures: list[tuple[float, str, str]] = field(default_factory=list)
     conflicts: list[dict[str, Any]] = field(default_factory=list)
@@ -101,7 +104,7 @@ class Uploader:
             entry.alive()
         entry.sent = 0
         try:
-            if staging.relay:                # fs.reupload: the object's own bytes, new headers
+            if isinstance(staging, Reupload):   # the object's own bytes, new headers
                 return await self.objects.relay(staging.source(), key,
                                                 {**staging.kept, **extra},
                                                 forbid_overwrite=forbid_overwrite,
@@ -155,7 +158,7 @@ class Uploader:
                         raise exc from None
                     raise
                 sending = True
-                staging.sealed = True        # from here on its key may be in the bucket
+                dirtystate.seal(staging)     # from here on its key may be in the bucket
                 if staging.committed and not staging.entry_sealed:   # (sealed at commit: no)
                     await staging.save_manifest(durable=staging.synced)
                 try:
@@ -180,8 +183,8 @@ class Uploader:
             if sending:
                 # an attempt whose fate is unknown may have stored these bytes: the next
                 # change must not reuse this key/IV for other plaintext (it re-keys)
-                staging.sealed = True
-        staging.sealed = True
+                dirtystate.seal(staging)
+        dirtystate.seal(staging)
         self.uploads += 1
         return result
 
