@@ -31,6 +31,17 @@ def _exited_cleanly(m, code: int | None = None) -> None:
     m.proc = None
 
 
+def _uploaded_by_next_mount(m, emulator, crypto_bucket, files: dict[str, bytes]) -> None:
+    """The journal kept every pending file; the next mount (OSS back) uploads them all."""
+    assert len(m.journal_files()) >= len(files)
+    emulator.set_faults(fail_rate=0.0)
+    m.start()
+    m.wait_uploaded(timeout=60)
+    for name, data in files.items():
+        assert crypto_bucket.get_object(name).read() == data
+    assert not m.journal_files()
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_signal_while_draining_after_fusermount_u(make_mount, emulator, crypto_bucket, signum):
     """fusermount3 -u while uploads still drain, then a signal: no crash; the uploads stay
@@ -41,13 +52,7 @@ def test_signal_while_draining_after_fusermount_u(make_mount, emulator, crypto_b
     assert m.proc.poll() is None                            # still draining (OSS answers 503)
     m.proc.send_signal(signum)
     _exited_cleanly(m, 0)
-    assert len(m.journal_files()) >= len(files)
-    emulator.set_faults(fail_rate=0.0)
-    m.start()
-    m.wait_uploaded(timeout=60)
-    for name, data in files.items():
-        assert crypto_bucket.get_object(name).read() == data
-    assert not m.journal_files()
+    _uploaded_by_next_mount(m, emulator, crypto_bucket, files)
 
 
 def test_signals_while_mounted_then_while_draining(make_mount, emulator, crypto_bucket):
@@ -60,9 +65,4 @@ def test_signals_while_mounted_then_while_draining(make_mount, emulator, crypto_
     m.proc.send_signal(signal.SIGTERM)
     m.proc.send_signal(signal.SIGTERM)
     _exited_cleanly(m)
-    assert len(m.journal_files()) >= len(files)
-    emulator.set_faults(fail_rate=0.0)
-    m.start()
-    m.wait_uploaded(timeout=60)
-    for name, data in files.items():
-        assert crypto_bucket.get_object(name).read() == data
+    _uploaded_by_next_mount(m, emulator, crypto_bucket, files)
