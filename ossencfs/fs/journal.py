@@ -264,7 +264,7 @@ class Journal:
                 return fd
             except OSError:
                 os.close(fd)
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
 
     def _replace(self, path: str, data: bytes, durable: bool) -> None:
         """``atomicfile.replace_file`` with a spare as the temporary file."""
@@ -299,7 +299,7 @@ class Journal:
         if not in_place:
             self._replace(self.entry_path(ident), data, durable)
             return
-        _overwrite(os.open(self.entry_path(ident), os.O_WRONLY | os.O_CREAT, 0o600), data, durable)
+        _overwrite(os.open(self.entry_path(ident), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600), data, durable)
         if durable:
             fsync_dir(self.directory)
 

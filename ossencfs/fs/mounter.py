@@ -34,6 +34,7 @@ import trio
 
 from ..errors import OssEncError
 from . import keymap, posix
+from .privatedir import check_private_dir, open_private, private_dir
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +126,13 @@ def pidfile_for(mountpoint: str) -> str:
             continue
         try:
             os.makedirs(base, mode=0o700, exist_ok=True)
-            if os.access(base, os.W_OK):
-                return os.path.join(base, name)
+            if check_private_dir(base) is None and os.access(base, os.W_OK):
+                return os.path.join(base, name)    # never a directory another user controls
         except OSError:
             continue
-    return os.path.join(tempfile.gettempdir(), name)
+    raise OssEncError("no private directory for the pid file (/run/ossencfs, $XDG_RUNTIME_DIR/ossencfs, "
+                      f"{tempfile.gettempdir()}/ossencfs-{os.getuid()}): each is missing, not writable, or "
+                      "writable by other users")
 
 
 def parse_size(text: str) -> int:
@@ -182,6 +185,8 @@ class Mount:
         self.store = build_store(args, bucket)
         root = args.cache_dir or default_cache_dir()
         self.base_dir = os.path.join(root, mount_id(args.endpoint, bucket, prefix))
+        for d in (root, self.base_dir):     # refused now, before the mount detaches
+            private_dir(d)
         self.cache_size = parse_size(args.cache_size)
         self.write_back = float(getattr(args, "write_back", 0.0) or 0.0)
         if self.write_back < 0:
@@ -191,6 +196,7 @@ class Mount:
         self.other_journals: list[dict[str, Any]] = []
         self.no_wait = False
         self._drain_scope: trio.CancelScope | None = None
+        self._serving = False        # pyfuse3.main() is running (the FUSE session is open)
         # resolved now: once mounted, touching the mount point from this process would ask
         # this very process (which is busy) and deadlock
         self.pidfile = pidfile_for(self.mountpoint)
@@ -216,10 +222,12 @@ class Mount:
         from .staging import StagingArea
         from .uploader import Uploader
         from .writeback import WriteBack
-        os.makedirs(self.base_dir, mode=0o700, exist_ok=True)
+        staging_dir = os.path.join(self.base_dir, "staging")
+        for d in (self.base_dir, staging_dir, os.path.join(self.base_dir, "blocks"), self.quarantine_dir):
+            private_dir(d)
         # one live mount per cache/staging directory: a second one would see the first one's
         # staging entries as leftovers (and, with issue 6's journal, replay them)
-        self._lock_fd = os.open(os.path.join(self.base_dir, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        self._lock_fd = open_private(os.path.join(self.base_dir, "lock"), os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -229,8 +237,6 @@ class Mount:
                                    multipart_threshold=self.args.multipart_threshold,
                                    upload_parallelism=self.args.upload_parallelism,
                                    copy_limit=getattr(self.args, "copy_limit", 1 << 30))
-        staging_dir = os.path.join(self.base_dir, "staging")
-        os.makedirs(staging_dir, mode=0o700, exist_ok=True)
         self.journal = Journal(staging_dir, self.quarantine_dir,
                                MountIdentity(self.args.endpoint, self.bucket, self.prefix))
         staging = StagingArea(staging_dir, self.keyring, self.journal, limit=self.cache_size)
@@ -299,7 +305,7 @@ class Mount:
         closed = False
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)   # until _signals takes over
         try:
-            with open(pidfile, "w") as f:
+            with os.fdopen(open_private(pidfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "w") as f:
                 f.write(f"{os.getpid()}\n")
             log.warning("mounted oss://%s/%s on %s%s", self.bucket, self.prefix, self.mountpoint,
                         f" (write-back {self.write_back:g} s)" if self.write_back else "")
@@ -313,7 +319,11 @@ class Mount:
                 nursery.start_soon(wb.run)
                 nursery.start_soon(publish, self, state_path)
                 nursery.start_soon(self._renew_credentials)
+                self._serving = True
                 await pyfuse3.main()
+                # the session ends here (unmounted by a signal or by fusermount3 -u): from now on
+                # a signal must not touch it (pyfuse3.terminate() on a closed session crashes)
+                self._serving = False
                 # unmount before draining: nothing may hang on a mount nobody serves
                 pyfuse3.close(unmount=True)
                 closed = True
@@ -331,6 +341,9 @@ class Mount:
                 spawn.nursery = None
                 nursery.cancel_scope.cancel()
         finally:
+            self._serving = False
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):   # cleanup is short:
+                signal.signal(signum, signal.SIG_IGN)                       # let it finish
             if not closed:
                 pyfuse3.close(unmount=True)
             self.model.attr_cache.close()
@@ -356,11 +369,15 @@ class Mount:
                 pass
 
     async def _signals(self) -> None:
+        """SIGTERM/SIGINT/SIGHUP while mounted: unmount, then upload what is pending. Any later
+        one, one after an external unmount (``fusermount3 -u``: the mount is gone, only the
+        drain is left), and SIGUSR1: stop waiting; pending uploads stay journaled for the next
+        mount. Every path ends in a clean exit with the journal intact."""
         terminated = False
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
                                        signal.SIGUSR1) as sigs:
             async for signum in sigs:
-                if signum == signal.SIGUSR1 or terminated:
+                if signum == signal.SIGUSR1 or terminated or not self._serving:
                     log.warning("not waiting for pending uploads: they stay journaled")
                     self.no_wait = True
                     if self._drain_scope is not None:
@@ -404,6 +421,8 @@ def other_journals(cache_root: str, own: str) -> list[dict[str, Any]]:
 def run_mount(args: argparse.Namespace, connect: Connectors) -> int:
     # oss2 warns on every raw GET of an encrypted object; reading ciphertext is the point here
     logging.getLogger("oss2").setLevel(logging.ERROR)
+    os.umask(0o077)                  # whatever creates a file here (sqlite's -wal/-shm too): 0600
+    # (files made in the mounted file system get the modes their callers ask for: not affected)
     mount = Mount(args, connect)     # argument, key and credential errors surface here
     if args.foreground:
         return trio.run(mount.run, lambda err: None)
@@ -414,9 +433,8 @@ def run_mount(args: argparse.Namespace, connect: Connectors) -> int:
         code = 1
         try:
             os.setsid()
-            os.makedirs(mount.base_dir, mode=0o700, exist_ok=True)
-            logfd = os.open(os.path.join(mount.base_dir, "mount.log"),
-                            os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            logfd = open_private(os.path.join(mount.base_dir, "mount.log"),
+                                 os.O_WRONLY | os.O_CREAT | os.O_APPEND)
             devnull = os.open(os.devnull, os.O_RDWR)
             os.dup2(devnull, 0)
             os.dup2(logfd, 1)

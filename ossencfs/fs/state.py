@@ -81,7 +81,7 @@ def snapshot(mount: Any) -> dict[str, Any]:
 
 def write_state(path: str, state: dict[str, Any]) -> None:
     try:
-        replace_file(path, json.dumps(state).encode(), mode=0o644)
+        replace_file(path, json.dumps(state).encode(), mode=0o600)
     except OSError as exc:
         log.debug("cannot write %s: %s", path, exc)
 
