@@ -10,7 +10,6 @@ uploads stay journaled and go up at the next mount with the same cache directory
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -22,34 +21,13 @@ from typing import Any
 from ..objects import COPY_LIMIT
 
 from .options import add_connection_options, add_key_options
+from .procs import pid_alive, read_state
 
 
 def _mount(args: argparse.Namespace) -> int:
     from ..fs.mounter import Connectors, run_mount
     from .options import build_keyring, build_store, parse_oss_url
     return run_mount(args, Connectors(parse_oss_url, build_keyring, build_store))
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:                               # a zombie child of ours counts as gone
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][:1] != "Z"
-    except OSError:
-        return True
-
-
-def _read_state(path: str) -> dict[str, Any] | None:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 class _Progress:
@@ -107,7 +85,7 @@ def _umount(args: argparse.Namespace) -> int:
             pid = int(f.read().strip())
     except (OSError, ValueError):
         pass
-    before = _read_state(state_path) if args.lazy else None
+    before = read_state(state_path) if args.lazy else None
     if args.lazy and pid is not None:
         try:
             os.kill(pid, signal.SIGUSR1)       # do not wait for pending uploads at exit
@@ -135,14 +113,14 @@ def _umount(args: argparse.Namespace) -> int:
     progress = _Progress()
     started = time.monotonic()
     try:
-        while _pid_alive(pid):
+        while pid_alive(pid):
             if time.monotonic() > deadline:
                 print(f"ossencfs: error: mount process {pid} still uploading after "
                       f"{args.timeout:.0f} s; it keeps running in the background "
                       f"(`ossencfs status {mountpoint}` shows what is left)", file=sys.stderr)
                 return 1
             if time.monotonic() - started > 0.5:
-                progress.show(_read_state(state_path))
+                progress.show(read_state(state_path))
             time.sleep(0.1)
     finally:
         progress.close()

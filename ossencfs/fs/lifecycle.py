@@ -167,7 +167,7 @@ class Lifecycle:
         node.mtime = time.time()
         node.headers = {**(st.kept if isinstance(st, Reupload) else {}),
                         **{k.lower(): v for k, v in st.crypto_headers.items()}, **extra}
-        node.headers_expires = node.meta_expires = time.monotonic() + self.ctx.ttl
+        node.headers_expires_mono = node.meta_expires_mono = time.monotonic() + self.ctx.ttl
         self.ctx.attr_cache.record(self.ctx.okey(node.path), etag, node.size, extra,
                                not_after=self.ctx.store.server_now())
         if not st.relay:
@@ -191,7 +191,7 @@ class Lifecycle:
             node.staging = None
             await self.ctx.staging.drop(st)
         node.headers = None
-        node.headers_expires = 0
+        node.headers_expires_mono = 0
         node.kernel_etag = None
         node.symlink_target = None
         try:
@@ -252,7 +252,7 @@ class Lifecycle:
         node.staging = None
         dirtystate.mark_clean(node)
         node.headers = None
-        node.headers_expires = node.meta_expires = 0
+        node.headers_expires_mono = node.meta_expires_mono = 0
         node.kernel_etag = None
         if self.ctx.writeback is not None:
             self.ctx.writeback.forget(node)
@@ -284,7 +284,7 @@ class Lifecycle:
         node.staging = None
         dirtystate.mark_clean(node)
         node.headers = None
-        node.headers_expires = 0
+        node.headers_expires_mono = 0
         node.kernel_etag = None
         if self.ctx.writeback is not None:
             self.ctx.writeback.forget(node)

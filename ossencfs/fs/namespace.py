@@ -70,7 +70,7 @@ class Namespace:
         node.unlinked = False
         node.exists_remote = True
         node.headers = headers
-        node.headers_expires = time.monotonic() + self.ctx.ttl
+        node.headers_expires_mono = time.monotonic() + self.ctx.ttl
         self.ctx.inodes.set_listing(path, {})
         self.ctx.inodes.note_entry(parent.path, Entry(name, stat.S_IFDIR))
         self.touch_dir(parent)
@@ -113,7 +113,7 @@ class Namespace:
         node.size, node.etag, node.mtime = len(body), etag, time.time()
         node.exists_remote, node.unlinked = True, False
         node.headers = extra
-        node.headers_expires = node.meta_expires = time.monotonic() + self.ctx.ttl
+        node.headers_expires_mono = node.meta_expires_mono = time.monotonic() + self.ctx.ttl
         self.ctx.attr_cache.record(self.ctx.okey(path), etag, len(body), extra,
                                not_after=self.ctx.store.server_now())
         self.ctx.inodes.note_entry(parent.path, Entry(name, stat.S_IFREG, len(body), etag, node.mtime))
