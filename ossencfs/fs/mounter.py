@@ -264,7 +264,7 @@ class Mount:
                             self.journal.directory)
             else:
                 n = await self.model.replay(good, self.journal.quarantine)
-                log.warning("journal: %d pending upload(s) replayed from %s", n,
+                log.info("journal: %d pending upload(s) replayed from %s", n,
                             self.journal.directory)
         self.other_journals = other_journals(self.cache_root, self.base_dir)
         for other in self.other_journals:
@@ -299,7 +299,7 @@ class Mount:
         try:
             with open(pidfile, "w") as f:
                 f.write(f"{os.getpid()}\n")
-            log.warning("mounted oss://%s/%s on %s%s", self.bucket, self.prefix, self.mountpoint,
+            log.info("mounted oss://%s/%s on %s%s", self.bucket, self.prefix, self.mountpoint,
                         f" (write-back {self.write_back:g} s)" if self.write_back else "")
             write_state(state_path, snapshot(self))
             ready(None)
@@ -336,7 +336,7 @@ class Mount:
                     os.unlink(path)
                 except OSError:
                     pass
-            log.warning("unmounted %s", self.mountpoint)
+            log.info("unmounted %s", self.mountpoint)
         return 1 if failed and not self.no_wait else 0
 
     async def _signals(self) -> None:
@@ -350,7 +350,7 @@ class Mount:
                     if self._drain_scope is not None:
                         self._drain_scope.cancel()
                     continue
-                log.warning("signal received: unmounting %s", self.mountpoint)
+                log.info("signal received: unmounting %s", self.mountpoint)
                 terminated = True
                 pyfuse3.terminate()
 
@@ -388,6 +388,10 @@ def other_journals(cache_root: str, own: str) -> list[dict[str, Any]]:
 def run_mount(args: argparse.Namespace, connect: Connectors) -> int:
     # oss2 warns on every raw GET of an encrypted object; reading ciphertext is the point here
     logging.getLogger("oss2").setLevel(logging.ERROR)
+    # a mount is a service: its log (journal, --log file, stderr with -f) shows lifecycle
+    # events (mounted, journal replayed, unmounted) and retries at INFO, not only problems
+    root = logging.getLogger()
+    root.setLevel(min(root.level, logging.INFO))
     mount = Mount(args, connect)     # argument, key and credential errors surface here
     if args.foreground:
         return trio.run(mount.run, lambda err: None)
