@@ -237,6 +237,8 @@ class Mount:
         cache = BlockCache(os.path.join(self.base_dir, "blocks"), max_bytes=self.cache_size)
         cache.reserved = lambda: staging.used
         staging.make_room = cache.make_room
+        if os.stat(staging_dir).st_dev == os.stat(cache.directory or staging_dir).st_dev:
+            staging.make_disk_room = cache.make_disk_room   # blocks free room for staged data
         assert self.opts.policy is not None
         self.model = FsModel(self.store, objects, cache, staging, Uploader(objects),
                              prefix=self.prefix, policy=self.opts.policy, ttl=self.opts.ttl,

@@ -71,6 +71,11 @@ def _guard(timeout: float) -> Callable[[Callable[Concatenate["Operations", P], A
     return deco
 
 
+#: operations whose first argument is a file handle / a directory handle, not an inode
+_FILE_HANDLE_OPS = frozenset({"read", "write", "flush", "release", "fsync"})
+_DIR_HANDLE_OPS = frozenset({"readdir", "releasedir", "fsyncdir"})
+
+
 class Operations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
@@ -83,7 +88,7 @@ class Operations(pyfuse3.Operations):
         self._next_dh = 0
 
     def _errno_for(self, op: str, args: Sequence[Any], exc: BaseException) -> int:
-        what = self._describe(args)
+        what = self._describe(op, args)
         if isinstance(exc, trio.TooSlowError):
             log.error("%s %s: timed out", op, what)
             return errno.EIO
@@ -93,7 +98,7 @@ class Operations(pyfuse3.Operations):
             log.error("%s %s: object changed by another client: %s", op, what, exc)
             return errno.EIO
         if isinstance(exc, OssEncError):
-            log.error("%s %s: %s", op, what, exc)
+            (log.debug if exc.repeat else log.error)("%s %s: %s", op, what, exc)
             return exc.errno or errno.EIO
         if isinstance(exc, OSError) and exc.errno:
             log.error("%s %s: %s", op, what, exc)
@@ -101,14 +106,23 @@ class Operations(pyfuse3.Operations):
         log.error("%s %s: unexpected %s", op, what, type(exc).__name__, exc_info=exc)
         return errno.EIO
 
-    def _describe(self, args: Sequence[Any]) -> str:
-        """Name the object a failing call was about (first int arg: inode or fh)."""
+    def _describe(self, op: str, args: Sequence[Any]) -> str:
+        """Name the object a failing call was about. The first int argument is a file handle
+        (read, write, ...), a directory handle (readdir, ...) or an inode (everything else):
+        each is looked up in its own table, never one as another."""
         try:
             first = args[0] if args else None
             node = None
-            if isinstance(first, int):
+            if not isinstance(first, int):
+                pass
+            elif op in _FILE_HANDLE_OPS:
                 h = self.model.handles.get(first)
-                node = h.node if h is not None else self.model.inodes.get(first)
+                node = h.node if h is not None else None
+            elif op in _DIR_HANDLE_OPS:
+                dh = self._dirs.get(first)
+                node = self.model.inodes.get(dh[0]) if dh is not None else None
+            else:
+                node = self.model.inodes.get(first)
             if node is not None:
                 where = self.model.where(node)
                 if len(args) > 1 and isinstance(args[1], bytes) and node.is_dir:
