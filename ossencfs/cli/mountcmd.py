@@ -16,18 +16,40 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..objects import COPY_LIMIT
 
 from .options import add_connection_options, add_key_options
 from .procs import pid_alive, read_state
 
+if TYPE_CHECKING:
+    from ..fs.mounter import MountConfig
+
+
+def mount_config(args: argparse.Namespace) -> MountConfig:
+    """``ossencfs mount``'s arguments as the typed ``fs.mounter.MountConfig``."""
+    from ..fs.mounter import MountConfig, parse_size
+    from .options import parse_oss_url
+    bucket, prefix = parse_oss_url(args.url)
+    prefix = prefix.lstrip("/")
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    return MountConfig(
+        bucket=bucket, prefix=prefix, mountpoint=os.path.abspath(args.mountpoint),
+        endpoint=args.endpoint, options=tuple(args.options or ()), cache_dir=args.cache_dir,
+        cache_size=parse_size(args.cache_size), write_back=float(args.write_back or 0.0),
+        part_size=args.part_size, multipart_threshold=args.multipart_threshold,
+        upload_parallelism=args.upload_parallelism, upload_small_files=args.upload_small_files,
+        copy_limit=args.copy_limit, foreground=args.foreground)
+
 
 def _mount(args: argparse.Namespace) -> int:
     from ..fs.mounter import Connectors, run_mount
-    from .options import build_keyring, build_store, parse_oss_url
-    return run_mount(args, Connectors(parse_oss_url, build_keyring, build_store))
+    from .options import build_keyring, build_store
+    config = mount_config(args)
+    return run_mount(config, Connectors(keyring=lambda: build_keyring(args),
+                                        store=lambda bucket: build_store(args, bucket)))
 
 
 class _Progress:

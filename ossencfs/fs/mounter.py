@@ -17,7 +17,6 @@ next mount with the same cache directory.
 """
 from __future__ import annotations
 
-import argparse
 import fcntl
 import hashlib
 import logging
@@ -27,13 +26,17 @@ import signal
 import sys
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import pyfuse3
 import trio
 
 from ..errors import OssEncError
 from . import keymap, posix
+
+if TYPE_CHECKING:
+    from ..envelope.keys import KeyRing
+    from ..store import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -156,34 +159,48 @@ class _Spawner:
 
 
 @dataclass(frozen=True)
+class MountConfig:
+    """What ``ossencfs mount`` was told, typed (built from its arguments by
+    ``cli.mountcmd.mount_config``, the one module that knows both the command line and
+    ``fs``). Sizes in bytes, times in seconds."""
+    bucket: str
+    prefix: str                       # "" or ending in "/"
+    mountpoint: str                   # absolute
+    endpoint: str                     # URL of OSS
+    options: tuple[str, ...]          # ``-o`` groups (``parse_mount_options``)
+    cache_dir: str | None             # None: ``default_cache_dir()``
+    cache_size: int
+    write_back: float                 # 0: upload at close
+    part_size: int
+    multipart_threshold: int
+    upload_parallelism: int
+    upload_small_files: int
+    copy_limit: int
+    foreground: bool
+
+
+@dataclass(frozen=True)
 class Connectors:
-    """What a mount needs from the command line layer (``cli.options``), passed in by the
-    mount command: ``fs`` sits below ``cli`` and never imports it."""
-    parse_oss_url: Callable[[str], tuple[str, str]]
-    build_keyring: Callable[[argparse.Namespace], Any]
-    build_store: Callable[[argparse.Namespace, str], Any]
+    """How a mount reaches its keys and its bucket, made by the mount command from the
+    command line (``cli.options``): ``fs`` sits below ``cli`` and never imports it."""
+    keyring: Callable[[], KeyRing]
+    store: Callable[[str], ObjectStore]         # bucket name -> store
 
 
 class Mount:
-    def __init__(self, args: argparse.Namespace, connect: Connectors) -> None:
-        parse_oss_url, build_keyring, build_store = (connect.parse_oss_url, connect.build_keyring,
-                                                     connect.build_store)
-        self.args = args
-        bucket, prefix = parse_oss_url(args.url)
-        prefix = prefix.lstrip("/")
-        if prefix and not prefix.endswith("/"):
-            prefix += "/"
-        self.bucket, self.prefix = bucket, prefix
-        self.mountpoint = os.path.abspath(args.mountpoint)
+    def __init__(self, config: MountConfig, connect: Connectors) -> None:
+        self.config = config
+        self.bucket, self.prefix = config.bucket, config.prefix
+        self.mountpoint = config.mountpoint
         if not os.path.isdir(self.mountpoint):
             raise OssEncError(f"mount point {self.mountpoint} is not a directory")
-        self.opts = parse_mount_options(args.options)
-        self.keyring = build_keyring(args)
-        self.store = build_store(args, bucket)
-        root = args.cache_dir or default_cache_dir()
-        self.base_dir = os.path.join(root, mount_id(args.endpoint, bucket, prefix))
-        self.cache_size = parse_size(args.cache_size)
-        self.write_back = float(getattr(args, "write_back", 0.0) or 0.0)
+        self.opts = parse_mount_options(list(config.options))
+        self.keyring = connect.keyring()
+        self.store = connect.store(config.bucket)
+        root = config.cache_dir or default_cache_dir()
+        self.base_dir = os.path.join(root, mount_id(config.endpoint, self.bucket, self.prefix))
+        self.cache_size = config.cache_size
+        self.write_back = config.write_back
         if self.write_back < 0:
             raise OssEncError("--write-back wants 0 or more seconds")
         self.quarantine_dir = os.path.join(self.base_dir, "quarantine")
@@ -225,14 +242,15 @@ class Mount:
         except BlockingIOError:
             raise OssEncError(f"cache directory {self.base_dir} is in use by another mount of "
                               f"oss://{self.bucket}/{self.prefix}; use another --cache-dir") from None
-        objects = EncryptedObjects(self.store, self.keyring, part_size=self.args.part_size,
-                                   multipart_threshold=self.args.multipart_threshold,
-                                   upload_parallelism=self.args.upload_parallelism,
-                                   copy_limit=getattr(self.args, "copy_limit", 1 << 30))
+        cfg = self.config
+        objects = EncryptedObjects(self.store, self.keyring, part_size=cfg.part_size,
+                                   multipart_threshold=cfg.multipart_threshold,
+                                   upload_parallelism=cfg.upload_parallelism,
+                                   copy_limit=cfg.copy_limit)
         staging_dir = os.path.join(self.base_dir, "staging")
         os.makedirs(staging_dir, mode=0o700, exist_ok=True)
         self.journal = Journal(staging_dir, self.quarantine_dir,
-                               MountIdentity(self.args.endpoint, self.bucket, self.prefix))
+                               MountIdentity(cfg.endpoint, self.bucket, self.prefix))
         staging = StagingArea(staging_dir, self.keyring, self.journal, limit=self.cache_size)
         cache = BlockCache(os.path.join(self.base_dir, "blocks"), max_bytes=self.cache_size)
         cache.reserved = lambda: staging.used
@@ -250,8 +268,8 @@ class Mount:
         self.model.writeback = WriteBack(upload=self.model.upload_job,
                                          writers=self.model.writers, where=self.model.where,
                                          delay=self.write_back,
-                                         parallel=max(2, self.args.upload_parallelism),
-                                         small_parallel=self.args.upload_small_files)
+                                         parallel=max(2, cfg.upload_parallelism),
+                                         small_parallel=cfg.upload_small_files)
         return Operations(self.model)
 
     async def _replay(self) -> None:
@@ -387,15 +405,15 @@ def other_journals(cache_root: str, own: str) -> list[dict[str, Any]]:
     return out
 
 
-def run_mount(args: argparse.Namespace, connect: Connectors) -> int:
+def run_mount(config: MountConfig, connect: Connectors) -> int:
     # oss2 warns on every raw GET of an encrypted object; reading ciphertext is the point here
     logging.getLogger("oss2").setLevel(logging.ERROR)
     # a mount is a service: its log (journal, --log file, stderr with -f) shows lifecycle
     # events (mounted, journal replayed, unmounted) and retries at INFO, not only problems
     root = logging.getLogger()
     root.setLevel(min(root.level, logging.INFO))
-    mount = Mount(args, connect)     # argument, key and credential errors surface here
-    if args.foreground:
+    mount = Mount(config, connect)   # argument, key and credential errors surface here
+    if config.foreground:
         return trio.run(mount.run, lambda err: None)
     r, w = os.pipe()
     pid = os.fork()

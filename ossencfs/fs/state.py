@@ -65,7 +65,7 @@ def snapshot(mount: Any) -> dict[str, Any]:
         disk = None
     return {
         "pid": os.getpid(), "updated": time.time(), "running": True,
-        "url": f"oss://{mount.bucket}/{mount.prefix}", "endpoint": mount.args.endpoint,
+        "url": f"oss://{mount.bucket}/{mount.prefix}", "endpoint": mount.config.endpoint,
         "mountpoint": mount.mountpoint, "cache_dir": mount.base_dir,
         "write_back": model.write_back,
         "pending": pending,
