@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import AK, BUCKET, SDK_FIXTURES, SK
 from tests.mount.conftest import eventually
 
-pytestmark = pytest.mark.mount
+pytestmark = [pytest.mark.mount, pytest.mark.write_modes()]
 
 
 def _renameat2(src: str, dst: str, flags: int) -> int:
@@ -34,6 +34,7 @@ def test_files_dirs_and_markers(mount, oss2_bucket):
     assert sorted(os.listdir(p / "d")) == ["e"]
     assert (p / "a.txt").read_bytes() == b"hello world\n"
     assert os.stat(p / "a.txt").st_size == 12
+    mount.settle()
     keys = {o.key for o in __import__("oss2").ObjectIteratorV2(oss2_bucket)}
     assert {"a.txt", "d/", "d/e/", "d/e/f.bin"} <= keys
     # rmdir of a non-empty directory
@@ -89,6 +90,7 @@ def test_rename_files_and_directories(mount, oss2_bucket):
     assert _renameat2(str(p / "three"), str(p / "two"), 2) == errno.EINVAL
     assert _renameat2(str(p / "three"), str(p / "four"), 1) == 0
     assert (p / "four").read_bytes() == b"3" and (p / "two").read_bytes() == b"one"
+    mount.settle()
     keys = {o.key for o in __import__("oss2").ObjectIteratorV2(oss2_bucket)}
     assert not any(k.startswith("src/") for k in keys)
     assert {"dst/", "dst/sub/deep", "two", "four"} <= keys and "one" not in keys
@@ -158,6 +160,7 @@ def test_truncate_and_odd_offsets(mount, crypto_bucket):
         f.seek(100_003)
         assert f.read(77) == bytes(data[100_003:100_080])
     assert p.read_bytes() == bytes(data)
+    mount.settle()
     assert crypto_bucket.get_object("odd.bin").read() == bytes(data)
     with open(p, "r+b") as f:
         f.truncate(1000)
@@ -169,6 +172,7 @@ def test_truncate_and_odd_offsets(mount, crypto_bucket):
     assert p.read_bytes() == expect[:10]
     os.truncate(p, 20)
     assert p.read_bytes() == expect[:10] + bytes(10)
+    mount.settle()
     assert crypto_bucket.get_object("odd.bin").read() == expect[:10] + bytes(10)
     # ranged reads through the mount at odd offsets of an object the SDK wrote
     blob = os.urandom(777_777)
@@ -292,6 +296,7 @@ def test_rename_directory_with_an_open_dirty_file(mount, crypto_bucket, oss2_buc
         os.rename(mount.path / "proj", mount.path / "renamed")
         f.write(b"second part")
     assert (mount.path / "renamed" / "src" / "open.txt").read_bytes() == b"first part, second part"
+    mount.settle()
     assert crypto_bucket.get_object("renamed/src/open.txt").read() == b"first part, second part"
     assert crypto_bucket.get_object("renamed/src/kept.txt").read() == b"kept"
     assert not [o.key for o in oss2.ObjectIteratorV2(oss2_bucket, prefix="proj/")]
