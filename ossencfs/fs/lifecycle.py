@@ -259,6 +259,23 @@ class Lifecycle:
         if not node.exists_remote:           # the name never reached the bucket
             self.name_gone(node)
 
+    async def drop_local_locked(self, node: Node, *, uncommitted_entry_too: bool) -> None:
+        """``node``'s name went away here (unlink, renamed over): nothing local of it is
+        uploaded or replayed any more. A closed file's staging is freed; an open one keeps its
+        data for its readers and writers, but its journal entry goes (a committed one; with
+        ``uncommitted_entry_too`` any)."""
+        dirtystate.mark_clean(node)
+        st = node.staging
+        if st is not None and node.open_count == 0:
+            node.staging = None               # the journal entry goes before we answer
+            await self.ctx.staging.drop(st)
+        elif st is not None and (st.committed or uncommitted_entry_too):
+            await trio.to_thread.run_sync(functools.partial(
+                self.ctx.staging.journal.remove, st.ident, durable=True))
+            dirtystate.uncommit(st)
+        if self.ctx.writeback is not None:
+            self.ctx.writeback.forget(node)
+
     def name_gone(self, node: Node) -> None:
         """``node``'s name is gone from the bucket outside any namespace call (a refused
         upload, another client's delete): forget it here and in the kernel's entry cache."""

@@ -12,7 +12,6 @@ gets one) and for directory mtimes (kept in memory, stored on markers after ``ME
 from __future__ import annotations
 
 import errno
-import functools
 import logging
 import stat
 import time
@@ -21,7 +20,7 @@ import pyfuse3
 import trio
 
 from ..errors import OssEncError
-from . import dirtystate, posix
+from . import posix
 from .attrs import Attrs
 from .context import META_DELAY, FsContext, fuse_err as _err
 from .freshness import Freshness
@@ -137,17 +136,7 @@ class Namespace:
             elif node.exists_remote:
                 await self.ctx.store.delete(key)
             self.ctx.attr_cache.forget(key)
-            dirtystate.mark_clean(node)
-            if node.staging is not None:
-                if node.open_count == 0:
-                    old, node.staging = node.staging, None  # the journal entry goes before we answer
-                    await self.ctx.staging.drop(old)
-                else:                                # still open: keep the data, drop the entry
-                    await trio.to_thread.run_sync(functools.partial(
-                        self.ctx.staging.journal.remove, node.staging.ident, durable=True))
-                    dirtystate.uncommit(node.staging)
-            if self.ctx.writeback is not None:
-                self.ctx.writeback.forget(node)
+            await self.meta.life.drop_local_locked(node, uncommitted_entry_too=True)
             self.ctx.inodes.drop_entry(parent.path, name)
             self.ctx.inodes.detach(node)
         self.touch_dir(parent)
