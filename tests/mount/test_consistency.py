@@ -69,6 +69,7 @@ def test_no_plaintext_in_staging_while_dirty(mount, oss2_bucket):
     assert not [n for _, _, files in os.walk(mount.cache_dir) for n in files if n.endswith(".data")]
 
 
+@pytest.mark.write_modes("close")      # reads, or the mount's own lifecycle: one mode
 def test_small_read_costs_a_small_ranged_get(mount, crypto_bucket, emulator):
     blob = os.urandom(6 * 1024 * 1024)
     crypto_bucket.put_object("huge.bin", blob)

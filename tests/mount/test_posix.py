@@ -54,6 +54,7 @@ def test_files_dirs_and_markers(mount, oss2_bucket):
     assert st.f_bsize > 0 and st.f_bavail > 0
 
 
+@pytest.mark.write_modes("close")      # reads, or the mount's own lifecycle: one mode
 def test_implied_directories_from_other_clients(mount, oss2_bucket):
     oss2_bucket.put_object("x/y/z.txt", b"plain data")
     oss2_bucket.put_object("x/top.txt", b"top")
@@ -202,6 +203,7 @@ def test_overwrite_gets_fresh_key_each_upload(mount, oss2_bucket, crypto_bucket)
     assert crypto_bucket.get_object("rekey.bin").read() == b"A" * 100 + b"B" * 10 + b"A" * 4890
 
 
+@pytest.mark.write_modes("close")      # reads, or the mount's own lifecycle: one mode
 def test_read_only_and_ownership_options(make_mount, oss2_bucket):
     oss2_bucket.put_object("plain.txt", b"plain")
     m = make_mount("ro", extra=["-o", "ro,uid=4321,gid=1234,umask=027,file_mode=0644"])
@@ -214,6 +216,7 @@ def test_read_only_and_ownership_options(make_mount, oss2_bucket):
     assert ei.value.errno == errno.EROFS
 
 
+@pytest.mark.write_modes("close")      # reads, or the mount's own lifecycle: one mode
 def test_detach_umount_and_errors(make_mount, emulator, cli_env, tmp_path):
     m = make_mount("bg", start=False)
     r = subprocess.run(m.argv(foreground=False), env=m.env, capture_output=True, timeout=60)
@@ -240,6 +243,7 @@ def test_detach_umount_and_errors(make_mount, emulator, cli_env, tmp_path):
     assert not os.path.ismount(m.path)
 
 
+@pytest.mark.write_modes("close")      # reads, or the mount's own lifecycle: one mode
 def test_wrong_key_gives_eacces_and_mount_survives(mount, emulator, tmp_path):
     import oss2
     from oss2.crypto import RsaProvider
@@ -262,6 +266,7 @@ def test_wrong_key_gives_eacces_and_mount_survives(mount, emulator, tmp_path):
     assert (mount.path / "still-alive").read_bytes() == b"ok"
 
 
+@pytest.mark.write_modes("close")      # reads, or the mount's own lifecycle: one mode
 def test_fstab_helper(make_mount, tmp_path):
     """systemd/mount.ossencfs turns fstab-style options into an `ossencfs mount` call."""
     from tests.conftest import ROOT
@@ -444,6 +449,7 @@ def test_an_open_file_stays_readable_after_unlink(mount, crypto_bucket, oss2_buc
     eventually(lambda: not oss2_bucket.object_exists("other.bin"))   # (release is async)
 
 
+@pytest.mark.write_modes("close")      # reads, or the mount's own lifecycle: one mode
 def test_bad_posix_metadata_of_other_clients_is_ignored_field_by_field(make_mount, oss2_bucket):
     oss2_bucket.put_object("odd/a.txt", b"aaa", headers={
         "x-oss-meta-uid": "-5", "x-oss-meta-gid": "1" * 23, "x-oss-meta-mode": "9" * 30,
