@@ -274,8 +274,8 @@ class _Handler(BaseHTTPRequestHandler):
         return
 
     def setup(self) -> None:
-        self.timeout = self.server.emu.idle_timeout  # type: ignore[misc]  # per connection, applied by super().setup()
         super().setup()
+        self.connection.settimeout(self.server.emu.idle_timeout)
         self.server.track(self.connection, True)
         faults = self.server.emu._faults
         self.up = Throttle(faults)
@@ -497,7 +497,7 @@ class _Handler(BaseHTTPRequestHandler):
             try:
                 return os.sendfile(out, fd, offset, count)
             except BlockingIOError:
-                if not select.select([], [out], [], self.timeout)[1]:
+                if not select.select([], [out], [], self.connection.gettimeout())[1]:
                     raise TimeoutError("client stopped reading") from None
 
     # ---- admin -------------------------------------------------------------------------
