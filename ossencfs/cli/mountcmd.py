@@ -10,19 +10,39 @@ uploads stay journaled and go up at the next mount with the same cache directory
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import OssEncError
 from ..objects import COPY_LIMIT
 
 from .options import add_connection_options, add_key_options
+from .procs import pid_alive, read_state
+
+if TYPE_CHECKING:
+    from ..fs.mounter import MountConfig
+
+
+def mount_config(args: argparse.Namespace) -> MountConfig:
+    """``ossencfs mount``'s arguments as the typed ``fs.mounter.MountConfig``."""
+    from ..fs.mounter import MountConfig, parse_size
+    from .options import parse_oss_url
+    bucket, prefix = parse_oss_url(args.url)
+    prefix = prefix.lstrip("/")
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    return MountConfig(
+        bucket=bucket, prefix=prefix, mountpoint=os.path.abspath(args.mountpoint),
+        endpoint=args.endpoint, options=tuple(args.options or ()), cache_dir=args.cache_dir,
+        cache_size=parse_size(args.cache_size), write_back=float(args.write_back or 0.0),
+        part_size=args.part_size, multipart_threshold=args.multipart_threshold,
+        upload_parallelism=args.upload_parallelism, upload_small_files=args.upload_small_files,
+        copy_limit=args.copy_limit, foreground=args.foreground)
 
 
 _HIDDEN_SECRET = "_OSSENCFS_HIDDEN_SECRET"
@@ -48,7 +68,7 @@ def _hide_secret_from_ps() -> None:
 def _mount(args: argparse.Namespace) -> int:
     from ..fs.mounter import Connectors, run_mount
     from .configfile import apply_config
-    from .options import build_keyring, build_store, parse_oss_url
+    from .options import build_keyring, build_store
     if args.access_key_secret:
         _hide_secret_from_ps()
     hidden = os.environ.pop(_HIDDEN_SECRET, None)
@@ -59,7 +79,9 @@ def _mount(args: argparse.Namespace) -> int:
     if not args.url or not args.mountpoint:
         raise OssEncError("mount needs oss://BUCKET[/PREFIX] and MOUNTPOINT (arguments or "
                           "url/mountpoint in --config)")
-    return run_mount(args, Connectors(parse_oss_url, build_keyring, build_store))
+    config = mount_config(args)
+    return run_mount(config, Connectors(keyring=lambda: build_keyring(args),
+                                        store=lambda bucket: build_store(args, bucket)))
 
 
 def _take_passwd_file(args: argparse.Namespace) -> None:
@@ -75,28 +97,6 @@ def _take_passwd_file(args: argparse.Namespace) -> None:
         if rest:
             kept.append(",".join(rest))
     args.options = kept
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:                               # a zombie child of ours counts as gone
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][:1] != "Z"
-    except OSError:
-        return True
-
-
-def _read_state(path: str) -> dict[str, Any] | None:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 class _Progress:
@@ -159,7 +159,7 @@ def _umount(args: argparse.Namespace) -> int:
             pid = int(f.read().strip())
     except (OSError, ValueError):
         pass
-    before = _read_state(state_path) if args.lazy else None
+    before = read_state(state_path) if args.lazy else None
     if args.lazy and pid is not None:
         try:
             os.kill(pid, signal.SIGUSR1)       # do not wait for pending uploads at exit
@@ -187,14 +187,14 @@ def _umount(args: argparse.Namespace) -> int:
     progress = _Progress()
     started = time.monotonic()
     try:
-        while _pid_alive(pid):
+        while pid_alive(pid):
             if time.monotonic() > deadline:
                 print(f"ossencfs: error: mount process {pid} still uploading after "
                       f"{args.timeout:.0f} s; it keeps running in the background "
                       f"(`ossencfs status {mountpoint}` shows what is left)", file=sys.stderr)
                 return 1
             if time.monotonic() - started > 0.5:
-                progress.show(_read_state(state_path))
+                progress.show(read_state(state_path))
             time.sleep(0.1)
     finally:
         progress.close()

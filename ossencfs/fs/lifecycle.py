@@ -167,7 +167,7 @@ class Lifecycle:
         node.mtime = time.time()
         node.headers = {**(st.kept if isinstance(st, Reupload) else {}),
                         **{k.lower(): v for k, v in st.crypto_headers.items()}, **extra}
-        node.headers_expires = node.meta_expires = time.monotonic() + self.ctx.ttl
+        node.headers_expires_mono = node.meta_expires_mono = time.monotonic() + self.ctx.ttl
         self.ctx.attr_cache.record(self.ctx.okey(node.path), etag, node.size, extra,
                                not_after=self.ctx.store.server_now())
         if not st.relay:
@@ -191,7 +191,7 @@ class Lifecycle:
             node.staging = None
             await self.ctx.staging.drop(st)
         node.headers = None
-        node.headers_expires = 0
+        node.headers_expires_mono = 0
         node.kernel_etag = None
         node.symlink_target = None
         try:
@@ -252,12 +252,29 @@ class Lifecycle:
         node.staging = None
         dirtystate.mark_clean(node)
         node.headers = None
-        node.headers_expires = node.meta_expires = 0
+        node.headers_expires_mono = node.meta_expires_mono = 0
         node.kernel_etag = None
         if self.ctx.writeback is not None:
             self.ctx.writeback.forget(node)
         if not node.exists_remote:           # the name never reached the bucket
             self.name_gone(node)
+
+    async def drop_local_locked(self, node: Node, *, uncommitted_entry_too: bool) -> None:
+        """``node``'s name went away here (unlink, renamed over): nothing local of it is
+        uploaded or replayed any more. A closed file's staging is freed; an open one keeps its
+        data for its readers and writers, but its journal entry goes (a committed one; with
+        ``uncommitted_entry_too`` any)."""
+        dirtystate.mark_clean(node)
+        st = node.staging
+        if st is not None and node.open_count == 0:
+            node.staging = None               # the journal entry goes before we answer
+            await self.ctx.staging.drop(st)
+        elif st is not None and (st.committed or uncommitted_entry_too):
+            await trio.to_thread.run_sync(functools.partial(
+                self.ctx.staging.journal.remove, st.ident, durable=True))
+            dirtystate.uncommit(st)
+        if self.ctx.writeback is not None:
+            self.ctx.writeback.forget(node)
 
     def name_gone(self, node: Node) -> None:
         """``node``'s name is gone from the bucket outside any namespace call (a refused
@@ -284,7 +301,7 @@ class Lifecycle:
         node.staging = None
         dirtystate.mark_clean(node)
         node.headers = None
-        node.headers_expires = 0
+        node.headers_expires_mono = 0
         node.kernel_etag = None
         if self.ctx.writeback is not None:
             self.ctx.writeback.forget(node)

@@ -37,7 +37,7 @@ import trio
 from ..envelope import format as fmt
 from ..errors import ConflictError, NetworkError, NotFoundError
 from ..aio import first_error
-from ..objects import EncryptedObjects
+from ..objects import EncryptedObjects, is_own_upload
 from . import dirtystate
 from .reupload import Reupload
 from .staging import Staging
@@ -72,7 +72,7 @@ def conflict_key(key: str, when: float, n: int = 1) -> str:
 class Pending:
     key: str
     size: int
-    started: float
+    started_wall: float            # time.time()
     sent: int = 0
     watchdog: trio.CancelScope | None = None    # its deadline moves on with each progress
     stall: float = 0.0
@@ -119,14 +119,13 @@ class Uploader:
             found = info.headers.get(fmt.H_KEY) if info is not None else None
             if not found or info is None:
                 raise
+            # this very upload landed earlier (a re-upload keeps the object's own key: its
+            # headers tell it apart)
+            if is_own_upload(info, staging.wrapped_key, staging.size,
+                             extra if staging.relay else None):
+                return info.etag
             if staging.relay:
-                # the object's own key: the headers tell whether it is this re-upload
-                if found == staging.wrapped_key and info.size == staging.size and \
-                        all(info.headers.get(k) == v for k, v in extra.items()):
-                    return info.etag
                 raise
-            if staging.sealed and found == staging.wrapped_key and info.size == staging.size:
-                return info.etag             # this very upload landed earlier
             if found in staging.prior_keys and info.etag != if_match:
                 log.info("oss://%s/%s: replacing our own earlier upload (ETag %s)",
                          self.objects.store.name, key, info.etag)
