@@ -150,7 +150,17 @@ class Lifecycle:
                             st.base_etag)
         if seal and st.sealable:
             dirtystate.seal(st)
-        await st.save_manifest(headers, durable=durable)
+        acknowledged = st.entry_committed
+        try:
+            await st.save_manifest(headers, durable=durable)
+        except BaseException:
+            if not acknowledged:
+                # no entry acknowledges it (a full cache disk): nothing to replay, and the
+                # upload that follows must not need an entry either (Journal.write replaces
+                # the entry atomically, so the one on disk is still the uncommitted one)
+                st.entry_committed = False
+                dirtystate.uncommit(st)
+            raise
         st.changed = False
 
     async def upload_locked(self, node: Node) -> None:
