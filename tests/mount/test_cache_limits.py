@@ -149,3 +149,25 @@ def test_reads_leave_a_small_cache_disk_usable(small_tmpfs, make_mount, crypto_b
     os.unlink(hog)
     m.stop()
     assert crypto_bucket.get_object("after-hog.bin").read() == data
+
+
+def test_close_on_a_full_cache_disk_uploads_at_once(small_tmpfs, make_mount, crypto_bucket):
+    """Write-back mode, cache disk full (another process): the journal entry cannot be
+    written, so close uploads at once -- and that upload needs no journal write either."""
+    m = make_mount("nojournal", extra=["--write-back", "3600"], start=False)
+    m.cache_dir = small_tmpfs / "cache"
+    m.start()
+    hog = small_tmpfs / "other-user.bin"
+    with open(hog, "wb") as f:
+        try:
+            while True:
+                f.write(b"\xff" * (64 * 1024))
+                f.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+    try:
+        data = os.urandom(20_000)                       # kept in memory until the close
+        assert _write(m.path / "small.bin", data) == 0
+        assert crypto_bucket.get_object("small.bin").read() == data
+    finally:
+        os.unlink(hog)
