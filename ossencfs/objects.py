@@ -128,7 +128,7 @@ class ObjectReader:
     def decrypt(self, offset: int, cipher: bytes | memoryview) -> bytes:
         """Plaintext of ``cipher`` that starts at object offset ``offset`` (any alignment)."""
         if self.material is None:
-            return cipher
+            return cipher if isinstance(cipher, bytes) else bytes(cipher)
         return crypt_at(self.material.key, self.material.counter0, offset, cipher)
 
     async def _decrypt_async(self, offset: int, cipher: bytes) -> bytes:

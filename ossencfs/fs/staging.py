@@ -614,5 +614,6 @@ class StagingArea:
         st.close_for_good()
         self.active.discard(st)
         with trio.CancelScope(shield=True):
-            return await trio.to_thread.run_sync(
+            where: str = await trio.to_thread.run_sync(
                 functools.partial(self.journal.quarantine, st.ident, reason, report=False))
+        return where
