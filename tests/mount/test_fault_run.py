@@ -15,35 +15,15 @@ import oss2
 import pytest
 
 from tests.conftest import AK, BUCKET, KMS_REGION, SDK_FIXTURES, SK
-from tests.mount.conftest import _is_mounted, eventually
+from tests.mount.conftest import _is_mounted, eventually, fill_disk, tmpfs
 
 pytestmark = pytest.mark.mount
 
 
 @pytest.fixture
 def small_cache_fs(tmp_path: Path):
-    """A 16 MiB tmpfs for the cache directory (requested before the mount: torn down after)."""
-    d = tmp_path / "cachefs"
-    d.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(d)],
-                       capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {r.stderr.decode(errors='replace')}")
-    try:
+    with tmpfs(tmp_path / "cachefs", "16m") as d:
         yield d
-    finally:
-        subprocess.run(["umount", "-l", str(d)], capture_output=True)
-
-
-def _fill(path: Path) -> None:
-    """Another process takes every free byte of the file system of ``path``."""
-    with open(path, "wb") as f:
-        try:
-            while True:
-                f.write(b"\xff" * (256 * 1024))
-                f.flush()
-        except OSError:
-            pass
 
 
 def _copy_one(src: bytes, dst: Path) -> str | None:
@@ -81,7 +61,7 @@ def test_fault_run_loses_nothing_acknowledged(small_cache_fs, make_mount, kms_se
             if i == 10:
                 kms_server.set_faults(fail_rate=0.0)            # ... over
             if i == 14:
-                _fill(hog)                                       # the cache disk fills
+                fill_disk(hog)                                       # the cache disk fills
             if i == 17:
                 os.unlink(hog)
             err = _copy_one(data, m.path / rel)
