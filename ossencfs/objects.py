@@ -240,8 +240,9 @@ class EncryptedObjects:
         ``read_cipher(offset, n)`` is called in increasing offset order, once per byte, so
         it may be backed by a stream. data-size/part-size and unencrypted-content-length
         headers are set here (they describe the upload layout, which only this method
-        decides; ``record_length=False`` keeps the caller's headers as they are, for a relay). ``read_cipher_sync`` (blocking,
-        same bytes): for a single PUT the body is then read in the request's worker thread.
+        decides; ``record_length=False`` keeps the caller's length header as it is, for a
+        relay). ``read_cipher_sync`` (blocking, same bytes): for a single PUT the body is
+        then read in the request's worker thread.
         """
         base = {k.lower(): v for k, v in (extra_headers or {}).items()}
         crypto = {k.lower(): v for k, v in crypto_headers.items()

@@ -345,6 +345,7 @@ class Mount:
                 # unmount before draining: nothing may hang on a mount nobody serves
                 pyfuse3.close(unmount=True)
                 closed = True
+                self.model.kernel_forget = _no_kernel    # a drain's failure has no kernel to tell
                 if not self.no_wait:
                     with trio.CancelScope() as self._drain_scope:
                         failed = await self.model.flush_all()
@@ -497,6 +498,10 @@ def run_mount(config: MountConfig, connect: Connectors) -> int:
     err = msg[4:] if msg.startswith("ERR ") else "the mount process exited before the mount was ready"
     print(f"ossencfs: error: {err}", file=sys.stderr)
     return 1
+
+
+def _no_kernel(parent_ino: int, name: str) -> None:
+    """``kernel_forget`` once the FUSE session is closed (draining after unmount)."""
 
 
 def _forget_entry(parent_ino: int, name: str) -> None:

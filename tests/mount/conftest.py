@@ -14,6 +14,8 @@ reason="...")``; each regex is searched in the log record (its first line and tr
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import re
 import subprocess
@@ -95,6 +97,35 @@ def eventually(check, timeout: float = 15.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (mount -o size=) at ``path`` (made here), lazily unmounted after;
+    skips the test where tmpfs cannot be mounted. A fixture using it must be requested
+    before ``make_mount``, so that it is torn down after the mount."""
+    path.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                       capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {r.stderr.decode(errors='replace')}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def fill_disk(path: Path) -> None:
+    """Another process takes every free byte of the file system: writes ``path`` until
+    ENOSPC (the caller removes it)."""
+    with open(path, "wb") as f:
+        try:
+            while True:
+                f.write(b"\xff" * (64 * 1024))
+                f.flush()
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
 
 
 def _fuse_ok() -> bool:
