@@ -10,6 +10,8 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import time
+from collections import OrderedDict
 from typing import Any, Awaitable, Callable, Concatenate, Coroutine, ParamSpec, Sequence, TypeVar
 
 import pyfuse3
@@ -22,6 +24,8 @@ from .context import NAME_MAX
 from .model import FsModel
 
 log = logging.getLogger(__name__)
+
+REPEAT_QUIET = 60.0     # seconds: a repeated failure of one object is logged once per this
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -86,6 +90,9 @@ class Operations(pyfuse3.Operations):
         self.model = model
         self._dirs: dict[int, tuple[int, list[tuple[str, Entry]] | None]] = {}
         self._next_dh = 0
+        # when each object's last failure was logged: a repeated one (``OssEncError.repeat``,
+        # e.g. a remembered KMS outage) is named once per REPEAT_QUIET seconds per object
+        self._repeats_mono: OrderedDict[str, float] = OrderedDict()
 
     def _errno_for(self, op: str, args: Sequence[Any], exc: BaseException) -> int:
         what = self._describe(op, args)
@@ -98,13 +105,27 @@ class Operations(pyfuse3.Operations):
             log.error("%s %s: object changed by another client: %s", op, what, exc)
             return errno.EIO
         if isinstance(exc, OssEncError):
-            (log.debug if exc.repeat else log.error)("%s %s: %s", op, what, exc)
+            (log.debug if self._logged_before(exc, what) else log.error)("%s %s: %s", op, what, exc)
             return exc.errno or errno.EIO
         if isinstance(exc, OSError) and exc.errno:
             log.error("%s %s: %s", op, what, exc)
             return exc.errno
         log.error("%s %s: unexpected %s", op, what, type(exc).__name__, exc_info=exc)
         return errno.EIO
+
+    def _logged_before(self, exc: OssEncError, what: str) -> bool:
+        """Whether a repeated failure of ``what`` was logged within REPEAT_QUIET seconds: a
+        burst of reads of one file logs one line, while every other object that meets the same
+        remembered failure is still named once (issue 13: every failure once, by its name)."""
+        now = time.monotonic()
+        seen = self._repeats_mono.get(what)
+        if exc.repeat and seen is not None and now - seen < REPEAT_QUIET:
+            return True
+        self._repeats_mono[what] = now
+        self._repeats_mono.move_to_end(what)
+        while len(self._repeats_mono) > 1024:
+            self._repeats_mono.popitem(last=False)
+        return False
 
     def _describe(self, op: str, args: Sequence[Any]) -> str:
         """Name the object a failing call was about. The first int argument is a file handle
