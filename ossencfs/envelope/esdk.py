@@ -275,6 +275,19 @@ def read_tag(layout: Layout, tail: bytes) -> bytes:
     return tail[2:]
 
 
+def looks_like_message(prefix: bytes) -> bool:
+    """Whether a body starts as an ESDK message does: SEQUENCE { SEQUENCE { INTEGER 1,
+    INTEGER ... (the CipherHeader's version and algorithm). Other objects (plain, OSS-SDK)
+    read as they are; one that starts like this but does not parse is a broken message."""
+    r = der.Reader(prefix, total=1 << 62)
+    try:
+        m = r.inside(r.element(der.SEQUENCE))
+        h = m.inside(m.element(der.SEQUENCE))
+        return h.integer() == VERSION and h.integer() >= 0
+    except FormatError:
+        return False
+
+
 def has_java_headers(headers: Mapping[str, str]) -> bool:
     """Whether the object carries the Java sample's metadata (all three, any case)."""
     names = {k.lower() for k in headers}
