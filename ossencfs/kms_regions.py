@@ -52,6 +52,15 @@ def parse_kms_endpoints(values: Sequence[str] | str | None) -> tuple[str | None,
     return default, per_region
 
 
+def region_endpoint(region: str, default_region: str | None, default_endpoint: str | None,
+                    endpoints: dict[str, str]) -> str | None:
+    """The endpoint configured for ``region`` (``REGION=URL``, or the bare URL when it is
+    ``default_region``); None: the public one."""
+    if region in endpoints:
+        return endpoints[region]
+    return default_endpoint if region == default_region else None
+
+
 class KmsRegions:
     """One KMS client per region, built by ``connect`` on first use. Thread-safe."""
 
@@ -66,10 +75,8 @@ class KmsRegions:
         self._lock = threading.Lock()
 
     def endpoint_for(self, region: str) -> str | None:
-        """The configured endpoint of ``region``; None: the public one."""
-        if region in self._endpoints:
-            return self._endpoints[region]
-        return self._default_endpoint if region == self.default_region else None
+        return region_endpoint(region, self.default_region, self._default_endpoint,
+                               self._endpoints)
 
     def client(self, region: str, cmk_id: str = "esdk") -> KmsMasterKey:
         with self._lock:

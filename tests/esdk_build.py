@@ -131,3 +131,30 @@ def java_headers(h: esdk.Header, iv: bytes, tag: bytes) -> dict[str, str]:
 
 def be32(n: int) -> bytes:
     return struct.pack(">I", n)
+
+
+def plain_sha(name: str) -> str:
+    return vector(name)[2]["plain_sha256"]
+
+
+def upload_vectors(bucket, prefix: str, names: list[str] | None = None) -> dict[str, str]:
+    """PUT the vector objects (body and upload headers as the SDK samples sent them) with a
+    plain ``oss2.Bucket``; returns {object key: plaintext SHA-256}."""
+    out = {}
+    for name in names or vector_names():
+        body, meta, entry = vector(name)
+        bucket.put_object(prefix + name, body, headers=meta)
+        out[prefix + name] = entry["plain_sha256"]
+    return out
+
+
+def tamper(bucket, key: str, at: int | None = None, meta: dict[str, str] | None = None) -> None:
+    """Re-upload ``key`` with one body byte flipped (``at``, negative from the end) and/or
+    some metadata replaced."""
+    obj = bucket.get_object(key)
+    body = bytearray(obj.read())
+    headers = {k: v for k, v in obj.headers.items() if k.lower().startswith("x-oss-meta-")}
+    if at is not None:
+        body[at] ^= 0x01
+    headers.update(meta or {})
+    bucket.put_object(key, bytes(body), headers=headers)
