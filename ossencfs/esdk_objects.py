@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections import OrderedDict
-from typing import AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable, Mapping
 
 import trio
 
@@ -50,7 +50,9 @@ class EsdkReader:
     encrypted = True
 
     def __init__(self, store: ObjectStore, info: ObjectInfo, layout: esdk.Layout,
-                 data_key: bytes, name: str) -> None:
+                 data_key: bytes, name: str,
+                 verdicts: OrderedDict[tuple[str, str], IntegrityError | None] | None = None
+                 ) -> None:
         self.store, self.info, self.layout = store, info, layout
         self.key = info.key
         self.name = name
@@ -59,9 +61,20 @@ class EsdkReader:
         self.direct = layout.algorithm.mode == "cbc"
         self.verifies = layout.algorithm.mode == "gcm"
         self._verifier: esdk.GcmVerifier | None = None
-        self._verified = False
-        self._failed: IntegrityError | None = None
+        # verdicts of earlier readers of this version (None: verified), so that a reader
+        # whose first bytes came from the kernel's page cache still fails at the end
+        self._verdicts = verdicts if verdicts is not None else OrderedDict()
+        self._version = (info.key, info.etag)
+        known = self._verdicts.get(self._version, False)
+        self._verified = known is None
+        self._failed: IntegrityError | None = known or None
         self._lock = trio.Lock()
+
+    def read_started(self, offset: int) -> None:
+        """A read at ``offset`` begins: one at 0 starts the GCM check (before it awaits, so a
+        concurrent read of the end cannot pass unchecked)."""
+        if offset == 0 and self.verifies and self._verifier is None and not self._verified:
+            self._verifier = esdk.GcmVerifier(self.layout, self._data_key)
 
     async def _stored(self, start: int, end: int) -> bytes:
         return await self.store.get_range(self.key, start, end, if_match=self.info.etag or None)
@@ -88,6 +101,7 @@ class EsdkReader:
             return b""
         if self.direct:
             return await self._read_cbc(offset, end)
+        self.read_started(offset)
         cipher = await self.read_cipher(offset, end - 1)
         await self.note_read(offset, cipher, self._fetch)
         return self.decrypt(offset, cipher)
@@ -136,8 +150,7 @@ class EsdkReader:
         async with self._lock:
             if self._verified:
                 return
-            if offset == 0 and self._verifier is None:
-                self._verifier = esdk.GcmVerifier(self.layout, self._data_key)
+            self.read_started(offset)
             v = self._verifier
             if v is None:
                 return
@@ -156,13 +169,22 @@ class EsdkReader:
             v.finish(await self._tag())
         except IntegrityError as exc:
             self._failed = IntegrityError(f"{self.name}: {exc}; nothing more is returned")
+            self._remember(self._failed)
             raise self._failed from None
         self._verified = True
+        self._remember(None)
+
+    def _remember(self, verdict: IntegrityError | None) -> None:
+        self._verdicts[self._version] = verdict
+        while len(self._verdicts) > _PROBES:
+            self._verdicts.popitem(last=False)
 
     async def verify(self) -> None:
         """Check the whole object now (GCM): what ``cat`` does before its last bytes."""
         if not self.verifies or self._verified:
             return
+        if self._failed is not None:
+            raise self._failed
         v = esdk.GcmVerifier(self.layout, self._data_key)
         while v.position < self.size:
             v.update(await self._fetch(v.position, min(_VERIFY_PIECE, self.size - v.position)))
@@ -173,16 +195,12 @@ class EsdkReader:
         """Plaintext [start, stop or end) in order; the whole object is verified (GCM) before
         the last piece is yielded, even for a sub-range (then it costs a whole download)."""
         limit = self.size if stop is None else min(stop, self.size)
-        whole = start == 0 and limit == self.size
         held: bytes | None = None
         async for piece in read_in_order(self.read, chunk_size, parallelism, start, limit):
             if held is not None:
                 yield held
             held = piece
-        if not whole or self.size == 0:
-            await self.verify()
-        elif self.verifies and not self._verified:
-            raise IntegrityError(f"{self.name}: the GCM check did not run")  # pragma: no cover
+        await self.verify()         # done already when the reads covered the whole object
         if held is not None:
             yield held
 
@@ -196,17 +214,18 @@ class EsdkObjects:
         self.keys = keys
         self.probe = probe
         self._probed: OrderedDict[tuple[str, str], esdk.Layout | None] = OrderedDict()
+        self._verdicts: OrderedDict[tuple[str, str], IntegrityError | None] = OrderedDict()
 
     def where(self, key: str) -> str:
         return f"oss://{self.store.name}/{key}"
 
-    def may_be_python(self, info: ObjectInfo) -> bool:
-        """Whether a probe could find a Python-layout object (no other encryption headers
-        when they are known, large enough)."""
-        if not self.probe or info.size < esdk.MIN_PYTHON_SIZE:
+    def may_be_python(self, size: int, headers: Mapping[str, str] | None) -> bool:
+        """Whether a probe could find a Python-layout object of ``size`` stored bytes (large
+        enough, and no other encryption headers when the headers are known)."""
+        if not self.probe or size < esdk.MIN_PYTHON_SIZE:
             return False
-        if info.headers and (fmt.parse_headers(info.headers) is not None
-                             or esdk.has_java_headers(info.headers)):
+        if headers and (fmt.parse_headers(headers) is not None
+                        or esdk.has_java_headers(headers)):
             return False
         return True
 
@@ -221,7 +240,7 @@ class EsdkObjects:
                 return esdk.parse_java(info.headers, info.size)
             except FormatError as exc:
                 raise FormatError(f"{self.where(info.key)}: {exc}") from None
-        if not self.may_be_python(info):
+        if not self.may_be_python(info.size, info.headers):
             return None
         ck = (info.key, info.etag)
         if ck in self._probed:
@@ -261,6 +280,6 @@ class EsdkObjects:
                 functools.partial(self.keys.open, layout.header))
         except (FormatError, WrongKeyError, KeyUnavailableError) as exc:
             raise type(exc)(f"{name}: {exc}") from None
-        reader = EsdkReader(self.store, info, layout, data_key, name)
+        reader = EsdkReader(self.store, info, layout, data_key, name, self._verdicts)
         await reader.fix_cbc_size()
         return reader

@@ -26,8 +26,8 @@ from .options import add_connection_options, add_key_options
 
 def _mount(args: argparse.Namespace) -> int:
     from ..fs.mounter import Connectors, run_mount
-    from .options import build_keyring, build_store, parse_oss_url
-    return run_mount(args, Connectors(parse_oss_url, build_keyring, build_store))
+    from .options import build_esdk, build_keyring, build_store, parse_oss_url
+    return run_mount(args, Connectors(parse_oss_url, build_keyring, build_store, build_esdk))
 
 
 def _pid_alive(pid: int) -> bool:

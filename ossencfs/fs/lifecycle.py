@@ -49,8 +49,9 @@ class Lifecycle:
             node.staging = None
             await self.ctx.staging.drop(st)
             base = await self.fresh.source(node) if node.size > 0 else None
-            node.staging = await self.ctx.staging.new(self.ctx.okey(node.path), node.size, base,
-                                                  node.size, st.base_etag)
+            size = base.size if base is not None else node.size
+            node.staging = await self.ctx.staging.new(self.ctx.okey(node.path), size, base,
+                                                  size, st.base_etag)
             node.staging.prior_keys = [k for k in [*st.prior_keys, st.wrapped_key] if k] \
                 if st.sealed else list(st.prior_keys)
             return node.staging
@@ -65,8 +66,10 @@ class Lifecycle:
                                                     unconfirmed=node.dirty)
         else:
             base = await self.fresh.source(node) if node.exists_remote and node.size > 0 else None
-            node.staging = await self.ctx.staging.new(self.ctx.okey(node.path), node.size, base,
-                                                  node.size, node.etag)
+            # the base's plaintext size: an Encryption SDK object's differs from its stored one
+            size = base.size if base is not None else node.size
+            node.staging = await self.ctx.staging.new(self.ctx.okey(node.path), size, base,
+                                                  size, node.etag)
         return node.staging
 
     async def truncate_locked(self, node: Node, size: int) -> None:

@@ -162,6 +162,8 @@ class Connectors:
     parse_oss_url: Callable[[str], tuple[str, str]]
     build_keyring: Callable[[argparse.Namespace], Any]
     build_store: Callable[[argparse.Namespace, str], Any]
+    #: readers of Encryption SDK objects on a store (None: such objects read as stored)
+    build_esdk: Callable[[argparse.Namespace, Any], Any] | None = None
 
 
 class Mount:
@@ -180,6 +182,7 @@ class Mount:
         self.opts = parse_mount_options(args.options)
         self.keyring = build_keyring(args)
         self.store = build_store(args, bucket)
+        self.esdk = connect.build_esdk(args, self.store) if connect.build_esdk else None
         root = args.cache_dir or default_cache_dir()
         self.base_dir = os.path.join(root, mount_id(args.endpoint, bucket, prefix))
         self.cache_size = parse_size(args.cache_size)
@@ -228,7 +231,8 @@ class Mount:
         objects = EncryptedObjects(self.store, self.keyring, part_size=self.args.part_size,
                                    multipart_threshold=self.args.multipart_threshold,
                                    upload_parallelism=self.args.upload_parallelism,
-                                   copy_limit=getattr(self.args, "copy_limit", 1 << 30))
+                                   copy_limit=getattr(self.args, "copy_limit", 1 << 30),
+                                   esdk=self.esdk)
         staging_dir = os.path.join(self.base_dir, "staging")
         os.makedirs(staging_dir, mode=0o700, exist_ok=True)
         self.journal = Journal(staging_dir, self.quarantine_dir,
