@@ -23,7 +23,9 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ossencfs.envelope import esdk
+from ossencfs.kms import kms_client
 
+AK, SK = "AK", "SK"            # the emulator credentials of tests/conftest.py
 VECTORS = Path(__file__).resolve().parent / "fixtures" / "esdk"
 MANIFEST = json.loads((VECTORS / "manifest.json").read_text())
 KEY_ID = MANIFEST["key_id"]
@@ -158,3 +160,20 @@ def tamper(bucket, key: str, at: int | None = None, meta: dict[str, str] | None 
         body[at] ^= 0x01
     headers.update(meta or {})
     bucket.put_object(key, bytes(body), headers=headers)
+
+
+def make_region_object(server, region: str, plain: bytes, ctx: dict[str, str],
+                       alg_id: int = 2, java: bool = False) -> tuple[bytes, dict[str, str]]:
+    """An ESDK object whose CMK lives in ``region`` (served by ``server``): the data key comes
+    from that KMS's GenerateDataKey, the message from esdk_build (checked against the SDK's
+    own bytes in test_esdk.py)."""
+    cmk = server.create_key()
+    assert esdk.ALGORITHMS[alg_id].key_len == 32        # GenerateDataKey here gives 32 bytes
+    client = kms_client(cmk, region, (AK, SK, None), endpoint=server.endpoint,
+                        context=ctx or None)
+    key_b64, blob = client._generate_data_key()
+    dk = esdk.DataKey(f"acs:kms:{region}:1234567890123456:key/{cmk}", base64.b64decode(blob))
+    h, iv, ct, tag = encrypt(plain, base64.b64decode(key_b64), [dk], ctx, alg_id)
+    if java:
+        return ct, java_headers(h, iv, tag)
+    return der_message(h, iv, ct, tag), {}

@@ -11,7 +11,6 @@ import pytest
 
 from ossencfs.emulator.kms import KmsServer
 from ossencfs.envelope import esdk
-from ossencfs.kms import kms_client
 from tests import esdk_build as eb
 from tests.conftest import AK, BUCKET, KMS_REGION, SK
 
@@ -112,33 +111,16 @@ def test_bad_input_gives_clear_messages(run_cli, emulator, oss2_bucket):
     assert b"ok/java-gcm256-100k" in proc.stderr
 
 
-def make_region_object(server: KmsServer, region: str, plain: bytes, ctx: dict[str, str],
-                       alg_id: int = 2, java: bool = False) -> tuple[bytes, dict[str, str]]:
-    """An ESDK object whose CMK lives in ``region`` (served by ``server``): the data key comes
-    from that KMS's GenerateDataKey, the message from esdk_build (checked against the SDK's
-    own bytes in test_esdk.py)."""
-    cmk = server.create_key()
-    assert esdk.ALGORITHMS[alg_id].key_len == 32        # GenerateDataKey here gives 32 bytes
-    client = kms_client(cmk, region, (AK, SK, None), endpoint=server.endpoint,
-                        context=ctx or None)
-    key_b64, blob = client._generate_data_key()
-    dk = esdk.DataKey(f"acs:kms:{region}:1234567890123456:key/{cmk}", base64.b64decode(blob))
-    h, iv, ct, tag = eb.encrypt(plain, base64.b64decode(key_b64), [dk], ctx, alg_id)
-    if java:
-        return ct, eb.java_headers(h, iv, tag)
-    return eb.der_message(h, iv, ct, tag), {}
-
-
 def test_cmks_in_two_regions_and_arn_kms_key(run_cli, emulator, oss2_bucket, tmp_path):
     """One command reads ESDK objects whose CMKs live in two regions (two KMS servers), and an
     OSS-SDK object whose --kms-key is an ARN of the second region (no --kms-region)."""
     with KmsServer(str(tmp_path / "kms2"), credentials={AK: SK}, region="local-2") as second:
         eb.upload_vectors(oss2_bucket, "reg/", ["python-gcm256-100k-ctx"])
         plain = os.urandom(70_001)
-        body, meta = make_region_object(second, "local-2", plain, {"dept": "x"})
+        body, meta = eb.make_region_object(second, "local-2", plain, {"dept": "x"})
         oss2_bucket.put_object("reg/second", body, headers=meta)
         cbc_plain = os.urandom(3000)
-        body, meta = make_region_object(second, "local-2", cbc_plain, {}, alg_id=6, java=True)
+        body, meta = eb.make_region_object(second, "local-2", cbc_plain, {}, alg_id=6, java=True)
         oss2_bucket.put_object("reg/second-cbc", body, headers=meta)
         endpoints = ["--kms-endpoint", f"{eb.REGION}={emulator.kms_endpoint}",
                      "--kms-endpoint", f"local-2={second.endpoint}"]
