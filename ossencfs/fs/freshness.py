@@ -344,20 +344,21 @@ class Freshness:
         broken message keeps its stored size here; opening it reports the error."""
         if not self.attr.size_unknown(node):
             return
-        etag = node.etag or ""
-        info = ObjectInfo(key=self.ctx.okey(node.path), size=node.size, etag=etag,
-                          mtime=node.mtime, object_type=node.object_type,
-                          headers=dict(node.headers or {}))
-        try:
-            size = await self.ctx.objects.plain_size(info)
-        except FormatError:
-            node.esdk_size = (etag, None)
-            return
-        except OssEncError as exc:        # changed or unreachable: the next stat tries again
-            log.debug("%s: size probe: %s", self.ctx.where(node), exc)
-            return
-        if node.etag == etag:
-            node.esdk_size = (etag, size if size != node.size else None)
+        etag, stored, key = node.etag or "", node.size, self.ctx.okey(node.path)
+        size = self.ctx.attr_cache.probed_size(key, etag, stored)      # an earlier mount's
+        if size is None:
+            info = ObjectInfo(key=key, size=stored, etag=etag, mtime=node.mtime,
+                              object_type=node.object_type, headers=dict(node.headers or {}))
+            try:
+                size = await self.ctx.objects.plain_size(info)
+            except FormatError:
+                size = stored             # opening it reports the error
+            except OssEncError as exc:    # changed or unreachable: the next stat tries again
+                log.debug("%s: size probe: %s", self.ctx.where(node), exc)
+                return
+            self.ctx.attr_cache.record_probe(key, etag, stored, size)
+        if node.etag == etag and node.size == stored:
+            node.esdk_size = (etag, size if size != stored else None)
 
     def forget(self, ino: int, n: int) -> None:
         self.ctx.inodes.forget(ino, n)

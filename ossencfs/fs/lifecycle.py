@@ -169,7 +169,7 @@ class Lifecycle:
         node.headers = {**(st.kept if st.relay else {}),
                         **{k.lower(): v for k, v in st.crypto_headers.items()}, **extra}
         node.headers_expires = node.meta_expires = time.monotonic() + self.ctx.ttl
-        self.ctx.attr_cache.record(self.ctx.okey(node.path), etag, node.size, extra,
+        self.ctx.attr_cache.record(self.ctx.okey(node.path), etag, node.size, node.headers,
                                not_after=self.ctx.store.server_now())
         if not st.relay:
             node.kernel_etag = etag

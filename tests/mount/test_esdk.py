@@ -56,6 +56,15 @@ def test_stat_of_python_layout_needs_one_small_ranged_read(make_mount, emulator,
     stats = emulator.stats
     assert stats["requests"].get("GetObject", 0) == 1, stats
     assert stats["bytes_sent"] < 16 * 1024, stats      # the object is 102792 bytes
+    (m.path / "s" / "written-here").write_bytes(b"y" * 5000)
+    os.stat(m.path / "s" / "written-here")
+    m.wait_uploaded()
+    # the next mount knows both from its attribute cache: no GET at all
+    m.remount()
+    emulator.reset_stats()
+    assert os.stat(m.path / "s" / "python-gcm256-100k-ctx").st_size == 102400
+    assert os.stat(m.path / "s" / "written-here").st_size == 5000
+    assert emulator.stats["requests"].get("GetObject", 0) == 0, emulator.request_log
 
 
 def test_random_reads(make_mount, emulator, oss2_bucket):
