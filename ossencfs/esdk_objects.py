@@ -229,9 +229,6 @@ class EsdkObjects:
             return False
         return True
 
-    def known_layout(self, key: str, etag: str) -> esdk.Layout | None:
-        return self._probed.get((key, etag))
-
     async def layout(self, info: ObjectInfo) -> esdk.Layout | None:
         """The object's ESDK layout, None for any other object; FormatError for a message
         that starts like an ESDK one but is broken (truncated, tampered lengths, bad ids)."""

@@ -93,13 +93,6 @@ class KmsRegions:
                                       f"is configured")
         return region
 
-    @property
-    def kms_calls(self) -> int:
-        """KMS requests sent by every client made here (tests: reopen = 0 calls)."""
-        with self._lock:
-            clients = list(self._clients.values())
-        return sum(sum(c.calls.values()) for c in clients)
-
 
 class EsdkKeyring:
     """Data keys of ESDK objects: KMS Decrypt in the CMK's region, header tag checked,

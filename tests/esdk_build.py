@@ -15,7 +15,6 @@ import base64
 import json
 import os
 import shutil
-import struct
 from pathlib import Path
 
 from cryptography.hazmat.primitives import padding
@@ -129,10 +128,6 @@ def java_headers(h: esdk.Header, iv: bytes, tag: bytes) -> dict[str, str]:
     """User metadata as the Java sample's upload sends it (the Java OSS SDK prefixes again)."""
     b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
     return {esdk.H_HEADER: b64(der_header(h)), esdk.H_IV: b64(iv), "x-oss-meta-x-oss-meta-authTag": b64(tag)}
-
-
-def be32(n: int) -> bytes:
-    return struct.pack(">I", n)
 
 
 def plain_sha(name: str) -> str:

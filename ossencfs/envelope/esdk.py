@@ -320,8 +320,8 @@ def crypt_range(layout: Layout, data_key: bytes, offset: int, cipher: bytes | me
     GCM: AES-CTR from counter block ``iv || BE32(2 + offset // 16)`` (the Java sample's
     ranged read); CTR: from ``iv + offset // 16`` (128-bit). CBC: ``offset`` and
     ``len(cipher)`` must be block-aligned and ``before`` is the ciphertext block before
-    ``offset`` (None at 0: the IV); padding is left in place (``plain_size`` says where the
-    plaintext ends)."""
+    ``offset`` (None at 0: the IV); padding is left in place (``unpad_length`` says how
+    much of the last block it is)."""
     alg = layout.algorithm
     block, skip = divmod(offset, BLOCK)
     if alg.mode == "cbc":
