@@ -218,6 +218,7 @@ class Freshness:
         self.attr.apply_file_info(node, info)
         if kind == stat.S_IFLNK and info.object_type == "Symlink":
             node.meta.mode = stat.S_IFLNK | stat.S_IMODE(node.meta.mode or 0o777)
+        await self.probe_size(node)       # part of its attributes (also for stat-ahead)
         return node
 
     def gone(self, node: Node) -> NoReturn:
