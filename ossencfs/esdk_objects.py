@@ -65,9 +65,8 @@ class EsdkReader:
         # whose first bytes came from the kernel's page cache still fails at the end
         self._verdicts = verdicts if verdicts is not None else OrderedDict()
         self._version = (info.key, info.etag)
-        known = self._verdicts.get(self._version, False)
-        self._verified = known is None
-        self._failed: IntegrityError | None = known or None
+        self._verified = self._version in self._verdicts and self._verdicts[self._version] is None
+        self._failed: IntegrityError | None = self._verdicts.get(self._version)
         self._lock = trio.Lock()
 
     def read_started(self, offset: int) -> None:
