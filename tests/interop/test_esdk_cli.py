@@ -58,7 +58,7 @@ def test_cat_and_cp_read_every_vector_beside_oss_sdk_and_plain(run_cli, emulator
 def test_cat_ranges(run_cli, emulator, oss2_bucket, name):
     eb.upload_vectors(oss2_bucket, "r/", [name])
     whole = run_cli("cat", URL + "r/" + name, *esdk_args(emulator)).stdout
-    for off, n in ((0, 1), (15, 17), (4097, 9000), (102390, 100)):
+    for off, n in ((15, 17), (102390, 100)):
         proc = run_cli("cat", URL + "r/" + name, "--offset", str(off), "--length", str(n),
                        *esdk_args(emulator))
         assert proc.returncode == 0, proc.stderr
