@@ -44,7 +44,7 @@ from urllib.request import proxy_bypass_environment  # type: ignore[attr-defined
 from aliyunsdkcore.acs_exception.exceptions import ClientException, ServerException
 from aliyunsdkcore.client import AcsClient
 from aliyunsdkkms.request.v20160120 import (DecryptRequest, DescribeKeyRequest, EncryptRequest,
-                                            GenerateDataKeyRequest)
+                                            GenerateDataKeyRequest, ReEncryptRequest)
 
 from .envelope.ctr import iv_to_counter, new_iv
 from .envelope.format import CEK_AES_CTR, WRAP_KMS, WRAP_LEGACY_KMS, CryptoHeaders
@@ -223,6 +223,27 @@ class KmsMasterKey:
         iv_blob = self._encrypt(base64.b64encode(material.iv).decode())
         return self._headers(key_blob, iv_blob)
 
+    def reencrypt(self, h: CryptoHeaders, source_context: Mapping[str, str] | None) -> CryptoHeaders | None:
+        """``h``'s key and IV blobs re-encrypted under this CMK by KMS ReEncrypt, without the
+        data key ever leaving KMS; None when ReEncrypt does not fit (not a current-format KMS
+        header set: legacy objects keep a decimal counter where V2 needs b64(IV), so they go
+        through Decrypt + Encrypt like the SDK). ``source_context`` is the encryption context
+        the blobs were made with. Layout fields (data-size, ...) are the caller's to keep.
+
+        ReEncrypt: https://www.alibabacloud.com/help/en/kms/key-management-service/developer-
+        reference/api-kms-2016-01-20-reencrypt (CiphertextBlob, DestinationKeyId,
+        SourceEncryptionContext, DestinationEncryptionContext -> CiphertextBlob, KeyId).
+        """
+        if h.legacy or h.wrap_alg != WRAP_KMS:
+            return None
+        style = looks_oss2_flavour(h.wrapped_key)
+        key_blob = self._blob_from_header(h.wrapped_key, style)
+        iv_blob = self._blob_from_header(h.wrapped_start, style)
+        if key_blob is None or iv_blob is None:
+            return None
+        source = context_string(source_context)
+        return self._headers(self._reencrypt(key_blob, source), self._reencrypt(iv_blob, source))
+
     def claims(self, h: CryptoHeaders) -> bool:
         """Whether the object's key blob names this CMK, so the KeyRing tries it first."""
         for style in (True, False):
@@ -330,6 +351,20 @@ class KmsMasterKey:
 
         return self._field(self._call("Decrypt", build, target or blob_key_id(blob) or self.cmk_id),
                            "Plaintext")
+
+    def _reencrypt(self, blob: str, source_context: str) -> str:
+        def build() -> Any:
+            req = ReEncryptRequest.ReEncryptRequest()
+            req.set_CiphertextBlob(blob)
+            req.set_DestinationKeyId(self.cmk_id)
+            if source_context:
+                req.set_SourceEncryptionContext(source_context)
+            if self._context_param:
+                req.set_DestinationEncryptionContext(self._context_param)
+            return req
+
+        return self._field(self._call("ReEncrypt", build, blob_key_id(blob) or self.cmk_id),
+                           "CiphertextBlob")
 
     def _field(self, resp: Mapping[str, Any], name: str) -> str:
         value = resp.get(name)

@@ -315,9 +315,13 @@ class EncryptedObjects:
 
     async def write(self, key: str, chunks: AsyncIterable[bytes] | bytes, size: int,
                     extra_headers: Mapping[str, str] | None = None, *,
-                    forbid_overwrite: bool = False,
+                    forbid_overwrite: bool = False, if_match: str | None = None,
+                    crypto_extra: Mapping[str, str] | None = None,
                     progress: Callable[[int], None] | None = None) -> str:
-        """Encrypt a plaintext stream of exactly ``size`` bytes under a fresh key and upload it."""
+        """Encrypt a plaintext stream of exactly ``size`` bytes under a fresh key and upload it.
+
+        ``crypto_extra``: more CSE headers to send (e.g. unencrypted-content-md5); ``if_match``
+        guards ``key`` as in ``upload``."""
         if self.keyring is None:
             raise WrongKeyError("no master key configured for writing")
         part_size = self.multipart_part_size(size)
@@ -325,8 +329,10 @@ class EncryptedObjects:
             self.keyring.new_object,
             data_size=size if part_size else None, part_size=part_size))
         source = _CipherSource(chunks, size, material)
+        crypto = {**crypto, **{k.lower(): v for k, v in (crypto_extra or {}).items()}}
         return await self.upload(key, size, source.read, crypto, extra_headers,
-                                 forbid_overwrite=forbid_overwrite, progress=progress)
+                                 forbid_overwrite=forbid_overwrite, if_match=if_match,
+                                 progress=progress)
 
     # --------------------------------------------------------------- relay
 
@@ -410,15 +416,29 @@ class EncryptedObjects:
         material = await self.material_for(info)
         assert material is not None
         new = await trio.to_thread.run_sync(_wrap_existing, master, material, old)
+        await self.replace_crypto(info, new)
+
+    async def replace_crypto(self, info: ObjectInfo, new: fmt.CryptoHeaders, *,
+                             progress: Callable[[int], None] | None = None) -> str:
+        """Re-upload the version ``info`` names (it must carry the HEAD's headers) with its
+        ciphertext unchanged and ``new`` as its CSE header set; every other header kept.
+        ConflictError when the object changed since ``info`` was read (``relay``'s HEAD
+        check before the PUT/Complete). Returns the new ETag."""
         kept = kept_headers(fmt.strip_crypto_headers(info.headers))
-        await self.relay(info, key, {**kept, **fmt.emit_headers(new)}, if_match=info.etag)
+        return await self.relay(info, info.key, {**kept, **fmt.emit_headers(new)},
+                                if_match=info.etag, progress=progress)
 
 
 def _wrap_existing(master: MasterKey, material: ContentMaterial,
                    old: fmt.CryptoHeaders) -> fmt.CryptoHeaders:
     """A V2 header set for an existing data key under ``master``, layout fields kept."""
+    return keep_layout(master.wrap(material), old)
+
+
+def keep_layout(new: fmt.CryptoHeaders, old: fmt.CryptoHeaders) -> fmt.CryptoHeaders:
+    """``new`` (a fresh wrapping) with ``old``'s layout and plaintext fields."""
     return replace(
-        master.wrap(material),
+        new,
         data_size=old.data_size,
         part_size=old.part_size,
         unencrypted_content_length=old.unencrypted_content_length,

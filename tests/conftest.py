@@ -138,7 +138,7 @@ def run_cli(emulator: object, cli_env: dict[str, str]) -> Callable[..., subproce
     def run(*args: str, input: bytes | None = None, endpoint: str | None = None,
             timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         argv = [sys.executable, "-m", "ossencfs", *args]
-        if args and args[0] in ("cp", "cat"):
+        if args and args[0] in ("cp", "cat", "verify", "rotate", "migrate"):
             argv += ["--endpoint", endpoint or emulator.endpoint]
         return subprocess.run(argv, input=input if input is not None else b"",
                               capture_output=True, timeout=timeout, env=env or cli_env,

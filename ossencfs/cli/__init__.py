@@ -22,6 +22,7 @@ _COMMAND_MODULES = (
     "ossencfs.cli.mountcmd",    # mount, umount
     "ossencfs.cli.statuscmd",   # status
     "ossencfs.cli.restorecmd",  # restore
+    "ossencfs.cli.bucketcmds",  # verify, rotate, migrate
 )
 
 

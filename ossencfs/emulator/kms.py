@@ -242,6 +242,7 @@ class KmsServer:
             "EnableKey": self._enable_key, "DisableKey": self._disable_key,
             "ScheduleKeyDeletion": self._schedule_key_deletion, "CancelKeyDeletion": self._cancel_key_deletion,
             "GenerateDataKey": self._generate_data_key, "Encrypt": self._encrypt, "Decrypt": self._decrypt,
+            "ReEncrypt": self._re_encrypt,
         }
 
     # ---- life cycle -------------------------------------------------------------------------
@@ -638,6 +639,28 @@ class KmsServer:
         context = canonical_context(p.get("EncryptionContext"))
         rec, plaintext = self._open(blob, context)
         return {"KeyId": rec["KeyId"], "KeyVersionId": rec["KeyVersionId"], "Plaintext": plaintext}
+
+    def _re_encrypt(self, p: dict[str, str]) -> dict[str, Any]:
+        """ReEncrypt of a symmetric-key blob: Decrypt under SourceEncryptionContext, then
+        Encrypt under DestinationKeyId and DestinationEncryptionContext; the plaintext never
+        leaves the server. Answer: CiphertextBlob, KeyId and KeyVersionId of the destination
+        key (https://www.alibabacloud.com/help/en/kms/key-management-service/developer-reference/
+        api-kms-2016-01-20-reencrypt). SourceKeyId/SourceEncryptionAlgorithm are for
+        asymmetric keys, which this KMS does not make, so they are refused."""
+        blob = p.get("CiphertextBlob")
+        if not blob:
+            raise _missing("CiphertextBlob")
+        dest_id = p.get("DestinationKeyId")
+        if not dest_id:
+            raise _missing("DestinationKeyId")
+        if p.get("SourceKeyId") or p.get("SourceEncryptionAlgorithm"):
+            raise KmsApiError(400, "UnsupportedOperation",
+                              "This local KMS has no asymmetric keys to re-encrypt from.")
+        dest = self.store.get(dest_id)
+        _src, plaintext = self._open(blob, canonical_context(p.get("SourceEncryptionContext")))
+        usable(dest)
+        sealed = self._seal(dest, plaintext, canonical_context(p.get("DestinationEncryptionContext")))
+        return {"KeyId": dest["KeyId"], "KeyVersionId": dest["KeyVersionId"], "CiphertextBlob": sealed}
 
 
 class _Server(ThreadingHTTPServer):

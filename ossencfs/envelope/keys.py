@@ -506,7 +506,18 @@ class KeyRing:
             (exact if h.matdesc is not None and m.matdesc is not None else loose).append(m)
         return sorted(exact + loose, key=lambda m: not _claims(m, h))  # stable: claimed first
 
+    def open_with(self, h: CryptoHeaders, *, object_name: str = "") -> tuple[ContentMaterial, MasterKey]:
+        """The data key and the master key that opened it (BLOCKING; no cache, no single-flight).
+
+        For bulk tools (``ossencfs verify``/``rotate``) that must know *which* key opens an
+        object; raises like ``open``.
+        """
+        return self._unwrap_with(h, object_name or "object")
+
     def _unwrap(self, h: CryptoHeaders, what: str) -> ContentMaterial:
+        return self._unwrap_with(h, what)[0]
+
+    def _unwrap_with(self, h: CryptoHeaders, what: str) -> tuple[ContentMaterial, MasterKey]:
         candidates = self._candidates(h)
         if not candidates:
             desc = f" and matdesc {h.matdesc}" if h.matdesc else ""
@@ -515,7 +526,7 @@ class KeyRing:
             raise WrongKeyError(f"{what}: no configured master key opens wrap-alg "
                                 f"{h.wrap_alg!r}{desc}{hint}")
         failures: list[tuple[MasterKey, OssEncError]] = []
-        weak: ContentMaterial | None = None
+        weak: tuple[ContentMaterial, MasterKey] | None = None
         for m in candidates:
             with self._lock:
                 self.unwrap_calls += 1
@@ -533,9 +544,9 @@ class KeyRing:
                 continue
             if _plausible(h, material):
                 log.debug("%s: opened with %s", what, m.name)
-                return material
+                return material, m
             if weak is None:
-                weak = material
+                weak = material, m
         if weak is not None:
             log.debug("%s: only an implausible IV unwrapped; using it", what)
             return weak

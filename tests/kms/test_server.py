@@ -17,7 +17,7 @@ from aliyunsdkcore.client import AcsClient
 from aliyunsdkkms.request.v20160120 import (CreateKeyRequest, DecryptRequest, DescribeKeyRequest,
                                             DisableKeyRequest, EnableKeyRequest, EncryptRequest,
                                             GenerateDataKeyRequest, ListKeysRequest,
-                                            ScheduleKeyDeletionRequest)
+                                            ReEncryptRequest, ScheduleKeyDeletionRequest)
 
 from ossencfs.emulator.kms import KmsServer
 
@@ -93,6 +93,32 @@ def test_encrypt_decrypt_opaque_plaintext_and_context(kms: KmsServer, cmk: str) 
     raw[-3] ^= 1
     e = server_error(c, DecryptRequest.DecryptRequest(), CiphertextBlob=base64.b64encode(bytes(raw)).decode())
     assert e.get_error_code() == "InvalidParameter"
+
+
+def test_reencrypt_moves_a_blob_to_another_key(kms: KmsServer, cmk: str) -> None:
+    """ReEncrypt (help: api-kms-2016-01-20-reencrypt): decrypt under the source context, encrypt
+    under DestinationKeyId and the destination context; the plaintext never comes back."""
+    c = client(kms)
+    dest = kms.create_key(description="dest")
+    ctx = '{"x-passphrase":"pw"}'
+    blob = call(c, EncryptRequest.EncryptRequest(), KeyId=cmk, Plaintext="c2VjcmV0",
+                EncryptionContext=ctx)["CiphertextBlob"]
+    out = call(c, ReEncryptRequest.ReEncryptRequest(), CiphertextBlob=blob, DestinationKeyId=dest,
+               SourceEncryptionContext=ctx)
+    assert "Plaintext" not in out and out["KeyId"] == dest
+    assert base64.b64decode(out["CiphertextBlob"]).decode().startswith(dest)
+    back = call(c, DecryptRequest.DecryptRequest(), CiphertextBlob=out["CiphertextBlob"])
+    assert back["Plaintext"] == "c2VjcmV0" and back["KeyId"] == dest
+    e = server_error(c, ReEncryptRequest.ReEncryptRequest(), CiphertextBlob=blob,
+                     DestinationKeyId=dest)                       # source context missing
+    assert (e.get_error_code(), e.get_http_status()) == ("InvalidParameter", 400)
+    e = server_error(c, ReEncryptRequest.ReEncryptRequest(), CiphertextBlob=blob,
+                     SourceEncryptionContext=ctx)
+    assert (e.get_error_code(), e.get_http_status()) == ("MissingParameter", 400)
+    kms.disable_key(dest)
+    e = server_error(c, ReEncryptRequest.ReEncryptRequest(), CiphertextBlob=blob,
+                     DestinationKeyId=dest, SourceEncryptionContext=ctx)
+    assert (e.get_error_code(), e.get_http_status()) == ("Rejected.Disabled", 409)
 
 
 def test_signature_and_credentials_checked(kms: KmsServer, cmk: str) -> None:
