@@ -24,6 +24,13 @@ class FormatError(OssEncError):
     errno = errno.EIO
 
 
+class IntegrityError(FormatError):
+    """Decrypted data failed its authentication check (a GCM tag, an ESDK header tag, CBC
+    padding): the object, its tag or its IV was changed. Nothing of it is returned."""
+
+    errno = errno.EIO
+
+
 class KeyFileError(OssEncError):
     """A key file cannot be read or parsed (wrong passphrase, not PEM, not RSA)."""
 

@@ -368,13 +368,19 @@ class KmsMasterKey:
         return self._field(self._call("Encrypt", build, self.cmk_id), "CiphertextBlob")
 
     def _decrypt(self, blob: str) -> str:
+        return self.decrypt_blob(blob, self._context_param)
+
+    def decrypt_blob(self, blob: str, context: str, target: str | None = None) -> str:
+        """KMS Decrypt of ``blob`` under the EncryptionContext string ``context`` ("" for
+        none); returns Plaintext (base64 text). ``target`` names the CMK in errors. BLOCKING."""
         def build() -> Any:
             req = DecryptRequest.DecryptRequest()
             req.set_CiphertextBlob(blob)
-            req.set_EncryptionContext(self._context_param)
+            req.set_EncryptionContext(context)
             return req
 
-        return self._field(self._call("Decrypt", build, blob_key_id(blob) or self.cmk_id), "Plaintext")
+        return self._field(self._call("Decrypt", build, target or blob_key_id(blob) or self.cmk_id),
+                           "Plaintext")
 
     def _reencrypt(self, blob: str, source_context: str) -> str:
         def build() -> Any:
@@ -536,3 +542,11 @@ def _scrub(msg: str) -> str:
     (a data key in the java flavour) and Decrypt's blob."""
     msg = _QUERY_RE.sub("?<params>", msg)
     return msg if len(msg) <= 400 else msg[:400] + "..."
+
+
+def kms_client(cmk_id: str, region: str, credentials: CredentialSource, *,
+               endpoint: str | None = None, **kw: Any) -> KmsMasterKey:
+    """The one place a KMS client is built: a ``KmsMasterKey`` for ``cmk_id`` in ``region``
+    (``endpoint``: a URL, default the public ``kms.REGION.aliyuncs.com``), signing with
+    ``credentials``. ``kw`` goes to ``KmsMasterKey`` (flavour, context, retries...)."""
+    return KmsMasterKey(cmk_id, region, credentials=credentials, endpoint=endpoint, **kw)

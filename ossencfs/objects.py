@@ -11,16 +11,17 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import replace
-from typing import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, NoReturn
+from typing import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 
 import trio
 
-from .aio import first_error
+from .aio import raise_first, read_in_order
 from .envelope import format as fmt
 from .envelope.ctr import crypt_at, in_thread
 from .envelope.keys import ContentMaterial, KeyRing, MasterKey
 from .errors import (ConflictError, FormatError, NotFoundError, OssEncError, RejectedError,
                      WrongKeyError)
+from .esdk_objects import EsdkObjects, EsdkReader
 from .store import ObjectInfo, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -84,14 +85,6 @@ async def crypt_async(key: bytes, counter0: int, offset: int, data: bytes) -> by
     return await trio.to_thread.run_sync(crypt_at, key, counter0, offset, data)
 
 
-def raise_first(eg: BaseExceptionGroup) -> NoReturn:
-    """Re-raise a nursery's first real error alone; a pure cancellation stays as it was."""
-    exc = first_error(eg)
-    if isinstance(exc, trio.Cancelled):
-        raise eg
-    raise exc from None
-
-
 def check_length(info: ObjectInfo) -> None:
     """FormatError when an encrypted object's stored body is not as long as its
     ``unencrypted-content-length`` header says (V2 or legacy name; SPEC A.7): CTR adds no
@@ -150,35 +143,12 @@ class ObjectReader:
 
     async def chunks(self, chunk_size: int = 8 << 20, parallelism: int = 4,
                      start: int = 0, stop: int | None = None) -> AsyncIterator[bytes]:
-        """Plaintext [start, stop or EOF) in order, ``parallelism`` ranged GETs at a time.
-
-        Memory stays at about parallelism x chunk_size. Fetches run in batches because an
-        async generator must not yield from inside a nursery.
-        """
+        """Plaintext [start, stop or EOF) in order, ``parallelism`` ranged GETs at a time
+        (``aio.read_in_order``)."""
         chunk_size = max(BLOCK, chunk_size - chunk_size % BLOCK)
         limit = self.size if stop is None else min(stop, self.size)
-        pos = start
-        while pos < limit:
-            spans = []
-            for _ in range(parallelism):
-                if pos >= limit:
-                    break
-                n = min(chunk_size, limit - pos)
-                spans.append((pos, n))
-                pos += n
-            results: list[bytes] = [b""] * len(spans)
-
-            async def fetch(i: int, off: int, n: int) -> None:
-                results[i] = await self.read(off, n)
-
-            try:
-                async with trio.open_nursery() as nursery:
-                    for i, (off, n) in enumerate(spans):
-                        nursery.start_soon(fetch, i, off, n)
-            except BaseExceptionGroup as eg:
-                raise_first(eg)
-            for piece in results:
-                yield piece
+        async for piece in read_in_order(self.read, chunk_size, parallelism, start, limit):
+            yield piece
 
 
 class EncryptedObjects:
@@ -186,9 +156,10 @@ class EncryptedObjects:
 
     def __init__(self, store: ObjectStore, keyring: KeyRing | None, *, part_size: int = 8 << 20,
                  multipart_threshold: int = 16 << 20, upload_parallelism: int = 4,
-                 copy_limit: int = COPY_LIMIT) -> None:
+                 copy_limit: int = COPY_LIMIT, esdk: EsdkObjects | None = None) -> None:
         self.store = store
         self.keyring = keyring
+        self.esdk = esdk
         self.copy_limit = copy_limit
         self.part_size = part_size
         self.multipart_threshold = multipart_threshold
@@ -208,17 +179,31 @@ class EncryptedObjects:
             functools.partial(self.keyring.open, headers,
                               object_name=f"oss://{self.store.name}/{info.key}"))
 
-    async def open_reader(self, key: str, info: ObjectInfo | None = None) -> ObjectReader:
+    async def open_reader(self, key: str,
+                          info: ObjectInfo | None = None) -> ObjectReader | EsdkReader:
+        """A reader of the object: OSS-SDK format, Encryption SDK format or plain."""
         if info is None or not info.headers:
             info = await self.store.head(key)
             if info is None:
                 raise NotFoundError(f"oss://{self.store.name}/{key}: no such object")
+        if self.esdk is not None:
+            layout = await self.esdk.layout(info)
+            if layout is not None:
+                return await self.esdk.open(info, layout)
         try:
             check_length(info)
             material = await self.material_for(info)
         except FormatError as exc:
             raise FormatError(f"oss://{self.store.name}/{key}: {exc}") from exc
         return ObjectReader(self.store, info, material)
+
+    async def plain_size(self, info: ObjectInfo) -> int:
+        """The size a reader of ``info`` shows: the stored size, but the ciphertext length of
+        a Python-layout ESDK object (one small ranged GET the first time; docs/esdk.md)."""
+        if self.esdk is None:
+            return info.size
+        layout = await self.esdk.layout(info)
+        return layout.ct_len if layout is not None else info.size
 
     # ---------------------------------------------------------------- writing
 

@@ -108,6 +108,23 @@ def sts_emulator_at(path: Path, lifetime: float) -> Iterator[object]:
 
 
 @pytest.fixture
+def esdk_emulator(tmp_path: Path, no_proxy_env: None) -> Iterator[object]:
+    """Like ``emulator``, with the Encryption SDK vectors' CMK (tests/fixtures/esdk/kms-keys)
+    loaded into its KMS before it starts, as the vectors' README.md says."""
+    if not HAVE_KMS:
+        pytest.skip("KMS modules not available")
+    from ossencfs.emulator.server import Emulator
+    from tests.esdk_build import install_key
+    install_key(tmp_path / "oss" / "kms")
+    emu = Emulator(str(tmp_path / "oss"), credentials={AK: SK}, buckets=[BUCKET], kms_port=0)
+    emu.start()
+    try:
+        yield emu
+    finally:
+        emu.stop()
+
+
+@pytest.fixture
 def kms_server(emulator: object, tmp_path: Path) -> Iterator[object]:
     """The local KMS: the emulator's own when it runs one, else a standalone KmsServer."""
     if not HAVE_KMS:

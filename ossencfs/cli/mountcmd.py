@@ -68,7 +68,7 @@ def _hide_secret_from_ps() -> None:
 def _mount(args: argparse.Namespace) -> int:
     from ..fs.mounter import Connectors, run_mount
     from .configfile import apply_config
-    from .options import build_keyring, build_store
+    from .options import build_esdk, build_keyring, build_store
     if args.access_key_secret:
         _hide_secret_from_ps()
     hidden = os.environ.pop(_HIDDEN_SECRET, None)
@@ -81,7 +81,8 @@ def _mount(args: argparse.Namespace) -> int:
                           "url/mountpoint in --config)")
     config = mount_config(args)
     return run_mount(config, Connectors(keyring=lambda: build_keyring(args),
-                                        store=lambda bucket: build_store(args, bucket)))
+                                        store=lambda bucket: build_store(args, bucket),
+                                        esdk=lambda store: build_esdk(args, store)))
 
 
 def _take_passwd_file(args: argparse.Namespace) -> None:

@@ -18,6 +18,7 @@ from ..errors import KeyFileError, OssEncError
 if TYPE_CHECKING:
     from ..credentials import CredentialSource
     from ..envelope.keys import MasterKey
+    from ..kms import KmsMasterKey
 
 ENV_AK = "OSS_ACCESS_KEY_ID"
 ENV_SK = "OSS_ACCESS_KEY_SECRET"
@@ -106,9 +107,17 @@ def add_key_options(parser: argparse.ArgumentParser) -> None:
                         "pick theirs by it), e.g. '{\"name\": \"photos\"}'")
     g.add_argument("--kms-key", metavar="CMK_ID", action=_OrderedKeyAction, dest="kms_key",
                    default=[], help="KMS customer master key id; repeatable")
-    g.add_argument("--kms-region", metavar="REGION", help="KMS region, e.g. cn-hangzhou")
-    g.add_argument("--kms-endpoint", metavar="URL",
-                   help="KMS endpoint (VPC endpoint, or http://127.0.0.1:PORT)")
+    g.add_argument("--kms-region", metavar="REGION",
+                   help="KMS region of --kms-key ids that are not ARNs, e.g. cn-hangzhou "
+                        "(a key given as ARN acs:kms:REGION:UID:key/ID uses its own region)")
+    g.add_argument("--kms-endpoint", metavar="[REGION=]URL", action="append", default=[],
+                   help="KMS endpoint: URL for --kms-region, REGION=URL for any region "
+                        "(VPC endpoint, or http://127.0.0.1:PORT); repeatable; default "
+                        "https://kms.REGION.aliyuncs.com")
+    g.add_argument("--no-esdk-probe", action="store_true",
+                   help="do not look for Encryption SDK objects without metadata (Python "
+                        "layout) in objects that carry no encryption headers; saves one small "
+                        "GET per such object")
     g.add_argument("--kms-flavour", choices=("oss2", "java"), default="oss2",
                    help="KMS header flavour to write: oss2 (Python SDK) or java (Java/Go SDKs)")
     g.add_argument("--kms-context", metavar="JSON",
@@ -182,22 +191,52 @@ def build_masters(args: argparse.Namespace) -> list[MasterKey]:
     if getattr(args, "rsa_passphrase_file", None):
         passphrase = _read_secret_file(args.rsa_passphrase_file, "RSA passphrase").encode()
     masters: list[MasterKey] = []
-    kms_args: dict[str, Any] | None = None
     for kind, value, matdesc in order:
         if kind == "rsa_key":
             from ..envelope.keys import RsaMasterKey
             masters.append(RsaMasterKey.from_pem_file(value, passphrase, matdesc=matdesc))
         else:
-            if kms_args is None:
-                if not getattr(args, "kms_region", None):
-                    raise OssEncError("--kms-key needs --kms-region")
-                kms_args = dict(credentials=credential_source(args),
-                                endpoint=getattr(args, "kms_endpoint", None),
-                                flavour=getattr(args, "kms_flavour", "oss2"),
-                                context=_kms_context(args))
-            from ..kms import KmsMasterKey
-            masters.append(KmsMasterKey(value, args.kms_region, matdesc=matdesc, **kms_args))
+            masters.append(_kms_master(args, value, matdesc))
     return masters
+
+
+def _kms_master(args: argparse.Namespace, value: str, matdesc: str | None = None) -> "KmsMasterKey":
+    """A --kms-key: a CMK id in --kms-region, or an ARN naming its own region."""
+    from ..envelope.esdk import parse_arn
+    from ..kms import kms_client
+    from ..kms_regions import region_endpoint
+    arn = parse_arn(value)
+    region, cmk = (arn[0], arn[2]) if arn else (getattr(args, "kms_region", None), value)
+    if not region:
+        raise OssEncError("--kms-key needs --kms-region (or give the key as its ARN "
+                          "acs:kms:REGION:UID:key/ID)")
+    default, per_region = kms_endpoints(args)
+    endpoint = region_endpoint(region, getattr(args, "kms_region", None), default, per_region)
+    return kms_client(cmk, region, credential_source(args), endpoint=endpoint, matdesc=matdesc,
+                      flavour=getattr(args, "kms_flavour", "oss2"), context=_kms_context(args))
+
+
+def kms_endpoints(args: argparse.Namespace) -> tuple[str | None, dict[str, str]]:
+    from ..kms_regions import parse_kms_endpoints
+    return parse_kms_endpoints(getattr(args, "kms_endpoint", None) or [])
+
+
+def build_esdk(args: argparse.Namespace, store):
+    """Readers of Encryption SDK objects on ``store``: KMS in every region their ARNs name,
+    signing with the OSS credentials (as the SDK's samples do)."""
+    from ..esdk_objects import EsdkObjects
+    from ..kms import kms_client
+    from ..kms_regions import EsdkKeyring, KmsRegions
+    creds = credential_source(args)
+    default, per_region = kms_endpoints(args)
+
+    def connect(region: str, endpoint: str | None, cmk: str):
+        return kms_client(cmk, region, creds, endpoint=endpoint)
+
+    regions = KmsRegions(connect, default_region=getattr(args, "kms_region", None),
+                         default_endpoint=default, endpoints=per_region)
+    return EsdkObjects(store, EsdkKeyring(regions),
+                       probe=not getattr(args, "no_esdk_probe", False))
 
 
 def build_keyring(args: argparse.Namespace):

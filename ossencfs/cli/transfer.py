@@ -20,8 +20,8 @@ from typing import AsyncIterator, Callable
 import trio
 
 from ..errors import OssEncError
-from .options import (add_connection_options, add_key_options, build_keyring, build_store,
-                      is_oss_url, optional_keyring, parse_oss_url)
+from .options import (add_connection_options, add_key_options, build_esdk, build_keyring,
+                      build_store, is_oss_url, optional_keyring, parse_oss_url)
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def _objects(args: argparse.Namespace, bucket: str, *, writing: bool):
     store = build_store(args, bucket)
     return EncryptedObjects(store, keyring, part_size=args.part_size,
                             multipart_threshold=args.multipart_threshold,
-                            upload_parallelism=args.parallel)
+                            upload_parallelism=args.parallel, esdk=build_esdk(args, store))
 
 
 class _Progress:

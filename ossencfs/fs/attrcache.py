@@ -58,7 +58,13 @@ _INO_SCHEMA = (
     "kind INTEGER NOT NULL, parent TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS inos_parent ON inos (parent)",
     "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    # what a probe for an Encryption SDK message found (docs/esdk.md): the plaintext size of
+    # this version, the stored size when it is no such object
+    "CREATE TABLE IF NOT EXISTS sizes (key TEXT PRIMARY KEY, etag TEXT NOT NULL, "
+    "size INTEGER NOT NULL, shown INTEGER NOT NULL)",
 )
+#: headers that prove an object is no Python-layout Encryption SDK message
+_NOT_ESDK_PYTHON = ("x-oss-meta-client-side-encryption-key", "x-oss-meta-x-oss-meta-header")
 
 
 def _parent(key: str) -> str:
@@ -146,17 +152,42 @@ class AttrCache:
         or just written (``not_after``: OSS's clock, at most, when the write was answered)."""
         if not etag:
             return
-        posix = {k: v for k, v in ((k.lower(), v) for k, v in headers.items()) if k in POSIX_HEADERS}
+        lowered = {k.lower(): v for k, v in headers.items()}
+        posix = {k: v for k, v in lowered.items() if k in POSIX_HEADERS}
         self._write("INSERT OR REPLACE INTO attrs VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (key, etag, size, lastmod, not_after, object_type,
                      json.dumps(posix, sort_keys=True)))
+        if any(h in lowered for h in _NOT_ESDK_PYTHON):
+            self.record_probe(key, etag, size, size)    # no probe needed at the next mount
 
     def forget(self, key: str) -> None:
         self._write("DELETE FROM attrs WHERE key=?", (key,))
+        self._write("DELETE FROM sizes WHERE key=?", (key,))
+
+    def probed_size(self, key: str, etag: str, size: int) -> int | None:
+        """The size a probe found for this version of ``key`` (its plaintext size, or ``size``
+        when it is no Encryption SDK message); None when it was never probed."""
+        if not etag or self.broken:
+            return None
+        try:
+            row = self.db.execute("SELECT etag, size, shown FROM sizes WHERE key=?",
+                                  (key,)).fetchone()
+        except sqlite3.Error as exc:
+            self._failed(exc)
+            return None
+        if row is None or row[0] != etag or row[1] != size:
+            return None
+        return int(row[2])
+
+    def record_probe(self, key: str, etag: str | None, size: int, shown: int) -> None:
+        if etag:
+            self._write("INSERT OR REPLACE INTO sizes VALUES (?, ?, ?, ?)",
+                        (key, etag, size, shown))
 
     def forget_under(self, prefix: str) -> None:
         """Everything below a directory prefix (``a/b/``), e.g. after it was renamed."""
         self._write("DELETE FROM attrs WHERE key >= ? AND key < ?", (prefix, prefix + "\U0010ffff"))
+        self._write("DELETE FROM sizes WHERE key >= ? AND key < ?", (prefix, prefix + "\U0010ffff"))
 
     def prune_dir(self, prefix: str, present: set[str]) -> None:
         """A complete listing of ``prefix`` showed these keys: records of its other direct
@@ -172,6 +203,7 @@ class AttrCache:
         for (key,) in rows:
             if key not in present and "/" not in key[len(prefix):]:
                 self._write("DELETE FROM attrs WHERE key=?", (key,))
+                self._write("DELETE FROM sizes WHERE key=?", (key,))
 
     # -- inode numbers (fs.inodes.InodeNumbers) ---------------------------------------------
     def ino_of(self, key: str) -> tuple[int, int] | None:

@@ -33,7 +33,7 @@ class Attrs:
         a.st_nlink = 1
         a.st_uid = posix.shown_uid(node.meta, self.ctx.policy)
         a.st_gid = posix.shown_gid(node.meta, self.ctx.policy)
-        size = node.staging.size if node.staging is not None else node.size
+        size = node.staging.size if node.staging is not None else self.plain_size(node)
         if node.is_dir:
             size = 0
         a.st_size = size
@@ -47,10 +47,30 @@ class Attrs:
             else node.meta.mtime_ns
         known = node.headers is not None or node.meta_expires_mono > 0 or not node.exists_remote \
             or node.dirty
-        a.attr_timeout = self.ctx.ttl if known else 0
+        a.attr_timeout = self.ctx.ttl if known and not self.size_unknown(node) else 0
         # a listing cannot tell a symlink object from a file: let the kernel re-lookup
         a.entry_timeout = self.ctx.ttl if (known or node.is_dir) else 0
         return a
+
+    @staticmethod
+    def plain_size(node: Node) -> int:
+        """The size stat shows: the stored size, or the plaintext size of an Encryption SDK
+        object (Python layout) once ``freshness.probe_size`` found it."""
+        s = node.esdk_size
+        if s is not None and s[0] == node.etag and s[1] is not None:
+            return s[1]
+        return node.size
+
+    def size_unknown(self, node: Node) -> bool:
+        """A stored regular file that may be a Python-layout ESDK object not probed yet: its
+        attributes must not be cached by the kernel until the probe ran."""
+        esdk = self.ctx.objects.esdk
+        if esdk is None or node.kind != stat.S_IFREG or node.dirty or not node.exists_remote \
+                or not node.etag or node.staging is not None:
+            return False
+        if node.esdk_size is not None and node.esdk_size[0] == node.etag:
+            return False
+        return esdk.may_be_python(node.size, node.headers)
 
     def apply_file_info(self, node: Node, info: ObjectInfo) -> None:
         if node.dirty:

@@ -128,6 +128,10 @@ class Node:
     # bumped when the local version open handles write to is taken from them (it went to a
     # conflict copy or quarantine): writes through handles of an older epoch fail (EIO)
     epoch: int = 0
+    # (etag, plaintext size) of an Encryption SDK object whose size differs from the stored
+    # one (Python layout); shown by stat while the etag is the node's; (etag, None): probed,
+    # not such an object
+    esdk_size: tuple[str, int | None] | None = None
     lock: trio.Lock = field(default_factory=trio.Lock)
 
     @property

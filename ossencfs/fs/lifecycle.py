@@ -73,8 +73,9 @@ class Lifecycle:
             node.staging = None
             await self.ctx.staging.drop(st)
             base = await self.fresh.source(node) if node.size > 0 else None
-            node.staging = await self.ctx.staging.new(self.ctx.okey(node.path), node.size, base,
-                                                  node.size, st.base_etag)
+            size = base.size if base is not None else node.size
+            node.staging = await self.ctx.staging.new(self.ctx.okey(node.path), size, base,
+                                                  size, st.base_etag)
             node.staging.prior_keys = [k for k in [*st.prior_keys, st.wrapped_key] if k] \
                 if st.sealed else list(st.prior_keys)
             return node.staging
@@ -95,8 +96,10 @@ class Lifecycle:
                                                     unconfirmed=node.dirty)
         else:
             base = await self.fresh.source(node) if node.exists_remote and node.size > 0 else None
-            node.staging = await self.ctx.staging.new(self.ctx.okey(node.path), node.size, base,
-                                                  node.size, node.etag)
+            # the base's plaintext size: an Encryption SDK object's differs from its stored one
+            size = base.size if base is not None else node.size
+            node.staging = await self.ctx.staging.new(self.ctx.okey(node.path), size, base,
+                                                  size, node.etag)
         return node.staging
 
     async def truncate_locked(self, node: Node, size: int) -> None:
@@ -207,7 +210,7 @@ class Lifecycle:
         node.headers = {**(st.kept if isinstance(st, Reupload) else {}),
                         **{k.lower(): v for k, v in st.crypto_headers.items()}, **extra}
         node.headers_expires_mono = node.meta_expires_mono = time.monotonic() + self.ctx.ttl
-        self.ctx.attr_cache.record(self.ctx.okey(node.path), etag, node.size, extra,
+        self.ctx.attr_cache.record(self.ctx.okey(node.path), etag, node.size, node.headers,
                                not_after=self.ctx.store.server_now())
         if not st.relay:
             node.kernel_etag = etag

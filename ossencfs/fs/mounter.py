@@ -188,6 +188,8 @@ class Connectors:
     command line (``cli.options``): ``fs`` sits below ``cli`` and never imports it."""
     keyring: Callable[[], KeyRing]
     store: Callable[[str], ObjectStore]         # bucket name -> store
+    #: readers of Encryption SDK objects on a store (None: such objects read as stored)
+    esdk: Callable[[ObjectStore], Any] | None = None
 
 
 class Mount:
@@ -200,6 +202,7 @@ class Mount:
         self.opts = parse_mount_options(list(config.options))
         self.keyring = connect.keyring()
         self.store = connect.store(config.bucket)
+        self.esdk = connect.esdk(self.store) if connect.esdk else None
         root = config.cache_dir or default_cache_dir()
         self.base_dir = os.path.join(root, mount_id(config.endpoint, self.bucket, self.prefix))
         for d in (root, self.base_dir):     # refused now, before the mount detaches
@@ -254,7 +257,7 @@ class Mount:
         objects = EncryptedObjects(self.store, self.keyring, part_size=cfg.part_size,
                                    multipart_threshold=cfg.multipart_threshold,
                                    upload_parallelism=cfg.upload_parallelism,
-                                   copy_limit=cfg.copy_limit)
+                                   copy_limit=cfg.copy_limit, esdk=self.esdk)
         self.journal = Journal(staging_dir, self.quarantine_dir,
                                MountIdentity(cfg.endpoint, self.bucket, self.prefix))
         staging = StagingArea(staging_dir, self.keyring, self.journal, limit=self.cache_size)

@@ -171,8 +171,16 @@ class BlockSource:
         end = min(off + n, self.size)
         if end <= off:
             return b""
+        if getattr(self.reader, "direct", False):       # CBC: no counter, no block cache
+            return await self.reader.read(off, end - off)   # type: ignore[attr-defined]
+        started = getattr(self.reader, "read_started", None)
+        if started is not None:
+            started(off)
         self._advance_window(off, end)
         cipher = await self.cipher_range(off, end - off)
+        note_read = getattr(self.reader, "note_read", None)
+        if note_read is not None:   # GCM: a read reaching the end after one from 0 is checked
+            await note_read(off, cipher, self.cipher_range)
         if not self.reader.encrypted:
             return bytes(cipher)
         if in_thread(len(cipher)):

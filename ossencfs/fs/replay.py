@@ -41,7 +41,7 @@ class _PinnedBase:
                 raise ConflictError(f"oss://{self.model.store.name}/{self.key}: the version this "
                                     f"file was opened from is gone; its untouched ranges are lost")
             reader = await self.model.objects.open_reader(self.key, info)
-            self._source = BlockSource(self.model.cache, reader, self.key, info.etag, info.size,
+            self._source = BlockSource(self.model.cache, reader, self.key, info.etag, reader.size,
                                        self.model.spawn)
         return await self._source.read(off, n)
 
