@@ -21,10 +21,11 @@ def fsync_dir(path: str) -> None:
 
 
 def replace_file(path: str, data: bytes, *, durable: bool = False, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` atomically; with ``durable``, it also survives a power cut."""
+    """Write ``data`` to ``path`` atomically; with ``durable``, it also survives a power cut.
+    The temporary file is never opened through a symbolic link (O_NOFOLLOW)."""
     tmp = f"{path}.{os.getpid()}-{threading.get_ident()}.tmp"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
         try:
             view = memoryview(data)
             while view:

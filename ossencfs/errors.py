@@ -114,3 +114,8 @@ class NetworkError(StoreError):
     """The service could not be reached, or kept failing with 5xx, after retries."""
 
     errno = errno.EIO
+
+
+class CredentialsError(OssEncError):
+    """No credentials could be had (none configured, or the credential source failed and the
+    last ones expired). The message names the source, never a key, secret or token."""

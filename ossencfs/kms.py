@@ -9,7 +9,11 @@ and lets HTTP(S)_PROXY break a loopback KMS. This module uses the same client (a
   base64"), ``java`` writes the CiphertextBlob itself (Java/Go SDKs); reading detects the
   flavour per object and also reads the legacy oss2 ``kms`` form (SPEC A.8);
 * STS tokens (``SecurityToken`` is added to the signed query, as aliyunsdkcore's STS signer does,
-  without letting ``ALIYUN_ACCESS_KEY_*`` environment variables take over the credentials);
+  without letting ``ALIYUN_ACCESS_KEY_*`` environment variables take over the credentials),
+  taken per call from a ``CredentialSource`` (``ossencfs.credentials``) shared with the OSS
+  client, so renewed credentials are used at once; the client is rebuilt by ``make_client``
+  when the key pair changes; a call refused with an expired or unknown temporary key is
+  retried once with fresh credentials;
 * an encryption context (oss2's ``{"x-passphrase": p}`` convention or any string map);
 * bounded concurrency, and retries with exponential backoff + full jitter for Throttling, 5xx
   and network errors (aliyunsdkcore retries none of them for KMS, SPEC C.4), all within one
@@ -46,10 +50,13 @@ from aliyunsdkcore.client import AcsClient
 from aliyunsdkkms.request.v20160120 import (DecryptRequest, DescribeKeyRequest, EncryptRequest,
                                             GenerateDataKeyRequest, ReEncryptRequest)
 
+from .credentials import CredentialSource, Credentials
 from .envelope.ctr import iv_to_counter, new_iv
-from .envelope.format import CEK_AES_CTR, WRAP_KMS, WRAP_LEGACY_KMS, CryptoHeaders
+from .envelope.format import (CEK_AES_CTR, WRAP_KMS, WRAP_LEGACY_KMS, CryptoHeaders,
+                              matdesc_option)
 from .envelope.keys import ContentMaterial, material_from_plaintext
-from .errors import FormatError, KeyServiceUnavailableError, KeyUnavailableError, OssEncError, WrongKeyError
+from .errors import (CredentialsError, FormatError, KeyServiceUnavailableError, KeyUnavailableError,
+                     OssEncError, WrongKeyError)
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +79,26 @@ _DISABLED_CODES = {"Rejected.Disabled"}
 _PENDING_DELETION_CODES = {"Rejetced.PendingDeletion", "Rejected.PendingDeletion"}
 _QUERY_RE = re.compile(r"\?[^\s)'\"]*")
 _NOT_FOUND_CODES = {"Forbidden.KeyNotFound", "Forbidden.AliasNotFound", "Forbidden.ResourceNotFound"}
+# the POP gateway's answers to temporary credentials that expired (or that it no longer knows)
+# while a call was under way: one retry with fresh ones (emulator/sts.py cites the codes)
+_STALE_CREDENTIAL_CODES = {"InvalidSecurityToken.Expired", "InvalidAccessKeyId.NotFound",
+                           "InvalidSecurityToken.MismatchWithAccessKey"}
+
+
+def make_client(credentials: Credentials, region: str, endpoint: str | None, *,
+                connect_timeout: int = 5, read_timeout: int = 10, pool_size: int = 8) -> AcsClient:
+    """The KMS client for one key pair and region (``endpoint``: a full URL or host, or None
+    for ``kms.REGION.aliyuncs.com``). The STS token is not part of the client: ``_call`` signs
+    it into each request."""
+    url = endpoint if endpoint and "://" in endpoint else f"https://{endpoint or f'kms.{region}.aliyuncs.com'}"
+    # ak/secret given explicitly, so ALIYUN_ACCESS_KEY_* env vars never replace them.
+    client = AcsClient(credentials.access_key_id, credentials.access_key_secret, region,
+                       auto_retry=False, connect_timeout=connect_timeout, timeout=read_timeout,
+                       pool_size=pool_size, proxy=proxies_for(url))
+    if endpoint:
+        # A scheme in the endpoint overrides the requests' https default (SPEC C.5).
+        client.add_endpoint(region, "kms", endpoint)
+    return client
 
 
 class _Retryable(Exception):
@@ -150,10 +177,11 @@ class KmsMasterKey:
 
     wrap_alg = WRAP_KMS
 
-    def __init__(self, cmk_id: str, region: str, access_key_id: str, access_key_secret: str, *,
-                 security_token: str | None = None, endpoint: str | None = None,
+    def __init__(self, cmk_id: str, region: str, access_key_id: str | None = None,
+                 access_key_secret: str | None = None, *, security_token: str | None = None,
+                 credentials: CredentialSource | None = None, endpoint: str | None = None,
                  flavour: str = "oss2", context: dict[str, str] | None = None,
-                 max_concurrency: int = 8, matdesc: dict[str, str] | None = None,
+                 max_concurrency: int = 8, matdesc: Mapping[str, str] | str | None = None,
                  retries: int = 6, retry_base: float = 0.2, retry_cap: float = 5.0,
                  retry_deadline: float = 10.0, connect_timeout: int = 3, read_timeout: int = 5,
                  outage_ttl: float = 5.0) -> None:
@@ -168,11 +196,15 @@ class KmsMasterKey:
         self.flavour = flavour
         self.context = dict(context) if context else None
         self._context_param = context_string(context)
-        self.matdesc = dict(matdesc) if matdesc else None
+        self.matdesc, self.matdesc_text = matdesc_option(matdesc)
         self.name = f"kms:{cmk_id}"
         endpoint = endpoint.rstrip("/") if endpoint else None   # the SDK appends "/?..." itself
         self.endpoint = endpoint
-        self._token = security_token
+        if credentials is None:
+            if not access_key_id or not access_key_secret:
+                raise ValueError("KmsMasterKey needs credentials or an AccessKey pair")
+            credentials = CredentialSource.static(access_key_id, access_key_secret, security_token)
+        self.credentials = credentials
         self._retries = retries
         self._retry_base = retry_base
         self._retry_cap = retry_cap
@@ -184,14 +216,11 @@ class KmsMasterKey:
         self._rng = random.Random()
         self._calls_lock = threading.Lock()
         self.calls: collections.Counter[str] = collections.Counter()
-        url = endpoint if endpoint and "://" in endpoint else f"https://{endpoint or f'kms.{region}.aliyuncs.com'}"
-        # ak/secret given explicitly, so ALIYUN_ACCESS_KEY_* env vars never replace them.
-        self._client = AcsClient(access_key_id, access_key_secret, region, auto_retry=False,
-                                 connect_timeout=connect_timeout, timeout=read_timeout,
-                                 pool_size=max_concurrency, proxy=proxies_for(url))
-        if endpoint:
-            # A scheme in the endpoint overrides the requests' https default (SPEC C.5).
-            self._client.add_endpoint(region, "kms", endpoint)
+        self._client_args = dict(connect_timeout=connect_timeout, read_timeout=read_timeout,
+                                 pool_size=max_concurrency)
+        self._client_lock = threading.Lock()
+        self._client_for: tuple[str, str] | None = None
+        self._client: AcsClient | None = None
 
     def __repr__(self) -> str:
         return f"KmsMasterKey({self.cmk_id!r}, region={self.region!r}, flavour={self.flavour!r})"
@@ -259,7 +288,8 @@ class KmsMasterKey:
         else:
             wrapped_key, wrapped_start = key_blob, iv_blob
         return CryptoHeaders(wrapped_key=wrapped_key, wrapped_start=wrapped_start, wrap_alg=WRAP_KMS,
-                             cek_alg=CEK_AES_CTR, legacy=False, matdesc=self.matdesc)
+                             cek_alg=CEK_AES_CTR, legacy=False, matdesc=self.matdesc,
+                             matdesc_text=self.matdesc_text)
 
     def unwrap(self, h: CryptoHeaders) -> ContentMaterial:
         """Decrypt the object's data key and IV (2 KMS calls; the KeyRing caches the result)."""
@@ -383,25 +413,30 @@ class KmsMasterKey:
         return err
 
     def _call(self, action: str, build: Callable[[], Any], target: str) -> dict[str, Any]:
-        """One KMS action with bounded concurrency and retries (fresh signature per attempt).
+        """One KMS action with bounded concurrency and retries (fresh signature per attempt,
+        with the credentials current at that moment).
 
         Gives up when the next attempt could end after ``retry_deadline`` (for an attempt that got
         no answer, its connect + read timeouts count), and then remembers the outage."""
         self._remembered_outage(action)
         deadline = time.monotonic() + self._retry_deadline
         attempt = 0
+        renewed = False
         while True:
             req = build()
             req.set_accept_format("JSON")
             req.set_method("POST")
-            if self._token:
-                # What aliyunsdkcore's StsTokenSigner does for RPC: a signed query parameter.
-                req.add_query_param("SecurityToken", self._token)
             with self._calls_lock:
                 self.calls[action] += 1
+            creds: Credentials | None = None
             try:
+                creds = self.credentials.get()
+                if creds.security_token:
+                    # What aliyunsdkcore's StsTokenSigner does for RPC: a signed query parameter.
+                    req.add_query_param("SecurityToken", creds.security_token)
+                client = self._client_with(creds)
                 with self._sem:
-                    body = self._client.do_action_with_exception(req)
+                    body = client.do_action_with_exception(req)
                 with self._calls_lock:
                     self._outage = None
                 try:
@@ -412,9 +447,16 @@ class KmsMasterKey:
                     raise KeyUnavailableError(f"CMK {target}: KMS {action} answer is not a JSON object")
                 return doc
             except ServerException as e:
+                if (not renewed and creds is not None and creds.security_token
+                        and (e.get_error_code() or "") in _STALE_CREDENTIAL_CODES
+                        and self.credentials.renew(creds)):
+                    renewed = True            # raced an expiry: once more, fresh credentials
+                    continue
                 err = self._map_server_error(action, e, target)
             except ClientException as e:
                 err = self._map_client_error(action, e, target)
+            except CredentialsError as e:
+                err = _Retryable(KeyServiceUnavailableError(f"CMK {target}: {e}"))
             except _Retryable as e:
                 err = e
             if not isinstance(err, _Retryable):
@@ -426,6 +468,15 @@ class KmsMasterKey:
                 raise self._remember_outage(err.final)
             log.debug("%s: %s failed transiently (%s); retry %d in %.2fs", self.name, action, err, attempt, delay)
             time.sleep(delay)
+
+    def _client_with(self, creds: Credentials) -> AcsClient:
+        """The client for this key pair, rebuilt (``make_client``) when the pair changed."""
+        pair = (creds.access_key_id, creds.access_key_secret)
+        with self._client_lock:
+            if self._client is None or self._client_for != pair:
+                self._client = make_client(creds, self.region, self.endpoint, **self._client_args)
+                self._client_for = pair
+            return self._client
 
     def _map_server_error(self, action: str, e: ServerException, target: str) -> OssEncError | _Retryable:
         """Typed error naming the CMK (the KeyRing prefixes the object and this master's name)."""

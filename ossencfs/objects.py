@@ -17,7 +17,7 @@ import trio
 
 from .aio import first_error
 from .envelope import format as fmt
-from .envelope.ctr import crypt_at
+from .envelope.ctr import crypt_at, in_thread
 from .envelope.keys import ContentMaterial, KeyRing, MasterKey
 from .errors import (ConflictError, FormatError, NotFoundError, OssEncError, RejectedError,
                      WrongKeyError)
@@ -31,7 +31,6 @@ BLOCK = 16
 #: The largest source CopyObject takes: 1 GB in the older API pages and SDK guides, 5 GB in
 #: the current ones (SPEC D.13); the conservative reading (10^9 bytes) is the default.
 COPY_LIMIT = 1_000_000_000
-_THREAD_CRYPT_MIN = 256 * 1024      # below this, AES in the loop is cheaper than a thread hop
 
 # Headers of an object that a metadata change (CopyObject REPLACE, or a re-upload) must
 # send again to keep the object as it was, besides its user metadata.
@@ -53,6 +52,18 @@ def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
+def is_own_upload(info: ObjectInfo | None, wrapped_key: str | None, size: int,
+                  headers: Mapping[str, str] | None = None) -> bool:
+    """Did our own earlier upload land (its reply lost, a crash, a retried request)? The one
+    criterion for every caller: the object carries the wrapped data key of that upload and
+    has its size (and, when given, these headers: a re-upload keeps the object's own key,
+    so only its new headers tell it apart). A wrapped key is made for one upload only
+    (``KeyRing.new_object``), so another client's object never carries it."""
+    return (info is not None and bool(wrapped_key) and info.size == size
+            and info.headers.get(fmt.H_KEY) == wrapped_key
+            and all(info.headers.get(k) == v for k, v in (headers or {}).items()))
+
+
 def plan_part_size(size: int, part_size: int) -> int:
     """The part size to use for ``size`` bytes: a multiple of 16, >= 100 KiB, <= 10000 parts.
 
@@ -68,7 +79,7 @@ def plan_part_size(size: int, part_size: int) -> int:
 
 async def crypt_async(key: bytes, counter0: int, offset: int, data: bytes) -> bytes:
     """crypt_at, in a worker thread when the buffer is large enough to stall the loop."""
-    if len(data) < _THREAD_CRYPT_MIN:
+    if not in_thread(len(data)):
         return crypt_at(key, counter0, offset, data)
     return await trio.to_thread.run_sync(crypt_at, key, counter0, offset, data)
 
@@ -114,16 +125,17 @@ class ObjectReader:
         if offset > end:
             return b""
         start = offset - offset % BLOCK if self.encrypted else offset
-        cipher = await self.read_cipher(start, end)
+        cipher = await self.read_cipher(start, end + 1 - start)
         plain = await self._decrypt_async(start, cipher)
         return plain[offset - start:]
 
-    async def read_cipher(self, start: int, end: int) -> bytes:
-        """Raw stored bytes [start, end] (inclusive, clipped at EOF), for the block cache."""
-        end = min(end, self.size - 1)
-        if start > end:
+    async def read_cipher(self, offset: int, length: int) -> bytes:
+        """Raw stored bytes [offset, offset+length) clipped at EOF, for the block cache (the
+        contract of every ``read_cipher``: offset and length, as ``Staging.read_cipher``)."""
+        end = min(offset + length, self.size) - 1      # HTTP ranges are inclusive
+        if offset > end:
             return b""
-        return await self.store.get_range(self.key, start, end, if_match=self.info.etag or None)
+        return await self.store.get_range(self.key, offset, end, if_match=self.info.etag or None)
 
     def decrypt(self, offset: int, cipher: bytes | memoryview) -> bytes:
         """Plaintext of ``cipher`` that starts at object offset ``offset`` (any alignment)."""
@@ -228,8 +240,9 @@ class EncryptedObjects:
         ``read_cipher(offset, n)`` is called in increasing offset order, once per byte, so
         it may be backed by a stream. data-size/part-size and unencrypted-content-length
         headers are set here (they describe the upload layout, which only this method
-        decides; ``record_length=False`` keeps the caller's headers as they are, for a relay). ``read_cipher_sync`` (blocking,
-        same bytes): for a single PUT the body is then read in the request's worker thread.
+        decides; ``record_length=False`` keeps the caller's length header as it is, for a
+        relay). ``read_cipher_sync`` (blocking, same bytes): for a single PUT the body is
+        then read in the request's worker thread.
         """
         base = {k.lower(): v for k, v in (extra_headers or {}).items()}
         crypto = {k.lower(): v for k, v in crypto_headers.items()
@@ -315,9 +328,7 @@ class EncryptedObjects:
                 # or, with forbid-overwrite, its own object. The wrapped data key is unique
                 # to this upload, so finding it on the object proves the upload completed.
                 landed = await self.store.head(key)
-                wrapped = crypto.get(fmt.H_KEY)
-                if (landed is None or not wrapped or landed.size != size
-                        or landed.headers.get(fmt.H_KEY) != wrapped):
+                if landed is None or not is_own_upload(landed, crypto.get(fmt.H_KEY), size):
                     raise
                 return landed.etag
         except BaseException:

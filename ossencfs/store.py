@@ -31,8 +31,10 @@ import requests.adapters
 import trio
 import urllib3.exceptions
 
+from .credentials import CredentialSource
 from .errors import (
     AccessDeniedError,
+    CredentialsError,
     ArchivedError,
     ConflictError,
     NetworkError,
@@ -66,6 +68,10 @@ _THROTTLE_CODES = {"Throttling", "SlowDown", "RequestTimeout", "ServiceUnavailab
                    "DownloadTrafficRateLimitExceeded", "UploadTrafficRateLimitExceeded",
                    "ActiveRequestLimitExceeded"}
 _NOT_FOUND_CODES = {"NoSuchKey", "NoSuchBucket", "NoSuchUpload", "SymlinkTargetNotExist", ""}
+# 403 answers to credentials that expired or were replaced while a request was under way
+# (EC 0002-00000007 SecurityTokenExpired, 0002-00000006 InvalidSecurityToken, and
+# InvalidAccessKeyId for an STS key OSS no longer knows): retried once with fresh credentials.
+_STALE_CREDENTIAL_CODES = {"SecurityTokenExpired", "InvalidSecurityToken", "InvalidAccessKeyId"}
 
 
 #: storage classes whose objects must be restored (RestoreObject) before a GET (SPEC D.13)
@@ -141,8 +147,11 @@ class ObjectStore:
 
     def __init__(self, bucket: oss2.Bucket, *, concurrency: int = 16, retries: int = 5,
                  backoff_base: float = 0.1, backoff_max: float = 5.0,
-                 meta_concurrency: int = META_CONCURRENCY) -> None:
+                 meta_concurrency: int = META_CONCURRENCY,
+                 credentials: CredentialSource | None = None) -> None:
         self.bucket = bucket
+        #: where the bucket's auth takes its credentials (None: fixed ones inside the auth)
+        self.credentials = credentials
         self.name: str = bucket.bucket_name
         self.concurrency = concurrency
         self.retries = retries
@@ -173,42 +182,52 @@ class ObjectStore:
         return time.time() + self._clock_offset + 1.0
 
     @classmethod
-    def connect(cls, endpoint: str, bucket: str, access_key_id: str, access_key_secret: str,
-                security_token: str | None = None, *, region: str | None = None,
+    def connect(cls, endpoint: str, bucket: str, access_key_id: str | None = None,
+                access_key_secret: str | None = None, security_token: str | None = None, *,
+                credentials: CredentialSource | None = None, region: str | None = None,
                 auth_version: str = "v1", connect_timeout: float | None = None,
                 concurrency: int = 16, **kw: Any) -> "ObjectStore":
-        """Build the oss2 objects; V4 needs a region, STS tokens go through StsAuth."""
+        """Build the oss2 objects; V4 needs a region. Every request is signed with what
+        ``credentials`` holds at that moment (oss2.ProviderAuth / ProviderAuthV4 call its
+        ``get_credentials()`` per request), so renewed STS credentials are used at once; a
+        fixed key pair (and token) is wrapped in a static source."""
         version = oss2.AUTH_VERSION_4 if auth_version == "v4" else oss2.AUTH_VERSION_1
         if version == oss2.AUTH_VERSION_4 and not region:
             raise OssEncError("signature V4 needs a region (--region)")
-        if security_token:
-            auth = oss2.StsAuth(access_key_id, access_key_secret, security_token,
-                                auth_version=version)
-        elif version == oss2.AUTH_VERSION_4:
-            auth = oss2.AuthV4(access_key_id, access_key_secret)
-        else:
-            auth = oss2.Auth(access_key_id, access_key_secret)
+        if credentials is None:
+            if not access_key_id or not access_key_secret:
+                raise CredentialsError("no OSS credentials given")
+            credentials = CredentialSource.static(access_key_id, access_key_secret,
+                                                  security_token)
+        auth = (oss2.ProviderAuthV4(credentials) if version == oss2.AUTH_VERSION_4
+                else oss2.ProviderAuth(credentials))
         session = oss2.http.Session(pool_size=concurrency + kw.get("meta_concurrency", META_CONCURRENCY))
         try:
             b = oss2.Bucket(auth, endpoint, bucket, session=session,
                             connect_timeout=connect_timeout, region=region)
         except oss2.exceptions.ClientError as exc:
             raise OssEncError(f"bad endpoint or bucket name: {endpoint} {bucket}") from exc
-        return cls(b, concurrency=concurrency, **kw)
+        return cls(b, concurrency=concurrency, credentials=credentials, **kw)
 
     # ------------------------------------------------------------------ core
 
     async def _call(self, op: str, key: str, fn: Callable[[], T],
                     attempts: list[int] | None = None) -> T:
         attempt = 0
+        renewed = False
         while True:
             self.requests[op] += 1
             if attempts is not None:
                 attempts.append(attempt)
+            signed_with = self.credentials.current if self.credentials is not None else None
             try:
                 limiter = self.meta_limiter if op in _META_OPS else self.limiter
                 return await trio.to_thread.run_sync(fn, limiter=limiter)
             except Exception as exc:  # noqa: BLE001 - every failure is classified below
+                if not renewed and await self._renewed_after(exc, signed_with):
+                    renewed = True            # raced an expiry: once more, fresh credentials
+                    self.retried[op] += 1
+                    continue
                 transient, mapped = self._classify(op, key, exc)
                 if not transient or attempt >= self.retries:
                     raise mapped from exc
@@ -219,8 +238,21 @@ class ObjectStore:
                 attempt += 1
                 await trio.sleep(delay)
 
+    async def _renewed_after(self, exc: Exception, signed_with: Any) -> bool:
+        """Whether OSS refused the request's temporary credentials and new ones are in use now."""
+        if (self.credentials is None or not isinstance(exc, oss2.exceptions.ServerError)
+                or exc.status != 403 or getattr(exc, "code", "") not in _STALE_CREDENTIAL_CODES
+                or signed_with is None or signed_with.security_token is None):
+            return False
+        source = self.credentials
+        return await trio.to_thread.run_sync(lambda: source.renew(signed_with))
+
     def _classify(self, op: str, key: str, exc: Exception) -> tuple[bool, OssEncError]:
         what = f"{op} oss://{self.name}/{key}"
+        if isinstance(exc, CredentialsError):
+            # the credential source is down and its last credentials expired: like a network
+            # outage (retried; the fs layer serves what it has cached, uploads stay journaled)
+            return True, NetworkError(f"{what}: {exc}")
         if isinstance(exc, OssEncError):
             return False, exc
         if isinstance(exc, _Transient):

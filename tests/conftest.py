@@ -34,6 +34,42 @@ def _have(module: str) -> bool:
 HAVE_KMS = _have("ossencfs.emulator.kms") and _have("ossencfs.kms")
 
 
+#: the ECS instance metadata service; no test may ever reach it (or anything off this machine)
+METADATA_ADDRESS = "100.100.100.200"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _never_the_metadata_service() -> Iterator[None]:
+    """Test-wide guard: child processes inherit ALIBABA_CLOUD_ECS_METADATA_DISABLED=true (so
+    the credential chain never probes the metadata service; tests of the ECS RAM role point it
+    at a local stand-in with OSSENCFS_ECS_METADATA_ENDPOINT), and in this process a connection
+    to the metadata address fails the test."""
+    import socket
+    os.environ["ALIBABA_CLOUD_ECS_METADATA_DISABLED"] = "true"
+    real_connect, real_create = socket.socket.connect, socket.create_connection
+
+    def _check(address: object) -> None:
+        host = address[0] if isinstance(address, tuple) else address
+        if host == METADATA_ADDRESS:
+            raise AssertionError(f"a test tried to reach {METADATA_ADDRESS}")
+
+    def connect(self: socket.socket, address: object) -> None:
+        _check(address)
+        return real_connect(self, address)
+
+    def create_connection(address: object, *args: object, **kw: object) -> socket.socket:
+        _check(address)
+        return real_create(address, *args, **kw)
+
+    socket.socket.connect = connect  # type: ignore[method-assign]
+    socket.create_connection = create_connection  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        socket.socket.connect = real_connect  # type: ignore[method-assign]
+        socket.create_connection = real_create  # type: ignore[assignment]
+
+
 @pytest.fixture
 def no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Loopback servers must not be reached through a proxy (aliyunsdkcore ignores NO_PROXY)."""
@@ -50,6 +86,20 @@ def emulator(tmp_path: Path, no_proxy_env: None) -> Iterator[object]:
         emu = Emulator(str(tmp_path / "oss"), credentials={AK: SK}, buckets=[BUCKET], **kw)
     except TypeError:
         emu = Emulator(str(tmp_path / "oss"), credentials={AK: SK}, buckets=[BUCKET])
+    emu.start()
+    try:
+        yield emu
+    finally:
+        emu.stop()
+
+
+def sts_emulator_at(path: Path, lifetime: float) -> Iterator[object]:
+    """An emulator (OSS + KMS, bucket ``test-bucket``) that also issues STS credentials of
+    ``lifetime`` seconds and serves them on 127.0.0.1 (credentials URI, ECS metadata paths);
+    the generator behind the STS tests' fixtures."""
+    from ossencfs.emulator.server import Emulator
+    emu = Emulator(str(path), credentials={AK: SK}, buckets=[BUCKET], kms_port=0,
+                   sts_lifetime=lifetime, credentials_port=0)
     emu.start()
     try:
         yield emu

@@ -166,7 +166,7 @@ def _target(args: argparse.Namespace):
         from ..envelope.keys import RsaMasterKey
         return RsaMasterKey.from_pem_file(args.to_rsa_key)
     target_args = copy.copy(args)
-    target_args.key_order = [("kms_key", args.to_kms_key)]
+    target_args.key_order = [("kms_key", args.to_kms_key, None)]
     return build_masters(target_args)[0]
 
 

@@ -47,11 +47,25 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-connections", type=int, default=None, metavar="N",
                    help="open connections at most (default: what the file limit allows, up to 1024); at the "
                         "cap the connection idle longest is closed for a new one")
+    p.add_argument("--sts-lifetime", type=_seconds, default=None, metavar="SECONDS",
+                   help="issue temporary (STS) credentials valid this long (e.g. 30 or 30s); OSS "
+                        "and KMS accept them until then and refuse them afterwards with "
+                        "SecurityTokenExpired / InvalidSecurityToken.Expired")
+    p.add_argument("--credentials-port", type=int, default=None, metavar="PORT",
+                   help="with --sts-lifetime: serve a credentials URI (/credentials) and the ECS "
+                        "metadata paths (for OSSENCFS_ECS_METADATA_ENDPOINT) on this port (0 = any)")
     p.add_argument("--no-fsync", action="store_true", help="skip fsync (faster, not crash-safe)")
     p.add_argument("--no-crc", action="store_true",
                    help="do not compute CRC-64 of new objects (faster PUT; responses then omit "
                         "x-oss-hash-crc64ecma, which SDKs accept)")
     p.set_defaults(func=run)
+
+
+def _seconds(text: str) -> float:
+    value = float(text[:-1] if text.endswith("s") else text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("wants a positive number of seconds")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
                    fail_rate=args.fail_rate, drop_rate=args.drop_rate, kms_port=args.kms_port,
                    fsync=not args.no_fsync, crc=not args.no_crc, region=args.region,
                    fail_code=args.fail_code, copy_limit=args.copy_limit, restore_seconds=args.restore_seconds,
-                   max_connections=args.max_connections)
+                   max_connections=args.max_connections,
+                   sts_lifetime=args.sts_lifetime, credentials_port=args.credentials_port)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -81,6 +96,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"OSS endpoint: {emu.endpoint}", flush=True)
         if emu.kms_endpoint:
             print(f"KMS endpoint: {emu.kms_endpoint}", flush=True)
+        ends = emu.credential_endpoints
+        if ends is not None:
+            print(f"Credentials URI: {ends.uri}", flush=True)
+            print(f"ECS metadata endpoint: {ends.metadata_host}", flush=True)
         while not stop.wait(0.5):
             pass
     finally:

@@ -10,46 +10,93 @@ uploads stay journaled and go up at the next mount with the same cache directory
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ..errors import OssEncError
 from ..objects import COPY_LIMIT
 
 from .options import add_connection_options, add_key_options
+from .procs import pid_alive, read_state
+
+if TYPE_CHECKING:
+    from ..fs.mounter import MountConfig
+
+
+def mount_config(args: argparse.Namespace) -> MountConfig:
+    """``ossencfs mount``'s arguments as the typed ``fs.mounter.MountConfig``."""
+    from ..fs.mounter import MountConfig, parse_size
+    from .options import parse_oss_url
+    bucket, prefix = parse_oss_url(args.url)
+    prefix = prefix.lstrip("/")
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    return MountConfig(
+        bucket=bucket, prefix=prefix, mountpoint=os.path.abspath(args.mountpoint),
+        endpoint=args.endpoint, options=tuple(args.options or ()), cache_dir=args.cache_dir,
+        cache_size=parse_size(args.cache_size), write_back=float(args.write_back or 0.0),
+        part_size=args.part_size, multipart_threshold=args.multipart_threshold,
+        upload_parallelism=args.upload_parallelism, upload_small_files=args.upload_small_files,
+        copy_limit=args.copy_limit, foreground=args.foreground)
+
+
+_HIDDEN_SECRET = "_OSSENCFS_HIDDEN_SECRET"
+
+
+def _hide_secret_from_ps() -> None:
+    """``--access-key-secret`` on the command line would show in ``ps`` for as long as the
+    mount runs: the process re-executes itself without it, handing the value over in its
+    environment (which only the same user and root can read), and removes it from there."""
+    argv = sys.argv[1:]
+    for i, arg in enumerate(argv):
+        if arg == "--access-key-secret" and i + 1 < len(argv):
+            value, rest = argv[i + 1], argv[:i] + argv[i + 2:]
+        elif arg.startswith("--access-key-secret="):
+            value, rest = arg.split("=", 1)[1], argv[:i] + argv[i + 1:]
+        else:
+            continue
+        env = dict(os.environ)
+        env[_HIDDEN_SECRET] = value
+        os.execve(sys.executable, [sys.executable, "-m", "ossencfs", *rest], env)
 
 
 def _mount(args: argparse.Namespace) -> int:
     from ..fs.mounter import Connectors, run_mount
-    from .options import build_keyring, build_store, parse_oss_url
-    return run_mount(args, Connectors(parse_oss_url, build_keyring, build_store))
+    from .configfile import apply_config
+    from .options import build_keyring, build_store
+    if args.access_key_secret:
+        _hide_secret_from_ps()
+    hidden = os.environ.pop(_HIDDEN_SECRET, None)
+    if hidden:
+        args.access_key_secret = hidden
+    apply_config(args, args.config_defaults)
+    _take_passwd_file(args)
+    if not args.url or not args.mountpoint:
+        raise OssEncError("mount needs oss://BUCKET[/PREFIX] and MOUNTPOINT (arguments or "
+                          "url/mountpoint in --config)")
+    config = mount_config(args)
+    return run_mount(config, Connectors(keyring=lambda: build_keyring(args),
+                                        store=lambda bucket: build_store(args, bucket)))
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:                               # a zombie child of ours counts as gone
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][:1] != "Z"
-    except OSError:
-        return True
-
-
-def _read_state(path: str) -> dict[str, Any] | None:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+def _take_passwd_file(args: argparse.Namespace) -> None:
+    """ossfs's ``-o passwd_file=FILE`` is ours to read, not a FUSE option."""
+    kept = []
+    for item in args.options or []:
+        rest = []
+        for opt in item.split(","):
+            if opt.startswith("passwd_file="):
+                args.passwd_file = opt[len("passwd_file="):]
+            else:
+                rest.append(opt)
+        if rest:
+            kept.append(",".join(rest))
+    args.options = kept
 
 
 class _Progress:
@@ -98,6 +145,11 @@ class _Progress:
 def _umount(args: argparse.Namespace) -> int:
     from ..fs.mounter import pidfile_for
     from ..fs.state import state_path_for
+    if args.mountpoint is None:
+        from .configfile import load_config
+        args.mountpoint = load_config(args.config).get("mountpoint") if args.config else None
+        if not args.mountpoint:
+            raise OssEncError("umount needs MOUNTPOINT (argument or mountpoint in --config)")
     mountpoint = os.path.abspath(args.mountpoint)
     pidfile = pidfile_for(mountpoint)
     state_path = state_path_for(pidfile)
@@ -107,7 +159,7 @@ def _umount(args: argparse.Namespace) -> int:
             pid = int(f.read().strip())
     except (OSError, ValueError):
         pass
-    before = _read_state(state_path) if args.lazy else None
+    before = read_state(state_path) if args.lazy else None
     if args.lazy and pid is not None:
         try:
             os.kill(pid, signal.SIGUSR1)       # do not wait for pending uploads at exit
@@ -135,14 +187,14 @@ def _umount(args: argparse.Namespace) -> int:
     progress = _Progress()
     started = time.monotonic()
     try:
-        while _pid_alive(pid):
+        while pid_alive(pid):
             if time.monotonic() > deadline:
                 print(f"ossencfs: error: mount process {pid} still uploading after "
                       f"{args.timeout:.0f} s; it keeps running in the background "
                       f"(`ossencfs status {mountpoint}` shows what is left)", file=sys.stderr)
                 return 1
             if time.monotonic() - started > 0.5:
-                progress.show(_read_state(state_path))
+                progress.show(read_state(state_path))
             time.sleep(0.1)
     finally:
         progress.close()
@@ -155,13 +207,18 @@ def register(subparsers: Any) -> None:
         description="Mount oss://BUCKET[/PREFIX] on MOUNTPOINT. Files are stored as OSS "
                     "client-side-encrypted objects that the official SDKs read; directories "
                     "use ossfs conventions (dir/ markers, x-oss-meta-mode/uid/gid/mtime).")
-    p.add_argument("url", metavar="oss://BUCKET[/PREFIX]")
-    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument("url", metavar="oss://BUCKET[/PREFIX]", nargs="?")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?")
+    p.add_argument("--config", metavar="FILE",
+                   help="TOML file with url, mountpoint, endpoint, region, credentials, [[key]] "
+                        "tables (rsa/kms, matdesc), options and any long option; the command "
+                        "line wins (README: Configuration file)")
     p.add_argument("-f", "--foreground", action="store_true",
                    help="stay in the foreground (default: detach once mounted)")
     p.add_argument("-o", dest="options", action="append", metavar="OPTIONS",
                    help="comma-separated: allow_other, ro, uid=N, gid=N, umask=OCT, "
-                        "file_mode=OCT, dir_mode=OCT, attr_timeout=SECONDS (default 2)")
+                        "file_mode=OCT, dir_mode=OCT, attr_timeout=SECONDS (default 2), "
+                        "passwd_file=FILE (ossfs's bucket:id:secret lines, mode 600)")
     p.add_argument("--cache-dir", metavar="DIR",
                    help="block cache and staging area (ciphertext only); default "
                         "/var/cache/ossencfs as root, else ~/.cache/ossencfs")
@@ -190,10 +247,15 @@ def register(subparsers: Any) -> None:
                         "waits for the bucket")
     add_connection_options(p)
     add_key_options(p)
-    p.set_defaults(func=_mount)
+    p.set_defaults(func=_mount, passwd_file=None, security_token=None)
+    fields = {a.dest: a.default for a in p._actions
+              if a.dest not in ("help", "config", "key_order")}
+    fields.update(passwd_file=None, security_token=None)       # config-file-only fields
+    p.set_defaults(config_defaults=fields)
 
     u = subparsers.add_parser("umount", help="unmount after pending uploads are done")
-    u.add_argument("mountpoint", metavar="MOUNTPOINT")
+    u.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?")
+    u.add_argument("--config", metavar="FILE", help="take MOUNTPOINT from this mount config file")
     u.add_argument("-z", "--lazy", "--no-wait", dest="lazy", action="store_true",
                    help="detach now (lazy) and do not wait for pending uploads: they stay "
                         "journaled and go up at the next mount with the same --cache-dir")

@@ -1,8 +1,9 @@
 """Option groups and builders shared by every command that talks to a bucket.
 
 cp, cat and mount take the same connection and key options, so scripts can switch between
-them without relearning flags. Credentials come from the environment variables oss2 and
-ossutil use; the flags exist for completeness but put secrets into ``ps`` output.
+them without relearning flags. Credentials come from one chain (``ossencfs.credential_chain``,
+order in ``CHAIN_HELP``) shared by the OSS and the KMS client of a command; the key flags
+exist for completeness but put secrets into ``ps`` output.
 """
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import json
 import os
 from typing import TYPE_CHECKING, Any
 
+from ..credential_chain import CHAIN_ORDER, CredentialOptions
 from ..errors import KeyFileError, OssEncError
 
 if TYPE_CHECKING:
+    from ..credentials import CredentialSource
     from ..envelope.keys import MasterKey
 
 ENV_AK = "OSS_ACCESS_KEY_ID"
@@ -24,8 +27,8 @@ ENV_REGION = "OSS_REGION"
 
 
 class _OrderedKeyAction(argparse.Action):
-    """Appends to its own list and to ``key_order`` so that "the first key writes" holds
-    across --rsa-key and --kms-key given in any mix."""
+    """Appends to its own list and to ``key_order`` ((kind, value, matdesc) triples) so that
+    "the first key writes" holds across --rsa-key and --kms-key given in any mix."""
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: Any, option_string: str | None = None) -> None:
@@ -33,8 +36,26 @@ class _OrderedKeyAction(argparse.Action):
         items.append(values)
         setattr(namespace, self.dest, items)
         order = list(getattr(namespace, "key_order", None) or [])
-        order.append((self.dest, values))
+        order.append((self.dest, values, None))
         namespace.key_order = order
+
+
+class _MatdescAction(argparse.Action):
+    """``--matdesc STRING`` describes the key given just before it."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        order = list(getattr(namespace, "key_order", None) or [])
+        if not order:
+            parser.error("--matdesc follows the --rsa-key or --kms-key it describes")
+        kind, value, _ = order[-1]
+        order[-1] = (kind, value, values)
+        namespace.key_order = order
+
+
+CHAIN_HELP = ("credentials, first found: " + "; ".join(
+    f"{n}) {what}" for n, what in enumerate(CHAIN_ORDER, 1)) +
+    ". Temporary credentials are renewed before they expire")
 
 
 def add_connection_options(parser: argparse.ArgumentParser) -> None:
@@ -43,9 +64,21 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
                    help=f"OSS endpoint, e.g. https://oss-cn-hangzhou.aliyuncs.com "
                         f"(default: ${ENV_ENDPOINT})")
     g.add_argument("--access-key-id", metavar="ID", default=None,
-                   help=f"AccessKey ID (default: ${ENV_AK})")
+                   help="AccessKey ID (without it: the credential chain below)")
     g.add_argument("--access-key-secret", metavar="SECRET", default=None,
-                   help=f"AccessKey secret (default: ${ENV_SK}; prefer the variable)")
+                   help=f"AccessKey secret (shows in ps: prefer ${ENV_SK}, --config or a "
+                        f"passwd file; a mount takes it off its command line)")
+    c = parser.add_argument_group("credentials", CHAIN_HELP)
+    c.add_argument("--profile", metavar="NAME",
+                   help="profile of ~/.aliyun/config.json or ~/.alibabacloud/credentials")
+    c.add_argument("--ram-role", metavar="NAME",
+                   help="the ECS instance's RAM role (from the instance metadata service)")
+    c.add_argument("--credentials-uri", metavar="URL",
+                   help="URL answering with temporary credentials (ALIBABA_CLOUD_CREDENTIALS_URI "
+                        "format)")
+    c.add_argument("--credential-process", metavar="CMD",
+                   help="command printing credentials as JSON (ossfs 2.0's credential_process, "
+                        "aliyun CLI external mode)")
     g.add_argument("--region", metavar="REGION", default=os.environ.get(ENV_REGION),
                    help="region id, required for --auth-version v4 (e.g. cn-hangzhou)")
     g.add_argument("--auth-version", choices=("v1", "v4"), default="v1",
@@ -67,6 +100,10 @@ def add_key_options(parser: argparse.ArgumentParser) -> None:
                                     "repeatable")
     g.add_argument("--rsa-passphrase-file", metavar="FILE",
                    help="file whose first line is the passphrase of encrypted RSA key files")
+    g.add_argument("--matdesc", metavar="JSON", action=_MatdescAction,
+                   help="material description of the key given just before, written verbatim "
+                        "as the matdesc header of every object it wraps (SDKs with several keys "
+                        "pick theirs by it), e.g. '{\"name\": \"photos\"}'")
     g.add_argument("--kms-key", metavar="CMK_ID", action=_OrderedKeyAction, dest="kms_key",
                    default=[], help="KMS customer master key id; repeatable")
     g.add_argument("--kms-region", metavar="REGION", help="KMS region, e.g. cn-hangzhou")
@@ -81,13 +118,34 @@ def add_key_options(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(key_order=[])
 
 
-def credentials(args: argparse.Namespace) -> tuple[str, str, str | None]:
-    ak = getattr(args, "access_key_id", None) or os.environ.get(ENV_AK)
-    sk = getattr(args, "access_key_secret", None) or os.environ.get(ENV_SK)
-    token = os.environ.get(ENV_TOKEN) or None
-    if not ak or not sk:
-        raise OssEncError(f"no OSS credentials: set {ENV_AK} and {ENV_SK}")
-    return ak, sk, token
+def credential_source(args: argparse.Namespace) -> "CredentialSource":
+    """The command's one CredentialSource (built on first use, shared by OSS and KMS)."""
+    source = getattr(args, "_credential_source", None)
+    if source is None:
+        from ..credential_chain import build_source
+        source = build_source(credential_options(args))
+        args._credential_source = source
+    return source
+
+
+def credential_options(args: argparse.Namespace) -> CredentialOptions:
+    """What the options (and the --config / passwd file behind them) ask for."""
+    opts = CredentialOptions(
+        access_key_id=getattr(args, "access_key_id", None),
+        access_key_secret=getattr(args, "access_key_secret", None),
+        security_token=getattr(args, "security_token", None),
+        keys_from="--config file" if getattr(args, "config", None) and getattr(
+            args, "access_key_id", None) else "--access-key-id/--access-key-secret",
+        profile=getattr(args, "profile", None), ram_role=getattr(args, "ram_role", None),
+        credentials_uri=getattr(args, "credentials_uri", None),
+        credential_process=getattr(args, "credential_process", None))
+    passwd = getattr(args, "passwd_file", None)
+    if passwd and not opts.access_key_id:
+        from .configfile import read_passwd_file
+        bucket = parse_oss_url(args.url)[0] if getattr(args, "url", None) else ""
+        opts.access_key_id, opts.access_key_secret = read_passwd_file(passwd, bucket)
+        opts.keys_from = f"passwd file {passwd}"
+    return opts
 
 
 def _read_secret_file(path: str, what: str) -> str:
@@ -125,21 +183,20 @@ def build_masters(args: argparse.Namespace) -> list[MasterKey]:
         passphrase = _read_secret_file(args.rsa_passphrase_file, "RSA passphrase").encode()
     masters: list[MasterKey] = []
     kms_args: dict[str, Any] | None = None
-    for kind, value in order:
+    for kind, value, matdesc in order:
         if kind == "rsa_key":
             from ..envelope.keys import RsaMasterKey
-            masters.append(RsaMasterKey.from_pem_file(value, passphrase))
+            masters.append(RsaMasterKey.from_pem_file(value, passphrase, matdesc=matdesc))
         else:
             if kms_args is None:
                 if not getattr(args, "kms_region", None):
                     raise OssEncError("--kms-key needs --kms-region")
-                ak, sk, token = credentials(args)
-                kms_args = dict(access_key_id=ak, access_key_secret=sk, security_token=token,
+                kms_args = dict(credentials=credential_source(args),
                                 endpoint=getattr(args, "kms_endpoint", None),
                                 flavour=getattr(args, "kms_flavour", "oss2"),
                                 context=_kms_context(args))
             from ..kms import KmsMasterKey
-            masters.append(KmsMasterKey(value, args.kms_region, **kms_args))
+            masters.append(KmsMasterKey(value, args.kms_region, matdesc=matdesc, **kms_args))
     return masters
 
 
@@ -163,8 +220,7 @@ def build_store(args: argparse.Namespace, bucket: str):
     from ..store import ObjectStore
     if not getattr(args, "endpoint", None):
         raise OssEncError(f"no endpoint: use --endpoint URL or set {ENV_ENDPOINT}")
-    ak, sk, token = credentials(args)
-    return ObjectStore.connect(args.endpoint, bucket, ak, sk, token,
+    return ObjectStore.connect(args.endpoint, bucket, credentials=credential_source(args),
                                region=getattr(args, "region", None),
                                auth_version=getattr(args, "auth_version", "v1"),
                                connect_timeout=getattr(args, "timeout", None),

@@ -16,6 +16,8 @@ import sys
 import time
 from typing import Any
 
+from .procs import pid_alive, read_state
+
 
 def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
@@ -25,23 +27,10 @@ def _size(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-
-
 def _load(path: str) -> dict[str, Any] | None:
-    try:
-        with open(path) as f:
-            state = json.load(f)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(state, dict) or not _alive(int(state.get("pid", 0) or 0)):
+    """The state of a running mount (None: no state file, or its process is gone)."""
+    state = read_state(path)
+    if state is None or not pid_alive(int(state.get("pid", 0) or 0)):
         return None
     return state
 

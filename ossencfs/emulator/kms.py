@@ -220,6 +220,8 @@ class KmsServer:
         self.host, self.port = host, port
         self.credentials = dict(credentials)
         self.sts_tokens = dict(sts_tokens or {})
+        #: set by the emulator when it issues expiring STS credentials (``emulator/sts.py``)
+        self.token_expired: Callable[[str], bool] | None = None
         self.region = region
         self.store = _KeyStore(data_dir)
         self.calls: collections.Counter[str] = collections.Counter()
@@ -446,6 +448,9 @@ class KmsServer:
             raise KmsApiError(400, "IllegalTimestamp",
                               "Specified time stamp or date value is expired.")
         token = params.get("SecurityToken")
+        if token and self.token_expired is not None and self.token_expired(token):
+            # the POP gateway's public error (emulator/sts.py cites the source)
+            raise KmsApiError(400, "InvalidSecurityToken.Expired", "Specified SecurityToken is expired.")
         expected = self.sts_tokens.get(ak)
         if expected is None and token is not None and self.sts_tokens.get(token) == ak:
             expected = token

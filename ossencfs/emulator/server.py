@@ -48,6 +48,7 @@ from .faults import FAIL_CODE_MIXED, FAIL_CODES, Faults, Stats, Throttle
 from .ops import Ctx, Ops, Resp, valid_bucket_name
 from .ops_base import DEFAULT_COPY_LIMIT, DEFAULT_RESTORE_SECONDS
 from .storage import Storage
+from .sts import CredentialEndpoints, StsIssuer
 from .xmlout import OssError, error_xml, http_date
 
 log = logging.getLogger(__name__)
@@ -375,6 +376,8 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             ctx = Ctx(method, bucket, key, params, hdrs, body, hdrs.get("host", ""))
             try:
+                if emu.sts is not None:
+                    emu.sts.check_oss(hdrs, params)
                 emu._verifier.verify(SignedRequest(method, bucket, key, params_list, hdrs))
                 if faults.deny_writes and method not in ("GET", "HEAD"):
                     raise OssError(403, "AccessDenied", "You have no right to access this object "
@@ -638,7 +641,8 @@ class Emulator:
                  fsync: bool = True, crc: bool = True, region: str = "oss-cn-hangzhou",
                  fail_code: str = "ServiceUnavailable", copy_limit: int = DEFAULT_COPY_LIMIT,
                  restore_seconds: float = DEFAULT_RESTORE_SECONDS, max_connections: int | None = None,
-                 idle_timeout: float = IDLE_TIMEOUT, header_timeout: float = HEADER_TIMEOUT) -> None:
+                 idle_timeout: float = IDLE_TIMEOUT, header_timeout: float = HEADER_TIMEOUT,
+                 sts_lifetime: float | None = None, credentials_port: int | None = None) -> None:
         self.data_dir = os.path.abspath(str(data_dir))
         self.max_connections = max_connections or default_max_connections()
         self.idle_timeout = idle_timeout
@@ -656,6 +660,13 @@ class Emulator:
         self.set_faults(fail_code=fail_code, copy_limit=copy_limit, restore_seconds=restore_seconds)
         self._stats = Stats()
         self._verifier = Verifier(self.credentials, self.sts_tokens, region=self.region)
+        #: temporary credentials (``sts_lifetime`` seconds each) and where they are handed out
+        self.sts: StsIssuer | None = StsIssuer(sts_lifetime) if sts_lifetime else None
+        self.credential_endpoints: CredentialEndpoints | None = None
+        if self.sts is not None:
+            self.sts.targets.append((self._verifier.credentials, self._verifier.sts_tokens))
+            if credentials_port is not None:
+                self.credential_endpoints = CredentialEndpoints(self.sts, host, credentials_port)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._kms: Any = None
@@ -702,11 +713,18 @@ class Emulator:
                                   credentials=self.credentials, sts_tokens=self.sts_tokens or None)
             self._kms.start()
             self.kms_endpoint = self._kms.endpoint
+            if self.sts is not None:
+                self.sts.targets.append((self._kms.credentials, self._kms.sts_tokens))
+                self._kms.token_expired = self.sts.expired
+        if self.credential_endpoints is not None:
+            self.credential_endpoints.start()
         try:
             self._server = _Server((self.host, self.port), self)
         except BaseException:
             if self._kms is not None:
                 self._kms.stop()
+            if self.credential_endpoints is not None:
+                self.credential_endpoints.stop()
             raise
         self.port = self._server.server_address[1]
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -725,11 +743,18 @@ class Emulator:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+        if self.credential_endpoints is not None:
+            self.credential_endpoints.stop()
         if self._kms is not None:
             try:
                 self._kms.stop()
             finally:
                 self._kms = None
+
+    @property
+    def kms_service(self) -> Any:
+        """The KmsServer this emulator runs (``kms_port``), or None."""
+        return self._kms
 
     def __enter__(self) -> "Emulator":
         return self.start()

@@ -79,6 +79,18 @@ class CtrStream:
         return out
 
 
+#: Bytes above which AES-CTR runs in a worker thread rather than on the trio loop. Up to a
+#: whole FUSE read (1 MiB), AES-NI on the loop costs less than a thread hop; above it a
+#: thread keeps the loop answering other calls. The one cut-off for every crypto call site
+#: (``objects.crypt_async``, ``fs.readahead``): it used to be 256 KiB in one and 1 MiB in the other.
+THREAD_CRYPT_MIN = 1 << 20
+
+
+def in_thread(nbytes: int) -> bool:
+    """Whether crypting ``nbytes`` should leave the loop (``THREAD_CRYPT_MIN``)."""
+    return nbytes > THREAD_CRYPT_MIN
+
+
 def crypt_at(key: bytes, counter0: int, offset: int, data: bytes | memoryview) -> bytes:
     """One-shot encrypt/decrypt of ``data`` that sits at ``offset`` in the object."""
     return CtrStream(key, counter0, offset).update(data)

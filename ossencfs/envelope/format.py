@@ -70,6 +70,9 @@ class CryptoHeaders:
     part_size: int | None = None
     unencrypted_content_length: int | None = None
     unencrypted_content_md5: str | None = None
+    #: the matdesc exactly as the user gave it, written verbatim: the V2 Python SDK and the Go
+    #: SDK look keys up by the raw string (SPEC A.6), so only the user knows the right bytes
+    matdesc_text: str | None = None
 
     @property
     def wrap_family(self) -> str:
@@ -168,6 +171,17 @@ def parse_matdesc(value: str | None, name: str = H_MATDESC) -> dict[str, str] | 
     return parsed or None
 
 
+def matdesc_option(value: Mapping[str, str] | str | None) -> tuple[dict[str, str] | None, str | None]:
+    """A master key's matdesc as (dict for comparing, exact text for writing or None).
+
+    A string is what the user typed (``--matdesc``, config ``matdesc``): it must be a JSON
+    object of strings and is written byte for byte; a mapping is written as compact JSON."""
+    if isinstance(value, str):
+        parsed = parse_matdesc(value, "--matdesc")
+        return parsed, (value.strip() if parsed else None)
+    return (dict(value) if value else None), None
+
+
 def dump_matdesc(matdesc: Mapping[str, str]) -> str:
     """Compact JSON with sorted keys (Go's json.Marshal form for plain ASCII strings).
 
@@ -246,7 +260,7 @@ def emit_headers(h: CryptoHeaders) -> dict[str, str]:
         H_WRAP_ALG: h.wrap_alg,
     }
     if h.matdesc:
-        out[H_MATDESC] = dump_matdesc(h.matdesc)
+        out[H_MATDESC] = h.matdesc_text or dump_matdesc(h.matdesc)
     if h.unencrypted_content_length is not None:
         out[H_UNENC_LENGTH] = str(h.unencrypted_content_length)
     if h.unencrypted_content_md5 is not None:

@@ -25,7 +25,7 @@ from ..errors import (FormatError, KeyFileError, KeyServiceUnavailableError, Key
 from .ctr import (BLOCK_SIZE, IV_SIZE, KEY_SIZE, CtrStream, counter_to_iv, crypt_at, iv_to_counter,
                   new_data_key, new_iv)
 from .format import (CEK_AES_CTR, WRAP_LEGACY_RSA, WRAP_RSA_OAEP, WRAP_RSA_PKCS1, CryptoHeaders,
-                     emit_headers, parse_headers)
+                     emit_headers, matdesc_option, parse_headers)
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +153,8 @@ class RsaMasterKey:
 
     def __init__(self, private_key: rsa.RSAPrivateKey | None = None,
                  public_key: rsa.RSAPublicKey | None = None, *,
-                 matdesc: Mapping[str, str] | None = None, write_alg: str = WRAP_RSA_PKCS1,
-                 source: str = "") -> None:
+                 matdesc: Mapping[str, str] | str | None = None,
+                 write_alg: str = WRAP_RSA_PKCS1, source: str = "") -> None:
         if private_key is None and public_key is None:
             raise ValueError("need a private or a public key")
         if write_alg not in _RSA_WRITE_ALGS:
@@ -168,7 +168,7 @@ class RsaMasterKey:
         self._private = private_key
         self._public = public_key
         self.wrap_alg = write_alg
-        self.matdesc: dict[str, str] | None = dict(matdesc) if matdesc else None
+        self.matdesc, self.matdesc_text = matdesc_option(matdesc)
         der = public_key.public_bytes(serialization.Encoding.DER,
                                       serialization.PublicFormat.SubjectPublicKeyInfo)
         self.fingerprint = hashlib.sha256(der).hexdigest()
@@ -188,7 +188,7 @@ class RsaMasterKey:
 
     @classmethod
     def from_pem(cls, data: bytes, passphrase: bytes | None = None, *,
-                 matdesc: Mapping[str, str] | None = None, source: str = "key") -> "RsaMasterKey":
+                 matdesc: Mapping[str, str] | str | None = None, source: str = "key") -> "RsaMasterKey":
         """PKCS#1 / PKCS#8 private (optionally encrypted) or PKCS#1 / SPKI public PEM."""
         if b"PRIVATE KEY-----" in data:
             key = _load_private(data, passphrase, source)
@@ -211,7 +211,7 @@ class RsaMasterKey:
 
     @classmethod
     def from_pem_file(cls, path: str, passphrase: bytes | None = None, *,
-                      matdesc: Mapping[str, str] | None = None) -> "RsaMasterKey":
+                      matdesc: Mapping[str, str] | str | None = None) -> "RsaMasterKey":
         try:
             with open(path, "rb") as f:
                 data = f.read(_MAX_KEY_FILE + 1)
@@ -289,6 +289,7 @@ class RsaMasterKey:
             cek_alg=CEK_AES_CTR,
             legacy=False,
             matdesc=dict(self.matdesc) if self.matdesc else None,
+            matdesc_text=self.matdesc_text,
         )
 
 

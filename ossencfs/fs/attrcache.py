@@ -39,6 +39,7 @@ import time
 from typing import Mapping
 
 from .posix import POSIX_HEADERS
+from .privatedir import open_private
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,8 @@ class AttrCache:
         target = path or ":memory:"
         for attempt in (1, 2):
             try:
+                if path is not None:   # made 0600 here, never through a symlink; sqlite gives
+                    os.close(open_private(path, os.O_RDWR | os.O_CREAT))   # -wal/-shm its mode
                 db = sqlite3.connect(target, isolation_level="DEFERRED", check_same_thread=False)
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=OFF")

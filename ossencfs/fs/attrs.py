@@ -45,7 +45,7 @@ class Attrs:
             else node.meta.mtime_ns
         a.st_ctime_ns = node.meta.ctime_ns if node.meta.ctime_ns is not None \
             else node.meta.mtime_ns
-        known = node.headers is not None or node.meta_expires > 0 or not node.exists_remote \
+        known = node.headers is not None or node.meta_expires_mono > 0 or not node.exists_remote \
             or node.dirty
         a.attr_timeout = self.ctx.ttl if known else 0
         # a listing cannot tell a symlink object from a file: let the kernel re-lookup
@@ -64,7 +64,7 @@ class Attrs:
         node.exists_remote = True
         if info.headers:
             node.headers = dict(info.headers)
-            node.headers_expires = node.meta_expires = time.monotonic() + self.ctx.ttl
+            node.headers_expires_mono = node.meta_expires_mono = time.monotonic() + self.ctx.ttl
             node.meta = posix.from_headers(info.headers, is_dir=False, fallback_mtime=info.mtime,
                                            policy=self.ctx.policy)
             if node.meta.ignored and (info.key, info.etag) not in self.ctx.warned_meta:

@@ -25,7 +25,7 @@ import errno
 import hashlib
 import logging
 import os
-from typing import Awaitable, Callable
+from typing import Callable
 
 import trio
 
@@ -194,67 +194,8 @@ class BlockCache:
             raise OSError(errno.ENOSPC, "cache file system is at its reserve")
         replace_file(self._path(name), data)
 
-    # -- API --------------------------------------------------------------------------------
-    async def get(self, key: str, etag: str, index: int) -> bytes | None:
-        data = self.peek(key, etag, index)
-        if data is not None:
-            return data
-        name = _name(key, etag, index)
-        if self.directory and name in self._disk:
-            self._disk.move_to_end(name)
-            data = await trio.to_thread.run_sync(self._read_disk, name)
-            if data is not None:
-                self.hits += 1
-                self._hot_put(name, data)
-                return data
-            self._disk_bytes -= self._disk.pop(name, 0)
-        return None
-
-    async def put(self, key: str, etag: str, index: int, data: bytes, *, on_disk: bool = True) -> None:
-        name = _name(key, etag, index)
-        self._hot_put(name, data)
-        if not (on_disk and self.directory) or name in self._disk:
-            return
-        if self.reserved() + len(data) > self.max_bytes:
-            return                  # staged data fills the limit: keep this block in memory only
-        await self.make_disk_room(len(data))        # older blocks make room for newer ones
-        try:
-            await trio.to_thread.run_sync(self._write_disk, name, data)
-        except OSError as exc:   # a full cache disk only costs performance
-            self._not_stored(exc)
-            return
-        self._full = False
-        self._disk[name] = len(data)
-        self._disk_bytes += len(data)
-        if self._disk_bytes + self.reserved() > self.max_bytes:
-            await self.make_room(self.max_bytes - self.reserved())
-
-    async def get_or_fetch(self, key: str, etag: str, index: int,
-                           fetch: Callable[[], Awaitable[bytes]], *, on_disk: bool = True) -> bytes:
-        """One GET per block however many readers want it at the same time."""
-        data = await self.get(key, etag, index)
-        if data is not None:
-            return data
-        name = _name(key, etag, index)
-        event = self._inflight.get(name)
-        if event is not None:
-            await event.wait()
-            # the leader stored its block before waking us; if it failed (or the block was
-            # evicted at once) fetch it ourselves
-            data = await self.get(key, etag, index)
-            return data if data is not None else await fetch()
-        event = trio.Event()
-        self._inflight[name] = event
-        self.misses += 1
-        try:
-            data = await fetch()
-            await self.put(key, etag, index, data, on_disk=on_disk)
-            return data
-        finally:
-            del self._inflight[name]
-            event.set()
-
-    # -- batched API (read-ahead fetches several blocks with one GET) ---------------------
+    # -- API (fs.readahead: a block is claimed, fetched with its neighbours in one GET, settled
+    # in memory, then stored on disk in the background) -------------------------------------
     def peek(self, key: str, etag: str, index: int) -> bytes | None:
         """The block if it is in memory: no await, so a hit costs no scheduling."""
         name = _name(key, etag, index)

@@ -75,11 +75,11 @@ class FsContext:
         root = self.inodes.get(ROOT_INO)
         assert root is not None
         root.headers = {}
-        root.headers_expires = float("inf")
+        root.headers_expires_mono = float("inf")
         root.marker = True
         #: when this mount started: the stable time of directories that exist only as key
         #: prefixes and were not changed here (no marker object to carry a time)
-        self.started = time.time()
+        self.started_wall = time.time()
         #: mtime (ns) of directories whose entries changed here, until a listing of a later
         #: marker says otherwise (set by ``namespace``, read by ``freshness``)
         self.dir_touched: dict[str, int] = {}

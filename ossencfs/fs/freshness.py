@@ -112,7 +112,7 @@ class Freshness:
         path = join(parent.path, entry.name)
         existing = self.ctx.inodes.at(path)
         if existing is not None and (existing.kind == entry.kind or existing.headers is not None
-                                     or existing.meta_expires > 0
+                                     or existing.meta_expires_mono > 0
                                      or existing.dirty or not existing.exists_remote):
             if entry.kind != stat.S_IFDIR and existing.kind != stat.S_IFDIR and \
                     not existing.dirty and existing.exists_remote:
@@ -121,20 +121,20 @@ class Freshness:
                     existing.size, existing.etag, existing.mtime = entry.size, entry.etag, entry.mtime
                     existing.headers = None
                     existing.symlink_target = None
-                    existing.meta_expires = 0
+                    existing.meta_expires_mono = 0
                 if not self.meta_fresh(existing):
                     known = self._listed_meta(path, entry)
                     if known is not None and known.kind == existing.kind:
                         existing.meta = known
                     if (known is not None and known.kind == existing.kind) or \
                             (self.ctx.listing_attrs and existing.headers is None):
-                        existing.meta_expires = self._listing_expiry(parent)
+                        existing.meta_expires_mono = self._listing_expiry(parent)
             return existing
         is_dir = entry.kind == stat.S_IFDIR
         meta = None if is_dir else self._listed_meta(path, entry)
         trusted = meta is not None or (self.ctx.listing_attrs and not is_dir)
         if meta is None:
-            meta = posix.default_meta(is_dir=is_dir, mtime=entry.mtime or self.ctx.started,
+            meta = posix.default_meta(is_dir=is_dir, mtime=entry.mtime or self.ctx.started_wall,
                                       policy=self.ctx.policy)
             if entry.kind == stat.S_IFLNK:
                 meta.mode = stat.S_IFLNK | 0o777
@@ -142,7 +142,7 @@ class Freshness:
         node.size, node.etag, node.mtime, node.object_type = (entry.size, entry.etag, entry.mtime,
                                                               entry.object_type)
         if trusted:
-            node.meta_expires = self._listing_expiry(parent)
+            node.meta_expires_mono = self._listing_expiry(parent)
         return node
 
     def _listed_meta(self, path: str, entry: Entry) -> posix.PosixMeta | None:
@@ -159,14 +159,14 @@ class Freshness:
 
     def _listing_expiry(self, parent: Node) -> float:
         lst = self.ctx.inodes.stale_listing(parent.path)
-        return lst.expires if lst is not None else time.monotonic() + self.ctx.ttl
+        return lst.expires_mono if lst is not None else time.monotonic() + self.ctx.ttl
 
     @staticmethod
     def _fresh(node: Node) -> bool:
-        return node.headers is not None and node.headers_expires > time.monotonic()
+        return node.headers is not None and node.headers_expires_mono > time.monotonic()
 
     def meta_fresh(self, node: Node) -> bool:
-        return node.meta_expires > time.monotonic() or self._fresh(node)
+        return node.meta_expires_mono > time.monotonic() or self._fresh(node)
 
     def _needs_head(self, node: Node, full: bool = False) -> bool:
         """``full``: every header is needed (to open it), not only its POSIX attributes."""
@@ -199,9 +199,9 @@ class Freshness:
             node.marker = info is not None
             headers = info.headers if info is not None else {}
             node.headers = dict(headers)
-            node.headers_expires = time.monotonic() + self.ctx.ttl
+            node.headers_expires_mono = time.monotonic() + self.ctx.ttl
             node.meta = posix.from_headers(headers, is_dir=True,
-                                           fallback_mtime=info.mtime if info else self.ctx.started,
+                                           fallback_mtime=info.mtime if info else self.ctx.started_wall,
                                            policy=self.ctx.policy)
             touched = self.ctx.dir_touched.get(node.path)
             if touched is not None and touched > node.meta.mtime_ns:
@@ -243,7 +243,7 @@ class Freshness:
         else:
             headers = {k: v for k, v in info.headers.items() if k.startswith("x-oss-meta-")}
         node.headers = headers
-        node.headers_expires = node.meta_expires = time.monotonic() + self.ctx.ttl
+        node.headers_expires_mono = node.meta_expires_mono = time.monotonic() + self.ctx.ttl
         node.meta = posix.from_headers(headers, is_dir=False, fallback_mtime=node.mtime,
                                        policy=self.ctx.policy)
         node.meta.mode = stat.S_IFLNK | stat.S_IMODE(node.meta.mode or 0o777)

@@ -60,7 +60,7 @@ class DirListing:
     names (``names_after``) are kept for as long as the set of names stays the same, which a
     count cannot tell (a rename keeps it)."""
     entries: dict[str, Entry]
-    expires: float
+    expires_mono: float           # time.monotonic()
     _order: list[str] | None = None
 
     def put(self, entry: Entry) -> None:
@@ -113,8 +113,8 @@ class Node:
     mtime: float = 0.0
     object_type: str = "Normal"
     headers: dict[str, str] | None = None     # full object headers from a HEAD (None: unknown)
-    headers_expires: float = 0.0
-    meta_expires: float = 0.0                 # POSIX attributes trusted without a HEAD until
+    headers_expires_mono: float = 0.0
+    meta_expires_mono: float = 0.0                 # POSIX attributes trusted without a HEAD until
     exists_remote: bool = True                # False: created here, not uploaded yet
     marker: bool = False                      # directory has its own ``dir/`` object
     nlookup: int = 0
@@ -269,7 +269,7 @@ class InodeTable:
     # -- directory listings -----------------------------------------------------------------
     def listing(self, path: str) -> DirListing | None:
         lst = self.dirs.get(path)
-        if lst is not None and lst.expires < time.monotonic():
+        if lst is not None and lst.expires_mono < time.monotonic():
             return None          # kept: served while OSS is unreachable (stale_listing)
         return lst
 

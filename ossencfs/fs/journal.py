@@ -264,7 +264,7 @@ class Journal:
                 return fd
             except OSError:
                 os.close(fd)
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
 
     def _replace(self, path: str, data: bytes, durable: bool) -> None:
         """``atomicfile.replace_file`` with a spare as the temporary file."""
@@ -299,7 +299,7 @@ class Journal:
         if not in_place:
             self._replace(self.entry_path(ident), data, durable)
             return
-        _overwrite(os.open(self.entry_path(ident), os.O_WRONLY | os.O_CREAT, 0o600), data, durable)
+        _overwrite(os.open(self.entry_path(ident), os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600), data, durable)
         if durable:
             fsync_dir(self.directory)
 
@@ -385,8 +385,9 @@ class Journal:
         good.sort(key=lambda e: e.updated_wall)
         return good, bad
 
-    def quarantine(self, ident: str, reason: str) -> str:
-        """Move an entry (and its data) aside with the reason; returns the new directory."""
+    def quarantine(self, ident: str, reason: str, *, report: bool = True) -> str:
+        """Move an entry (and its data) aside with the reason; returns the new directory.
+        ``report=False``: the caller logs the one error line itself (naming the object)."""
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         dest = os.path.join(self.quarantine_dir, f"{stamp}-{ident}")
         os.makedirs(dest, mode=0o700, exist_ok=True)
@@ -406,8 +407,9 @@ class Journal:
             {"reason": reason, "id": ident, "key": key, "files": moved, "time": time.time(),
              "mount": self.identity.as_dict()}, sort_keys=True).encode())
         fsync_dir(self.directory)
-        log.error("journal: entry %s%s quarantined in %s: %s", ident,
-                  f" ({key})" if key else "", dest, reason)
+        if report:
+            log.error("journal: entry %s%s quarantined in %s: %s", ident,
+                      f" ({key})" if key else "", dest, reason)
         return dest
 
 

@@ -12,6 +12,7 @@ Callers hold ``node.lock`` for every ``*_locked`` call (and for ``ensure_staging
 """
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import stat
@@ -22,7 +23,8 @@ from typing import Any
 import trio
 
 from ..envelope import format as fmt
-from ..errors import ArchivedError, OssEncError, RejectedError
+from ..errors import (ArchivedError, FormatError, OssEncError, RejectedError,
+                      WrongKeyError)
 from ..aio import first_error
 from ..objects import kept_headers
 from ..store import ObjectInfo
@@ -36,6 +38,25 @@ from .staging import Staging
 from .uploader import BaseGoneError, UploadResult
 
 log = logging.getLogger(__name__)
+
+#: Local errors that may mend by themselves (space frees, a limit lifts): retried with backoff.
+_TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EAGAIN, errno.EINTR,
+                               errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.EBUSY})
+
+
+def for_good(exc: BaseException) -> bool:
+    """Whether an upload failure is one no retry mends, so retrying it would go on forever:
+    OSS refused it (RejectedError, ArchivedError), the old version it builds on is torn or
+    cannot be opened (FormatError, WrongKeyError), a local error other than a full disk
+    (a staging file cut short: EIO), or a fault of ours (not an OSError at all). Network
+    errors, 5xx and an unreachable KMS are retried (``fs.writeback``)."""
+    if isinstance(exc, (RejectedError, ArchivedError, FormatError, WrongKeyError)):
+        return True
+    if isinstance(exc, OssEncError):
+        return False
+    if isinstance(exc, OSError):
+        return exc.errno not in _TRANSIENT_ERRNOS
+    return isinstance(exc, Exception)
 
 
 class Lifecycle:
@@ -59,6 +80,12 @@ class Lifecycle:
             return node.staging
         if st is not None and not st.sealed:
             return st
+        if st is not None and not node.dirty and not st.complete and node.exists_remote:
+            # it landed, but its untouched ranges were to come from the version it replaced:
+            # build on the uploaded object instead of keeping those ranges locally
+            node.staging = None
+            await self.ctx.staging.drop(st)
+            st = None
         if st is not None:
             # still dirty: the last attempt's fate is unknown, so build on what it built on
             # and remember its key; clean: it landed and is now the base
@@ -111,9 +138,11 @@ class Lifecycle:
                 (st.synced or not durable) and (st.complete or not materialize):
             return
         dirtystate.commit(st)
-        if materialize and not st.complete:
+        if materialize and not st.complete and \
+                self.ctx.staging.used + st.base_missing() <= self.ctx.staging.limit:
             # fetch the untouched ranges now, while the old version surely exists, so the
-            # journal entry does not depend on it later; offline it is done at upload time
+            # journal entry does not depend on it later; offline, or when they do not fit
+            # under the cache limit, they are fetched while uploading
             try:
                 await st.materialize()
             except Exception as raw:         # network down, object gone, disk full
@@ -123,7 +152,17 @@ class Lifecycle:
                             st.base_etag)
         if seal and st.sealable:
             dirtystate.seal(st)
-        await st.save_manifest(headers, durable=durable)
+        acknowledged = st.entry_committed
+        try:
+            await st.save_manifest(headers, durable=durable)
+        except BaseException:
+            if not acknowledged:
+                # no entry acknowledges it (a full cache disk): nothing to replay, and the
+                # upload that follows must not need an entry either (Journal.write replaces
+                # the entry atomically, so the one on disk is still the uncommitted one)
+                st.entry_committed = False
+                dirtystate.uncommit(st)
+            raise
         st.changed = False
 
     async def upload_locked(self, node: Node) -> None:
@@ -167,7 +206,7 @@ class Lifecycle:
         node.mtime = time.time()
         node.headers = {**(st.kept if isinstance(st, Reupload) else {}),
                         **{k.lower(): v for k, v in st.crypto_headers.items()}, **extra}
-        node.headers_expires = node.meta_expires = time.monotonic() + self.ctx.ttl
+        node.headers_expires_mono = node.meta_expires_mono = time.monotonic() + self.ctx.ttl
         self.ctx.attr_cache.record(self.ctx.okey(node.path), etag, node.size, extra,
                                not_after=self.ctx.store.server_now())
         if not st.relay:
@@ -191,7 +230,7 @@ class Lifecycle:
             node.staging = None
             await self.ctx.staging.drop(st)
         node.headers = None
-        node.headers_expires = 0
+        node.headers_expires_mono = 0
         node.kernel_etag = None
         node.symlink_target = None
         try:
@@ -216,7 +255,7 @@ class Lifecycle:
             await self._base_gone(node, exc)
             raise
         except BaseException as exc:
-            if isinstance(first_error(exc), (RejectedError, ArchivedError)):
+            if for_good(first_error(exc)):
                 await self._refused(node, first_error(exc))
                 raise
             if node.dirty and not node.unlinked and node.staging is not None:
@@ -230,11 +269,12 @@ class Lifecycle:
             raise
 
     async def _refused(self, node: Node, exc: BaseException) -> None:
-        """OSS refused the upload for good (a 4xx that no retry changes: NotImplemented, a
-        name it does not take, access denied, an archived base): it is not retried. The
-        staging goes to quarantine with the reason (``ossencfs status`` lists it; nothing
-        written is lost), the upload queue forgets it (unmount never waits for it), and the
-        name shows what the bucket holds."""
+        """The upload failed for good (``for_good``: OSS refused it with a 4xx that no retry
+        changes -- NotImplemented, a name it does not take, access denied, an archived base
+        -- or a local fault no retry mends): it is not retried. The staging goes to
+        quarantine with the reason (``ossencfs status`` lists it; nothing written is lost),
+        the upload queue forgets it (unmount never waits for it), and the name shows what
+        the bucket holds."""
         st = node.staging
         if st is None:
             return
@@ -246,18 +286,37 @@ class Lifecycle:
                 except (OSError, OssEncError) as jexc:
                     log.warning("%s: cannot journal (%s)", self.ctx.where(node), jexc)
             what = "metadata change" if st.relay else "upload"
-            where = await self.ctx.staging.quarantine(st, f"{what} refused by OSS: {exc}")
-        log.error("%s: %s refused by OSS, not retried (%s); kept in %s", self.ctx.where(node), what,
+            how = "refused by OSS" if isinstance(exc, (RejectedError, ArchivedError)) \
+                else "failed for good"
+            where = await self.ctx.staging.quarantine(st, f"{what} {how}: {exc}")
+        log.error("%s: %s %s, not retried (%s); kept in %s", self.ctx.where(node), what, how,
                   exc, where)
         node.staging = None
         dirtystate.mark_clean(node)
         node.headers = None
-        node.headers_expires = node.meta_expires = 0
+        node.headers_expires_mono = node.meta_expires_mono = 0
         node.kernel_etag = None
         if self.ctx.writeback is not None:
             self.ctx.writeback.forget(node)
         if not node.exists_remote:           # the name never reached the bucket
             self.name_gone(node)
+
+    async def drop_local_locked(self, node: Node, *, uncommitted_entry_too: bool) -> None:
+        """``node``'s name went away here (unlink, renamed over): nothing local of it is
+        uploaded or replayed any more. A closed file's staging is freed; an open one keeps its
+        data for its readers and writers, but its journal entry goes (a committed one; with
+        ``uncommitted_entry_too`` any)."""
+        dirtystate.mark_clean(node)
+        st = node.staging
+        if st is not None and node.open_count == 0:
+            node.staging = None               # the journal entry goes before we answer
+            await self.ctx.staging.drop(st)
+        elif st is not None and (st.committed or uncommitted_entry_too):
+            await trio.to_thread.run_sync(functools.partial(
+                self.ctx.staging.journal.remove, st.ident, durable=True))
+            dirtystate.uncommit(st)
+        if self.ctx.writeback is not None:
+            self.ctx.writeback.forget(node)
 
     def name_gone(self, node: Node) -> None:
         """``node``'s name is gone from the bucket outside any namespace call (a refused
@@ -284,7 +343,7 @@ class Lifecycle:
         node.staging = None
         dirtystate.mark_clean(node)
         node.headers = None
-        node.headers_expires = 0
+        node.headers_expires_mono = 0
         node.kernel_etag = None
         if self.ctx.writeback is not None:
             self.ctx.writeback.forget(node)
@@ -323,7 +382,7 @@ class Lifecycle:
             except BaseGoneError as exc:
                 await self._base_gone(node, exc)
             except Exception as raw:
-                if not isinstance(first_error(raw), (RejectedError, ArchivedError)):
+                if not for_good(first_error(raw)):
                     raise
                 await self._refused(node, first_error(raw))
             await self._drop_if_clean(node)

@@ -96,7 +96,7 @@ class Metadata:
             await self.ctx.store.put(key, b"", {**kept, **extra})
             node.marker = True
             node.headers = {**kept, **extra}
-            node.headers_expires = time.monotonic() + self.ctx.ttl
+            node.headers_expires_mono = time.monotonic() + self.ctx.ttl
             return
         if not node.exists_remote:
             return
@@ -125,7 +125,7 @@ class Metadata:
 
     def _meta_stored(self, node: Node, key: str, etag: str, extra: dict[str, str]) -> None:
         """Bookkeeping after new metadata of a file is in the bucket as version ``etag``."""
-        node.headers_expires = node.meta_expires = time.monotonic() + self.ctx.ttl
+        node.headers_expires_mono = node.meta_expires_mono = time.monotonic() + self.ctx.ttl
         self.ctx.attr_cache.record(key, etag, node.size, extra, node.object_type,
                                not_after=self.ctx.store.server_now())
         if node.kernel_etag == node.etag:
@@ -139,4 +139,4 @@ class Metadata:
         target = await self.ctx.store.get_symlink(key)
         await self.ctx.store.put_symlink(key, target, extra)
         node.headers = dict(extra)
-        node.headers_expires = node.meta_expires = time.monotonic() + self.ctx.ttl
+        node.headers_expires_mono = node.meta_expires_mono = time.monotonic() + self.ctx.ttl

@@ -17,7 +17,6 @@ next mount with the same cache directory.
 """
 from __future__ import annotations
 
-import argparse
 import fcntl
 import hashlib
 import logging
@@ -27,13 +26,18 @@ import signal
 import sys
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import pyfuse3
 import trio
 
 from ..errors import OssEncError
 from . import keymap, posix
+from .privatedir import check_private_dir, open_private, private_dir
+
+if TYPE_CHECKING:
+    from ..envelope.keys import KeyRing
+    from ..store import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +129,13 @@ def pidfile_for(mountpoint: str) -> str:
             continue
         try:
             os.makedirs(base, mode=0o700, exist_ok=True)
-            if os.access(base, os.W_OK):
-                return os.path.join(base, name)
+            if check_private_dir(base) is None and os.access(base, os.W_OK):
+                return os.path.join(base, name)    # never a directory another user controls
         except OSError:
             continue
-    return os.path.join(tempfile.gettempdir(), name)
+    raise OssEncError("no private directory for the pid file (/run/ossencfs, $XDG_RUNTIME_DIR/ossencfs, "
+                      f"{tempfile.gettempdir()}/ossencfs-{os.getuid()}): each is missing, not writable, or "
+                      "writable by other users")
 
 
 def parse_size(text: str) -> int:
@@ -156,34 +162,50 @@ class _Spawner:
 
 
 @dataclass(frozen=True)
+class MountConfig:
+    """What ``ossencfs mount`` was told, typed (built from its arguments by
+    ``cli.mountcmd.mount_config``, the one module that knows both the command line and
+    ``fs``). Sizes in bytes, times in seconds."""
+    bucket: str
+    prefix: str                       # "" or ending in "/"
+    mountpoint: str                   # absolute
+    endpoint: str                     # URL of OSS
+    options: tuple[str, ...]          # ``-o`` groups (``parse_mount_options``)
+    cache_dir: str | None             # None: ``default_cache_dir()``
+    cache_size: int
+    write_back: float                 # 0: upload at close
+    part_size: int
+    multipart_threshold: int
+    upload_parallelism: int
+    upload_small_files: int
+    copy_limit: int
+    foreground: bool
+
+
+@dataclass(frozen=True)
 class Connectors:
-    """What a mount needs from the command line layer (``cli.options``), passed in by the
-    mount command: ``fs`` sits below ``cli`` and never imports it."""
-    parse_oss_url: Callable[[str], tuple[str, str]]
-    build_keyring: Callable[[argparse.Namespace], Any]
-    build_store: Callable[[argparse.Namespace, str], Any]
+    """How a mount reaches its keys and its bucket, made by the mount command from the
+    command line (``cli.options``): ``fs`` sits below ``cli`` and never imports it."""
+    keyring: Callable[[], KeyRing]
+    store: Callable[[str], ObjectStore]         # bucket name -> store
 
 
 class Mount:
-    def __init__(self, args: argparse.Namespace, connect: Connectors) -> None:
-        parse_oss_url, build_keyring, build_store = (connect.parse_oss_url, connect.build_keyring,
-                                                     connect.build_store)
-        self.args = args
-        bucket, prefix = parse_oss_url(args.url)
-        prefix = prefix.lstrip("/")
-        if prefix and not prefix.endswith("/"):
-            prefix += "/"
-        self.bucket, self.prefix = bucket, prefix
-        self.mountpoint = os.path.abspath(args.mountpoint)
+    def __init__(self, config: MountConfig, connect: Connectors) -> None:
+        self.config = config
+        self.bucket, self.prefix = config.bucket, config.prefix
+        self.mountpoint = config.mountpoint
         if not os.path.isdir(self.mountpoint):
             raise OssEncError(f"mount point {self.mountpoint} is not a directory")
-        self.opts = parse_mount_options(args.options)
-        self.keyring = build_keyring(args)
-        self.store = build_store(args, bucket)
-        root = args.cache_dir or default_cache_dir()
-        self.base_dir = os.path.join(root, mount_id(args.endpoint, bucket, prefix))
-        self.cache_size = parse_size(args.cache_size)
-        self.write_back = float(getattr(args, "write_back", 0.0) or 0.0)
+        self.opts = parse_mount_options(list(config.options))
+        self.keyring = connect.keyring()
+        self.store = connect.store(config.bucket)
+        root = config.cache_dir or default_cache_dir()
+        self.base_dir = os.path.join(root, mount_id(config.endpoint, self.bucket, self.prefix))
+        for d in (root, self.base_dir):     # refused now, before the mount detaches
+            private_dir(d)
+        self.cache_size = config.cache_size
+        self.write_back = config.write_back
         if self.write_back < 0:
             raise OssEncError("--write-back wants 0 or more seconds")
         self.quarantine_dir = os.path.join(self.base_dir, "quarantine")
@@ -191,6 +213,7 @@ class Mount:
         self.other_journals: list[dict[str, Any]] = []
         self.no_wait = False
         self._drain_scope: trio.CancelScope | None = None
+        self._serving = False        # pyfuse3.main() is running (the FUSE session is open)
         # resolved now: once mounted, touching the mount point from this process would ask
         # this very process (which is busy) and deadlock
         self.pidfile = pidfile_for(self.mountpoint)
@@ -216,23 +239,24 @@ class Mount:
         from .staging import StagingArea
         from .uploader import Uploader
         from .writeback import WriteBack
-        os.makedirs(self.base_dir, mode=0o700, exist_ok=True)
+        staging_dir = os.path.join(self.base_dir, "staging")
+        for d in (self.base_dir, staging_dir, os.path.join(self.base_dir, "blocks"), self.quarantine_dir):
+            private_dir(d)
         # one live mount per cache/staging directory: a second one would see the first one's
         # staging entries as leftovers (and, with issue 6's journal, replay them)
-        self._lock_fd = os.open(os.path.join(self.base_dir, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        self._lock_fd = open_private(os.path.join(self.base_dir, "lock"), os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise OssEncError(f"cache directory {self.base_dir} is in use by another mount of "
                               f"oss://{self.bucket}/{self.prefix}; use another --cache-dir") from None
-        objects = EncryptedObjects(self.store, self.keyring, part_size=self.args.part_size,
-                                   multipart_threshold=self.args.multipart_threshold,
-                                   upload_parallelism=self.args.upload_parallelism,
-                                   copy_limit=getattr(self.args, "copy_limit", 1 << 30))
-        staging_dir = os.path.join(self.base_dir, "staging")
-        os.makedirs(staging_dir, mode=0o700, exist_ok=True)
+        cfg = self.config
+        objects = EncryptedObjects(self.store, self.keyring, part_size=cfg.part_size,
+                                   multipart_threshold=cfg.multipart_threshold,
+                                   upload_parallelism=cfg.upload_parallelism,
+                                   copy_limit=cfg.copy_limit)
         self.journal = Journal(staging_dir, self.quarantine_dir,
-                               MountIdentity(self.args.endpoint, self.bucket, self.prefix))
+                               MountIdentity(cfg.endpoint, self.bucket, self.prefix))
         staging = StagingArea(staging_dir, self.keyring, self.journal, limit=self.cache_size)
         cache = BlockCache(os.path.join(self.base_dir, "blocks"), max_bytes=self.cache_size)
         cache.reserved = lambda: staging.used
@@ -250,8 +274,8 @@ class Mount:
         self.model.writeback = WriteBack(upload=self.model.upload_job,
                                          writers=self.model.writers, where=self.model.where,
                                          delay=self.write_back,
-                                         parallel=max(2, self.args.upload_parallelism),
-                                         small_parallel=self.args.upload_small_files)
+                                         parallel=max(2, cfg.upload_parallelism),
+                                         small_parallel=cfg.upload_small_files)
         return Operations(self.model)
 
     async def _replay(self) -> None:
@@ -266,7 +290,7 @@ class Mount:
                             self.journal.directory)
             else:
                 n = await self.model.replay(good, self.journal.quarantine)
-                log.warning("journal: %d pending upload(s) replayed from %s", n,
+                log.info("journal: %d pending upload(s) replayed from %s", n,
                             self.journal.directory)
         self.other_journals = other_journals(self.cache_root, self.base_dir)
         for other in self.other_journals:
@@ -299,9 +323,9 @@ class Mount:
         closed = False
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)   # until _signals takes over
         try:
-            with open(pidfile, "w") as f:
+            with os.fdopen(open_private(pidfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "w") as f:
                 f.write(f"{os.getpid()}\n")
-            log.warning("mounted oss://%s/%s on %s%s", self.bucket, self.prefix, self.mountpoint,
+            log.info("mounted oss://%s/%s on %s%s", self.bucket, self.prefix, self.mountpoint,
                         f" (write-back {self.write_back:g} s)" if self.write_back else "")
             write_state(state_path, snapshot(self))
             ready(None)
@@ -312,10 +336,16 @@ class Mount:
                 nursery.start_soon(self._signals)
                 nursery.start_soon(wb.run)
                 nursery.start_soon(publish, self, state_path)
+                nursery.start_soon(self._renew_credentials)
+                self._serving = True
                 await pyfuse3.main()
+                # the session ends here (unmounted by a signal or by fusermount3 -u): from now on
+                # a signal must not touch it (pyfuse3.terminate() on a closed session crashes)
+                self._serving = False
                 # unmount before draining: nothing may hang on a mount nobody serves
                 pyfuse3.close(unmount=True)
                 closed = True
+                self.model.kernel_forget = _no_kernel    # a drain's failure has no kernel to tell
                 if not self.no_wait:
                     with trio.CancelScope() as self._drain_scope:
                         failed = await self.model.flush_all()
@@ -330,6 +360,9 @@ class Mount:
                 spawn.nursery = None
                 nursery.cancel_scope.cancel()
         finally:
+            self._serving = False
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):   # cleanup is short:
+                signal.signal(signum, signal.SIG_IGN)                       # let it finish
             if not closed:
                 pyfuse3.close(unmount=True)
             self.model.attr_cache.close()
@@ -338,21 +371,38 @@ class Mount:
                     os.unlink(path)
                 except OSError:
                     pass
-            log.warning("unmounted %s", self.mountpoint)
+            log.info("unmounted %s", self.mountpoint)
         return 1 if failed and not self.no_wait else 0
 
+    async def _renew_credentials(self) -> None:
+        """Renew temporary credentials when due even while no request asks for them, so the
+        first request after a quiet spell does not wait; failures are logged by the source."""
+        source = getattr(self.store, "credentials", None)
+        if source is None:
+            return
+        while True:
+            await trio.sleep(source.seconds_to_renewal())
+            try:
+                await trio.to_thread.run_sync(source.get)
+            except OssEncError:
+                pass
+
     async def _signals(self) -> None:
+        """SIGTERM/SIGINT/SIGHUP while mounted: unmount, then upload what is pending. Any later
+        one, one after an external unmount (``fusermount3 -u``: the mount is gone, only the
+        drain is left), and SIGUSR1: stop waiting; pending uploads stay journaled for the next
+        mount. Every path ends in a clean exit with the journal intact."""
         terminated = False
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
                                        signal.SIGUSR1) as sigs:
             async for signum in sigs:
-                if signum == signal.SIGUSR1 or terminated:
+                if signum == signal.SIGUSR1 or terminated or not self._serving:
                     log.warning("not waiting for pending uploads: they stay journaled")
                     self.no_wait = True
                     if self._drain_scope is not None:
                         self._drain_scope.cancel()
                     continue
-                log.warning("signal received: unmounting %s", self.mountpoint)
+                log.info("signal received: unmounting %s", self.mountpoint)
                 terminated = True
                 pyfuse3.terminate()
 
@@ -387,11 +437,17 @@ def other_journals(cache_root: str, own: str) -> list[dict[str, Any]]:
     return out
 
 
-def run_mount(args: argparse.Namespace, connect: Connectors) -> int:
+def run_mount(config: MountConfig, connect: Connectors) -> int:
     # oss2 warns on every raw GET of an encrypted object; reading ciphertext is the point here
     logging.getLogger("oss2").setLevel(logging.ERROR)
-    mount = Mount(args, connect)     # argument, key and credential errors surface here
-    if args.foreground:
+    # a mount is a service: its log (journal, --log file, stderr with -f) shows lifecycle
+    # events (mounted, journal replayed, unmounted) and retries at INFO, not only problems
+    root = logging.getLogger()
+    root.setLevel(min(root.level, logging.INFO))
+    os.umask(0o077)                  # whatever creates a file here (sqlite's -wal/-shm too): 0600
+    # (files made in the mounted file system get the modes their callers ask for: not affected)
+    mount = Mount(config, connect)   # argument, key and credential errors surface here
+    if config.foreground:
         return trio.run(mount.run, lambda err: None)
     r, w = os.pipe()
     pid = os.fork()
@@ -400,9 +456,8 @@ def run_mount(args: argparse.Namespace, connect: Connectors) -> int:
         code = 1
         try:
             os.setsid()
-            os.makedirs(mount.base_dir, mode=0o700, exist_ok=True)
-            logfd = os.open(os.path.join(mount.base_dir, "mount.log"),
-                            os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            logfd = open_private(os.path.join(mount.base_dir, "mount.log"),
+                                 os.O_WRONLY | os.O_CREAT | os.O_APPEND)
             devnull = os.open(os.devnull, os.O_RDWR)
             os.dup2(devnull, 0)
             os.dup2(logfd, 1)
@@ -443,6 +498,10 @@ def run_mount(args: argparse.Namespace, connect: Connectors) -> int:
     err = msg[4:] if msg.startswith("ERR ") else "the mount process exited before the mount was ready"
     print(f"ossencfs: error: {err}", file=sys.stderr)
     return 1
+
+
+def _no_kernel(parent_ino: int, name: str) -> None:
+    """``kernel_forget`` once the FUSE session is closed (draining after unmount)."""
 
 
 def _forget_entry(parent_ino: int, name: str) -> None:

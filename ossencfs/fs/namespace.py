@@ -12,7 +12,6 @@ gets one) and for directory mtimes (kept in memory, stored on markers after ``ME
 from __future__ import annotations
 
 import errno
-import functools
 import logging
 import stat
 import time
@@ -21,7 +20,7 @@ import pyfuse3
 import trio
 
 from ..errors import OssEncError
-from . import dirtystate, posix
+from . import posix
 from .attrs import Attrs
 from .context import META_DELAY, FsContext, fuse_err as _err
 from .freshness import Freshness
@@ -70,7 +69,7 @@ class Namespace:
         node.unlinked = False
         node.exists_remote = True
         node.headers = headers
-        node.headers_expires = time.monotonic() + self.ctx.ttl
+        node.headers_expires_mono = time.monotonic() + self.ctx.ttl
         self.ctx.inodes.set_listing(path, {})
         self.ctx.inodes.note_entry(parent.path, Entry(name, stat.S_IFDIR))
         self.touch_dir(parent)
@@ -113,7 +112,7 @@ class Namespace:
         node.size, node.etag, node.mtime = len(body), etag, time.time()
         node.exists_remote, node.unlinked = True, False
         node.headers = extra
-        node.headers_expires = node.meta_expires = time.monotonic() + self.ctx.ttl
+        node.headers_expires_mono = node.meta_expires_mono = time.monotonic() + self.ctx.ttl
         self.ctx.attr_cache.record(self.ctx.okey(path), etag, len(body), extra,
                                not_after=self.ctx.store.server_now())
         self.ctx.inodes.note_entry(parent.path, Entry(name, stat.S_IFREG, len(body), etag, node.mtime))
@@ -137,17 +136,7 @@ class Namespace:
             elif node.exists_remote:
                 await self.ctx.store.delete(key)
             self.ctx.attr_cache.forget(key)
-            dirtystate.mark_clean(node)
-            if node.staging is not None:
-                if node.open_count == 0:
-                    old, node.staging = node.staging, None  # the journal entry goes before we answer
-                    await self.ctx.staging.drop(old)
-                else:                                # still open: keep the data, drop the entry
-                    await trio.to_thread.run_sync(functools.partial(
-                        self.ctx.staging.journal.remove, node.staging.ident, durable=True))
-                    dirtystate.uncommit(node.staging)
-            if self.ctx.writeback is not None:
-                self.ctx.writeback.forget(node)
+            await self.meta.life.drop_local_locked(node, uncommitted_entry_too=True)
             self.ctx.inodes.drop_entry(parent.path, name)
             self.ctx.inodes.detach(node)
         self.touch_dir(parent)

@@ -26,6 +26,7 @@ from typing import Any, Awaitable, Callable, Protocol
 
 import trio
 
+from ..envelope.ctr import in_thread
 from ..errors import NetworkError
 from .cache import BlockCache
 
@@ -35,13 +36,12 @@ FETCH_TIMEOUT = 120.0
 FETCH_SIZE = 2 << 20          # bytes per read-ahead GET (a multiple of the block size)
 MAX_WINDOW = 32 << 20        # read-ahead window: up to MAX_WINDOW / FETCH_SIZE GETs in flight
 STREAM_DISK_LIMIT = 16 << 20  # a sequential run caches only its first 16 MiB on disk
-_THREAD_DECRYPT_MIN = 1 << 20   # up to this (a whole FUSE read), AES-NI in the loop beats a thread hop
 
 
 class CipherReader(Protocol):
     encrypted: bool
 
-    async def read_cipher(self, start: int, end: int) -> bytes: ...
+    async def read_cipher(self, offset: int, length: int) -> bytes: ...   # [offset, offset+length)
     def decrypt(self, offset: int, cipher: bytes | memoryview) -> bytes: ...
 
 
@@ -77,7 +77,7 @@ class BlockSource:
         try:
             try:
                 with trio.fail_after(FETCH_TIMEOUT):
-                    data = await self.reader.read_cipher(start, end)
+                    data = await self.reader.read_cipher(start, end + 1 - start)
             except trio.TooSlowError:
                 raise NetworkError(f"{self.key}: ranged GET {start}-{end} timed out") from None
             if len(data) != end - start + 1:
@@ -175,7 +175,7 @@ class BlockSource:
         cipher = await self.cipher_range(off, end - off)
         if not self.reader.encrypted:
             return bytes(cipher)
-        if len(cipher) > _THREAD_DECRYPT_MIN:
+        if in_thread(len(cipher)):
             return await trio.to_thread.run_sync(self.reader.decrypt, off, cipher)
         return self.reader.decrypt(off, cipher)
 

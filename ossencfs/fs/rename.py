@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import logging
 
 import pyfuse3
@@ -131,17 +130,7 @@ class Renamer:
                 st.base_etag = copied        # the version we now build on
             src.etag = copied
         if dst is not None:
-            dirtystate.mark_clean(dst)
-            if dst.staging is not None and dst.open_count == 0:
-                old, dst.staging = dst.staging, None
-                await self.ctx.staging.drop(old)
-            elif dst.staging is not None and dst.staging.committed:
-                # still open: keep its data for the readers, but nothing to replay
-                await trio.to_thread.run_sync(functools.partial(
-                    self.ctx.staging.journal.remove, dst.staging.ident, durable=True))
-                dirtystate.uncommit(dst.staging)
-            if self.ctx.writeback is not None:
-                self.ctx.writeback.forget(dst)
+            await self.names.meta.life.drop_local_locked(dst, uncommitted_entry_too=False)
             self.ctx.inodes.detach(dst)
         self.ctx.inodes.move(src.path, new_path)
         if src.staging is not None:

@@ -104,7 +104,7 @@ class Replay:
         node.etag = st.base_etag
         node.size = entry.size
         node.headers = dict(st.kept) if isinstance(st, Reupload) else {}
-        node.headers_expires = float("inf")
+        node.headers_expires_mono = float("inf")
         if self.ctx.writeback is not None:
             self.ctx.writeback.schedule(node, 0)
         log.info("journal: replayed %s (%d bytes%s), upload queued", self.ctx.where(node),

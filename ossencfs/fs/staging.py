@@ -4,10 +4,13 @@ Why this shape:
 - Plaintext never rests on local disk: every write is encrypted at its offset with the fresh
   key/IV that the uploaded object will carry (``KeyRing.new_object``), so the staging file is
   byte-for-byte the future object body wherever it was written.
-- Ranges the writer did not touch come from the old object (fetched through the block cache,
-  decrypted with the old key) and are re-encrypted with the new key only when the object is
-  assembled for upload (``materialize``); beyond the old length (or after a truncate) they are
-  zeros.
+- Only bytes actually written are staged. Ranges the writer did not touch come from the old
+  object (fetched through the block cache, decrypted with the old key) and holes beyond the
+  old length (or after a truncate) are zeros: both are produced while the object is uploaded
+  (``read_cipher``: zeros encrypt to the keystream), so ``truncate -s 100G`` or an append to
+  an object larger than ``--cache-size`` stages nothing but what was written. Untouched old
+  ranges are fetched into the staging (``materialize``) only where the old version may go
+  away first: a write-back close when they fit under the limit, a rename.
 - Every upload needs a fresh key and IV. Once a staging has been uploaded it is *sealed*; a
   later write starts a successor (``StagingArea.rekey``) that re-encrypts the sealed file under
   a new key locally (no download), so no (key, IV) ever covers two different uploaded
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 import bisect
 import errno
+import functools
 import logging
 import os
 import threading
@@ -50,6 +54,7 @@ import trio
 from ..atomicfile import fsync_dir
 from ..envelope import format as fmt
 from ..envelope.ctr import crypt_at
+from ..errors import ConflictError, NotFoundError
 from . import dirtystate
 from .dirtystate import KeyState
 from .journal import Journal, JournalEntry, Manifest, MountIdentity
@@ -63,6 +68,11 @@ CHUNK = 1 << 20
 SEAL_AT_COMMIT = 1 << 20
 BUFFER_FILE = 64 << 10      # ciphertext kept in memory until the data file is needed ...
 BUFFER_TOTAL = 32 << 20     # ... for all stagings together
+
+
+class BaseGoneError(ConflictError):
+    """The version a partly rewritten file was opened from is gone before its untouched
+    ranges were fetched: the local version cannot be completed."""
 
 
 class PlainSource(Protocol):
@@ -236,19 +246,28 @@ class Staging:
         return self._enc(off, os.pread(self._file(), n, off))
 
     def _read_cipher_sync(self, off: int, n: int) -> bytes:
-        buf = self._buf
-        if buf is not None:
-            out = bytearray(buf[off:off + n])
-            return bytes(out + bytes(n - len(out)))
+        """The future object's bytes [off, off+n) where no old range is needed: staged
+        ciphertext, and the keystream (encrypted zeros) for holes (blocking)."""
+        parts: list[bytes] = []
+        for s, e, staged in self.extents.segments(off, off + n):
+            if not staged:
+                if s < self.base_len:
+                    raise OSError(errno.EINVAL, f"internal: old range {s}-{e} not fetched")
+                parts.append(self._enc(s, bytes(e - s)))
+            elif (buf := self._buf) is not None:
+                parts.append(bytes(buf[s:e]))
+            else:
+                parts.append(self._pread_all(s, e - s))
+        return b"".join(parts)
+
+    def _pread_all(self, off: int, n: int) -> bytes:
         fd = self._file()
         out = bytearray()
         while len(out) < n:
             chunk = os.pread(fd, n - len(out), off + len(out))
             if not chunk:
-                break
+                raise OSError(errno.EIO, f"staging data file ends before {off + n}")
             out += chunk
-        if len(out) < n:
-            out += bytes(n - len(out))     # unreachable after materialize; keeps lengths exact
         return bytes(out)
 
     # -- file operations ---------------------------------------------------------------------
@@ -312,7 +331,14 @@ class Staging:
 
     @property
     def complete(self) -> bool:
-        return self.extents.uncovered(0, self.size) == 0
+        """Every byte can be produced without the old object (holes are zeros)."""
+        return self.base_missing() == 0
+
+    def base_missing(self) -> int:
+        """Bytes of the old object still needed (untouched ranges below ``base_len``)."""
+        if self.base is None:
+            return 0
+        return self.extents.uncovered(0, min(self.base_len, self.size))
 
     @property
     def sealable(self) -> bool:
@@ -320,11 +346,12 @@ class Staging:
         return self.size <= SEAL_AT_COMMIT and self.complete
 
     async def materialize(self, alive: Callable[[], None] | None = None) -> None:
-        """Fill every hole with the old object's bytes (or zeros) re-encrypted under the new key.
+        """Fetch the old object's untouched ranges into the staging, re-encrypted under the
+        new key (holes beyond the old length stay holes: they are zeros).
 
         Each filled range is recorded as it lands, so an interrupted materialize (network,
         ENOSPC) resumes where it stopped; ``alive`` is called after each chunk (progress)."""
-        for s, e, staged in self.extents.segments(0, self.size):
+        for s, e, staged in self.extents.segments(0, min(self.base_len, self.size)):
             if staged:
                 continue
             pos = s
@@ -338,8 +365,6 @@ class Staging:
                 pos += n
                 if alive is not None:
                     alive()
-        self.extents.add(0, self.size)
-        self._account()
         self.base = None
         self.base_len = 0
 
@@ -349,11 +374,24 @@ class Staging:
             os.fsync(self._fd)
 
     async def read_cipher(self, off: int, n: int) -> bytes:
-        """The uploader's callback: the future object's bytes, after ``materialize``."""
-        return await trio.to_thread.run_sync(self._read_cipher_sync, off, n)
+        """The uploader's callback: the future object's bytes [off, off+n): staged
+        ciphertext, holes as keystream, untouched old ranges fetched from the old version
+        and re-encrypted (BaseGoneError when that version is gone)."""
+        parts: list[bytes] = []
+        for s, e, staged in self.extents.segments(off, off + n):
+            if staged or s >= self.base_len or self.base is None:
+                parts.append(await trio.to_thread.run_sync(self._read_cipher_sync, s, e - s))
+                continue
+            try:
+                plain = await self._base_plain(s, e)
+            except (ConflictError, NotFoundError) as exc:
+                raise BaseGoneError(f"{self.key}: {exc}") from None
+            parts.append(await trio.to_thread.run_sync(self._enc, s, plain))
+        return b"".join(parts)
 
     def read_cipher_sync(self, off: int, n: int) -> bytes:
-        """``read_cipher`` for a worker thread that is sending the bytes anyway."""
+        """``read_cipher`` for a worker thread that is sending the bytes anyway (only when
+        ``complete``: no old range to fetch)."""
         return self._read_cipher_sync(off, n)
 
     # -- bookkeeping -------------------------------------------------------------------------
@@ -529,31 +567,34 @@ class StagingArea:
 
     async def rekey(self, old: Staging, base_etag: str | None, *, committed: bool = False,
                     unconfirmed: bool = False) -> Staging:
-        """A successor of a sealed (sent, fully materialized) staging under a fresh key.
+        """A successor of a sealed (sent) staging under a fresh key: its staged ranges are
+        re-encrypted locally; its holes stay holes and its untouched old ranges still come
+        from the same old version (a caller whose upload landed builds on that instead).
 
         ``committed``: the old content is acknowledged but not in the bucket (its upload
         failed), so the successor takes over its journal entry durably before the old goes.
         ``unconfirmed``: the old upload's fate is unknown (it may have landed); the successor
         remembers its wrapped key so that such an object is recognised as ours."""
-        st = await self.new(old.key, old.size, None, 0, base_etag)
+        st = await self.new(old.key, old.size, old.base, old.base_len, base_etag)
         self.active.discard(st)              # (added below, once it holds the content)
         if committed:
             dirtystate.commit(st)
         st.posix = dict(old.posix)
         if unconfirmed:
             st.prior_keys = [k for k in [*old.prior_keys, old.wrapped_key] if k]
-        st.extents.add(0, old.size)          # what transcode() writes, before its entry says so
+        ranges = old.extents.as_list()
+        for s, e in ranges:                  # what transcode() writes, before its entry says so
+            st.extents.add(s, e)
 
         def transcode() -> None:
             st._file(first_entry=False)      # its first entry is the one saved here
-            pos = 0
-            while pos < old.size:
-                n = min(CHUNK, old.size - pos)
-                st._write_sync(pos, old._read_plain_sync(pos, n))
-                pos += n
+            for s, e in ranges:
+                for pos in range(s, e, CHUNK):
+                    n = min(CHUNK, e - pos)
+                    st._write_sync(pos, old._read_plain_sync(pos, n))
             st._save_sync(st.manifest(), committed)
         try:
-            await self.reserve(max(0, old.size - old.usage))    # old is dropped right after
+            await self.make_disk_room(old.usage)   # (old is dropped right after: same budget)
             await trio.to_thread.run_sync(transcode)
             st._account()
         except BaseException:
@@ -568,9 +609,11 @@ class StagingArea:
         await st.discard()
 
     async def quarantine(self, st: Staging, reason: str) -> str:
-        """Keep a staging that can no longer be uploaded aside (reported by status)."""
+        """Keep a staging that can no longer be uploaded aside (reported by status; the
+        caller logs it, naming the object)."""
         st.close_for_good()
         self.active.discard(st)
         with trio.CancelScope(shield=True):
-            where = await trio.to_thread.run_sync(self.journal.quarantine, st.ident, reason)
+            where: str = await trio.to_thread.run_sync(
+                functools.partial(self.journal.quarantine, st.ident, reason, report=False))
         return where

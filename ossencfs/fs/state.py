@@ -33,7 +33,7 @@ def state_path_for(pidfile: str) -> str:
 def snapshot(mount: Any) -> dict[str, Any]:
     model = mount.model
     wb = model.writeback
-    now_mono = trio.current_time()
+    now_trio = trio.current_time()
     uploader = model.uploader
     inflight = {p.key: p for p in uploader.pending.values()}
     pending: list[dict[str, Any]] = []
@@ -50,14 +50,14 @@ def snapshot(mount: Any) -> dict[str, Any]:
             "state": "uploading" if job.running and prog is not None else
                      ("retrying" if job.attempts else "waiting"),
             "attempts": job.attempts, "last_error": job.last_error,
-            "due_in": max(0.0, job.due - now_mono), "since": job.since,
+            "due_in": max(0.0, job.due_trio - now_trio), "since": job.since_wall,
             "kind": "metadata" if st is not None and st.relay else "data",
         })
     for p in uploader.pending.values():          # uploads at close/fsync (not queued)
         if not any(e["key"] == p.key for e in pending):
             pending.append({"path": p.key[len(model.prefix):], "key": p.key, "size": p.size,
                             "sent": p.sent, "state": "uploading", "attempts": 0,
-                            "last_error": None, "due_in": 0.0, "since": p.started})
+                            "last_error": None, "due_in": 0.0, "since": p.started_wall})
     try:
         usage = shutil.disk_usage(mount.base_dir)
         disk = {"total": usage.total, "free": usage.free}
@@ -65,7 +65,7 @@ def snapshot(mount: Any) -> dict[str, Any]:
         disk = None
     return {
         "pid": os.getpid(), "updated": time.time(), "running": True,
-        "url": f"oss://{mount.bucket}/{mount.prefix}", "endpoint": mount.args.endpoint,
+        "url": f"oss://{mount.bucket}/{mount.prefix}", "endpoint": mount.config.endpoint,
         "mountpoint": mount.mountpoint, "cache_dir": mount.base_dir,
         "write_back": model.write_back,
         "pending": pending,
@@ -81,7 +81,7 @@ def snapshot(mount: Any) -> dict[str, Any]:
 
 def write_state(path: str, state: dict[str, Any]) -> None:
     try:
-        replace_file(path, json.dumps(state).encode(), mode=0o644)
+        replace_file(path, json.dumps(state).encode(), mode=0o600)
     except OSError as exc:
         log.debug("cannot write %s: %s", path, exc)
 

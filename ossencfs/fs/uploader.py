@@ -1,5 +1,6 @@
-"""Turns a staging into an object: assemble (re-encrypt untouched ranges), then single PUT or
-parallel multipart through ``EncryptedObjects.upload`` -- never blindly overwriting.
+"""Turns a staging into an object: single PUT or parallel multipart through
+``EncryptedObjects.upload`` -- never blindly overwriting. Untouched old ranges (re-encrypted)
+and holes (keystream) are produced while sending (``Staging.read_cipher``), not staged.
 
 Conflicts: an upload replaces an object only if it is still the version the file was opened
 from (real OSS has no If-Match on PutObject, SPEC D.13: ``EncryptedObjects.upload`` checks the
@@ -37,17 +38,14 @@ import trio
 from ..envelope import format as fmt
 from ..errors import ConflictError, NetworkError, NotFoundError
 from ..aio import first_error
-from ..objects import EncryptedObjects
+from ..objects import EncryptedObjects, is_own_upload
 from . import dirtystate
 from .reupload import Reupload
-from .staging import Staging
+from .staging import BaseGoneError, Staging
+
+__all__ = ["BaseGoneError", "Uploader", "UploadResult"]
 
 log = logging.getLogger(__name__)
-
-
-class BaseGoneError(ConflictError):
-    """The version a partly rewritten file was opened from is gone before its untouched
-    ranges were fetched: the local version cannot be completed."""
 
 
 def upload_timeout(size: int) -> float:
@@ -72,7 +70,7 @@ def conflict_key(key: str, when: float, n: int = 1) -> str:
 class Pending:
     key: str
     size: int
-    started: float
+    started_wall: float            # time.time()
     sent: int = 0
     watchdog: trio.CancelScope | None = None    # its deadline moves on with each progress
     stall: float = 0.0
@@ -113,20 +111,22 @@ class Uploader:
                                              staging.crypto_headers, dict(extra),
                                              forbid_overwrite=forbid_overwrite, if_match=if_match,
                                              progress=progress,
-                                             read_cipher_sync=staging.read_cipher_sync)
+                                             read_cipher_sync=staging.read_cipher_sync
+                                             if staging.complete else None)
+        except BaseGoneError:
+            raise
         except ConflictError:
             info = await self.objects.store.head(key)
             found = info.headers.get(fmt.H_KEY) if info is not None else None
             if not found or info is None:
                 raise
+            # this very upload landed earlier (a re-upload keeps the object's own key: its
+            # headers tell it apart)
+            if is_own_upload(info, staging.wrapped_key, staging.size,
+                             extra if staging.relay else None):
+                return info.etag
             if staging.relay:
-                # the object's own key: the headers tell whether it is this re-upload
-                if found == staging.wrapped_key and info.size == staging.size and \
-                        all(info.headers.get(k) == v for k, v in extra.items()):
-                    return info.etag
                 raise
-            if staging.sealed and found == staging.wrapped_key and info.size == staging.size:
-                return info.etag             # this very upload landed earlier
             if found in staging.prior_keys and info.etag != if_match:
                 log.info("oss://%s/%s: replacing our own earlier upload (ETag %s)",
                          self.objects.store.name, key, info.etag)
@@ -148,15 +148,7 @@ class Uploader:
             with trio.CancelScope() as watchdog:
                 entry.watchdog = watchdog
                 entry.alive()
-                try:
-                    await staging.materialize(entry.alive)
-                except BaseException as raw:
-                    exc = first_error(raw)
-                    if isinstance(exc, ConflictError):
-                        raise BaseGoneError(str(exc)) from None
-                    if exc is not raw and not isinstance(exc, trio.Cancelled):
-                        raise exc from None
-                    raise
+                # (untouched old ranges and holes are produced while sending: read_cipher)
                 sending = True
                 dirtystate.seal(staging)     # from here on its key may be in the bucket
                 if staging.committed and not staging.entry_sealed:   # (sealed at commit: no)
@@ -166,6 +158,8 @@ class Uploader:
                                             forbid_overwrite=staging.base_etag is None,
                                             if_match=staging.base_etag, entry=entry)
                     result = UploadResult(etag)
+                except BaseGoneError:
+                    raise
                 except (ConflictError, NotFoundError) as exc:
                     if staging.relay:
                         result = self._superseded(key, exc)

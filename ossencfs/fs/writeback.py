@@ -57,8 +57,8 @@ N = TypeVar("N", bound=QueuedFile)
 @dataclass(eq=False)
 class Job(Generic[N]):
     node: N
-    due: float                        # trio.current_time()
-    since: float = field(default_factory=time.time)
+    due_trio: float                   # trio.current_time()
+    since_wall: float = field(default_factory=time.time)
     attempts: int = 0
     last_error: str | None = None
     running: bool = False
@@ -93,9 +93,9 @@ class WriteBack(Generic[N]):
         if job is None:
             job = self.jobs[id(node)] = Job(node, when)
         elif not job.running:
-            job.due = when if not job.attempts else max(job.due, when)
+            job.due_trio = when if not job.attempts else max(job.due_trio, when)
         if self.draining and not job.attempts:
-            job.due = min(job.due, trio.current_time())
+            job.due_trio = min(job.due_trio, trio.current_time())
         if not job.running:
             self._due(job)
         self.notify()
@@ -108,14 +108,14 @@ class WriteBack(Generic[N]):
         job.attempts += 1
         job.last_error = str(first_error(exc)) or type(exc).__name__
         if not job.running:
-            job.due = trio.current_time() + self._backoff(job.attempts)
+            job.due_trio = trio.current_time() + self._backoff(job.attempts)
             self._due(job)
         self.notify()
 
     def _due(self, job: Job[N]) -> None:
-        """Record ``job.due`` (just set) for the runner; wake it if that is sooner."""
-        heapq.heappush(self._heap, (job.due, next(self._seq), job))
-        if job.due < self._next_wake:
+        """Record ``job.due_trio`` (just set) for the runner; wake it if that is sooner."""
+        heapq.heappush(self._heap, (job.due_trio, next(self._seq), job))
+        if job.due_trio < self._next_wake:
             self._wake.set()
 
     def _backoff(self, attempts: int) -> float:
@@ -142,7 +142,7 @@ class WriteBack(Generic[N]):
                 now = trio.current_time()
                 while heap and heap[0][0] <= now:
                     due, _, job = heapq.heappop(heap)
-                    if job.running or job.due != due or self.jobs.get(id(job.node)) is not job:
+                    if job.running or job.due_trio != due or self.jobs.get(id(job.node)) is not job:
                         continue                 # outdated entry, or already on its way
                     job.running = True
                     nursery.start_soon(self._work, job)
@@ -158,12 +158,12 @@ class WriteBack(Generic[N]):
         try:
             async with (self.small_limiter if size < SMALL_FILE else self.limiter):
                 if self.writers(node) and not self.draining:
-                    job.due = trio.current_time() + max(self.delay, 1.0)   # wait for the close
+                    job.due_trio = trio.current_time() + max(self.delay, 1.0)   # wait for the close
                     return                       # (``finally`` files the new due time)
                 await self.upload(node)
             if self.jobs.get(id(node)) is job:
                 if node.dirty:          # written and closed again meanwhile: keep its due time
-                    job.due = max(job.due, trio.current_time() + 1.0)
+                    job.due_trio = max(job.due_trio, trio.current_time() + 1.0)
                 else:
                     del self.jobs[id(node)]
         except Exception as raw:
@@ -171,7 +171,7 @@ class WriteBack(Generic[N]):
             job.attempts += 1
             job.last_error = str(exc) or type(exc).__name__
             wait = self._backoff(job.attempts)
-            job.due = trio.current_time() + wait
+            job.due_trio = trio.current_time() + wait
             log.warning("%s: upload attempt %d failed, retrying in %.0f s (data kept in the "
                         "journal): %s", self.where(node), job.attempts, wait, job.last_error)
         finally:
@@ -186,8 +186,8 @@ class WriteBack(Generic[N]):
         self.draining = True
         now = trio.current_time()
         for job in self.jobs.values():
-            if not job.attempts and job.due > now:
-                job.due = now
+            if not job.attempts and job.due_trio > now:
+                job.due_trio = now
                 if not job.running:
                     self._due(job)
         self._wake.set()
@@ -197,8 +197,8 @@ class WriteBack(Generic[N]):
                 await changed.wait()
             now = trio.current_time()
             for job in self.jobs.values():     # retries go on with backoff, capped while draining
-                if job.due > now + 5.0:
-                    job.due = now + 5.0
+                if job.due_trio > now + 5.0:
+                    job.due_trio = now + 5.0
                     if not job.running:
                         self._due(job)
             self._wake.set()

@@ -34,7 +34,7 @@ def test_first_key_given_writes_all_read(rsa_key_path, second_rsa_key_path):
     assert [m.name for m in build_masters(args)] == expected
     assert ring.writer.name == expected[0]
     args = parser().parse_args(["--kms-key", "cmk-1", "--rsa-key", rsa_key_path])
-    assert args.key_order == [("kms_key", "cmk-1"), ("rsa_key", rsa_key_path)]
+    assert args.key_order == [("kms_key", "cmk-1", None), ("rsa_key", rsa_key_path, None)]
 
 
 def test_key_and_credential_errors(monkeypatch, tmp_path):

@@ -14,6 +14,8 @@ reason="...")``; each regex is searched in the log record (its first line and tr
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import re
 import subprocess
@@ -31,9 +33,30 @@ PART_SIZE = 102400            # smallest part size oss2 accepts: multipart stays
 MULTIPART_THRESHOLD = 256 * 1024
 
 
+#: the two write modes (``--write-back``, README): upload at close, or close acknowledged once
+#: journaled and the upload a moment later. A module marked ``write_modes`` runs every test
+#: that makes a mount once per mode (as rclone's vfstest runs one suite per cache mode);
+#: ``Mounted.settle`` waits for the uploads before a test looks into the bucket.
+WRITE_MODES: dict[str, list[str]] = {"close": [], "write-back": ["--write-back", "0.2"]}
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "log_allow(*regex, reason): mount log records matching "
                             "a regex do not fail the test (the log guard); say why in reason")
+    config.addinivalue_line("markers", "write_modes(*modes): run the module's mount tests in "
+                            "each write mode (default: all of WRITE_MODES)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    mark = metafunc.definition.get_closest_marker("write_modes")
+    if mark is not None and "make_mount" in metafunc.fixturenames:
+        metafunc.parametrize("write_mode", list(mark.args or WRITE_MODES))
+
+
+@pytest.fixture
+def write_mode() -> str:
+    """The write mode of the mounts a test makes (parametrized by ``write_modes``)."""
+    return "close"
 
 
 _BAD_LOG = re.compile(r"\bunexpected\b|^Traceback \(most recent call last\)", re.MULTILINE)
@@ -74,6 +97,35 @@ def eventually(check, timeout: float = 15.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (mount -o size=) at ``path`` (made here), lazily unmounted after;
+    skips the test where tmpfs cannot be mounted. A fixture using it must be requested
+    before ``make_mount``, so that it is torn down after the mount."""
+    path.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                       capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {r.stderr.decode(errors='replace')}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def fill_disk(path: Path) -> None:
+    """Another process takes every free byte of the file system: writes ``path`` until
+    ENOSPC (the caller removes it)."""
+    with open(path, "wb") as f:
+        try:
+            while True:
+                f.write(b"\xff" * (64 * 1024))
+                f.flush()
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
 
 
 def _fuse_ok() -> bool:
@@ -177,6 +229,20 @@ class Mounted:
                 time.sleep(0.1)
         raise AssertionError(f"no state file {self.state_path}\n{self.log()}")
 
+    @property
+    def write_back(self) -> bool:
+        return "--write-back" in self.extra
+
+    def settle(self, timeout: float = 60.0) -> None:
+        """Before looking into the bucket: in write-back mode, until the files closed so far
+        are uploaded (a state file written after this call lists nothing pending: a close
+        schedules its upload before it returns); at once when closing uploads."""
+        if not (self.write_back and self.proc is not None):
+            return
+        since = time.time()
+        eventually(lambda: (lambda s: s["updated"] > since and not s["pending"])(self.state()),
+                   timeout)
+
     def wait_uploaded(self, timeout: float = 60.0) -> None:
         """Until no upload is pending (the state file is rewritten every second)."""
         first = self.state()["updated"]
@@ -225,9 +291,10 @@ def _make(tmp_path: Path, emulator: object, cli_env: dict[str, str], name: str =
 
 @pytest.fixture
 def make_mount(request: pytest.FixtureRequest, tmp_path: Path, emulator: object,
-               cli_env: dict[str, str]) -> Iterator:
-    """Factory: make_mount(name, extra=[...], prefix='') -> a started Mounted. At the end
-    every mount is stopped and its log checked (the log guard, above)."""
+               cli_env: dict[str, str], write_mode: str) -> Iterator:
+    """Factory: make_mount(name, extra=[...], prefix='') -> a started Mounted, in the test's
+    ``write_mode`` unless ``extra`` sets ``--write-back`` itself. At the end every mount is
+    stopped and its log checked (the log guard, above)."""
     if not _fuse_ok():
         pytest.skip("needs root, /dev/fuse and fusermount3")
     allowed = _allowed(request)
@@ -235,6 +302,9 @@ def make_mount(request: pytest.FixtureRequest, tmp_path: Path, emulator: object,
 
     def make(name: str = "mnt", extra: list[str] | None = None, prefix: str = "",
              start: bool = True, keys: list[str] | None = None) -> Mounted:
+        extra = list(extra or [])
+        if "--write-back" not in extra:
+            extra += WRITE_MODES[write_mode]
         m = _make(tmp_path, emulator, cli_env, name, extra, prefix, keys)
         made.append(m)
         if start:

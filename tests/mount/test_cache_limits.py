@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.mount.conftest import eventually
+from tests.mount.conftest import eventually, fill_disk, tmpfs
 
 pytestmark = pytest.mark.mount
 
@@ -28,16 +27,8 @@ def _write(path: Path, data: bytes) -> int:
 
 @pytest.fixture
 def small_tmpfs(tmp_path: Path):
-    d = tmp_path / "tmpfs"
-    d.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(d)],
-                       capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {r.stderr.decode(errors='replace')}")
-    try:
+    with tmpfs(tmp_path / "tmpfs", "8m") as d:
         yield d
-    finally:
-        subprocess.run(["umount", "-l", str(d)], capture_output=True)
 
 
 def test_full_cache_disk_gives_enospc_and_recovers(small_tmpfs, make_mount, crypto_bucket):
@@ -137,15 +128,25 @@ def test_reads_leave_a_small_cache_disk_usable(small_tmpfs, make_mount, crypto_b
         assert (m.path / "big.bin").read_bytes() == remote
     assert _free(small_tmpfs) >= 512 * 1024
     hog = small_tmpfs / "other-user.bin"                # another process fills the disk
-    with open(hog, "wb") as f:
-        try:
-            while True:
-                f.write(os.urandom(256 * 1024))
-                f.flush()
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC
+    fill_disk(hog)
     data = os.urandom(MiB)                              # clean blocks go first
     assert _write(m.path / "after-hog.bin", data) == 0
     os.unlink(hog)
     m.stop()
     assert crypto_bucket.get_object("after-hog.bin").read() == data
+
+
+def test_close_on_a_full_cache_disk_uploads_at_once(small_tmpfs, make_mount, crypto_bucket):
+    """Write-back mode, cache disk full (another process): the journal entry cannot be
+    written, so close uploads at once -- and that upload needs no journal write either."""
+    m = make_mount("nojournal", extra=["--write-back", "3600"], start=False)
+    m.cache_dir = small_tmpfs / "cache"
+    m.start()
+    hog = small_tmpfs / "other-user.bin"
+    fill_disk(hog)
+    try:
+        data = os.urandom(20_000)                       # kept in memory until the close
+        assert _write(m.path / "small.bin", data) == 0
+        assert crypto_bucket.get_object("small.bin").read() == data
+    finally:
+        os.unlink(hog)

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-pytestmark = pytest.mark.mount
+pytestmark = [pytest.mark.mount, pytest.mark.write_modes()]
 
 
 def test_concurrent_readers_and_writers(mount, crypto_bucket):
@@ -64,6 +64,7 @@ def test_concurrent_readers_and_writers(mount, crypto_bucket):
         t.join(timeout=180)
     assert not any(t.is_alive() for t in threads)
     assert not errors, errors
+    mount.settle()
     for name, data in written.items():
         assert (mount.path / name).read_bytes() == data
         assert crypto_bucket.get_object(name).read() == data

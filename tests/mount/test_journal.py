@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -166,7 +167,12 @@ def test_write_back_delays_then_replays_after_kill9(make_mount, crypto_bucket, o
     assert crypto_bucket.get_object("old.bin").read() == bytes(expected_old)
     assert crypto_bucket.get_object("d/deep.txt").read() == b"deep " + MARKER
     assert MARKER not in oss2_bucket.get_object("new.txt").read()
-    assert "replayed" in m.log()
+    log = m.log_path.read_text()
+    # lifecycle events are INFO (not warnings), and the mount logs at INFO
+    assert re.search(r"^ossencfs: INFO: journal: \d+ pending upload\(s\) replayed", log, re.M), log
+    assert re.search(r"^ossencfs: INFO: mounted oss://", log, re.M), log
+    assert not re.search(r"WARNING: (mounted|unmounted|journal: \d+ pending upload\(s\) replayed)",
+                         log), log
 
 
 def test_umount_waits_for_pending_uploads_and_no_wait_keeps_them_journaled(

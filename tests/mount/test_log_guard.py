@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from tests.mount.conftest import log_problems, log_records
 
-LOG = """ossencfs: WARNING: mounted oss://test-bucket/ on /mnt
+LOG = """ossencfs: INFO: mounted oss://test-bucket/ on /mnt
 ossencfs: ERROR: getattr oss://test-bucket/d/f1: unexpected KeyError
 Traceback (most recent call last):
   File "/x/ossencfs/fs/model.py", line 381, in _stat_ahead
@@ -13,7 +13,7 @@ ossencfs: INFO: a file failed unexpectedly? no: that is another word
 Exception in thread Thread-3:
 Traceback (most recent call last):
 ValueError: boom
-ossencfs: WARNING: unmounted /mnt
+ossencfs: INFO: unmounted /mnt
 """
 
 

@@ -46,7 +46,7 @@ def test_every_kind_of_change_survives_a_listing_in_flight(emulator, oss2_bucket
         big = await model.child(root, "big")
         for name in ("a-gone", "a-old", "a-olddir"):
             await model.child(big, name)                # known, fresh
-        model.inodes.dirs["big"].expires = 0             # the listing of big has expired
+        model.inodes.dirs["big"].expires_mono = 0             # the listing of big has expired
 
         gate, asked = trio.Event(), trio.Event()
         real = store.list_page

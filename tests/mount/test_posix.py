@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import AK, BUCKET, SDK_FIXTURES, SK
 from tests.mount.conftest import eventually
 
-pytestmark = pytest.mark.mount
+pytestmark = [pytest.mark.mount, pytest.mark.write_modes()]
 
 
 def _renameat2(src: str, dst: str, flags: int) -> int:
@@ -34,6 +34,7 @@ def test_files_dirs_and_markers(mount, oss2_bucket):
     assert sorted(os.listdir(p / "d")) == ["e"]
     assert (p / "a.txt").read_bytes() == b"hello world\n"
     assert os.stat(p / "a.txt").st_size == 12
+    mount.settle()
     keys = {o.key for o in __import__("oss2").ObjectIteratorV2(oss2_bucket)}
     assert {"a.txt", "d/", "d/e/", "d/e/f.bin"} <= keys
     # rmdir of a non-empty directory
@@ -53,6 +54,7 @@ def test_files_dirs_and_markers(mount, oss2_bucket):
     assert st.f_bsize > 0 and st.f_bavail > 0
 
 
+@pytest.mark.write_modes("close")      # reads, or the mount's own lifecycle: one mode
 def test_implied_directories_from_other_clients(mount, oss2_bucket):
     oss2_bucket.put_object("x/y/z.txt", b"plain data")
     oss2_bucket.put_object("x/top.txt", b"top")
@@ -89,6 +91,7 @@ def test_rename_files_and_directories(mount, oss2_bucket):
     assert _renameat2(str(p / "three"), str(p / "two"), 2) == errno.EINVAL
     assert _renameat2(str(p / "three"), str(p / "four"), 1) == 0
     assert (p / "four").read_bytes() == b"3" and (p / "two").read_bytes() == b"one"
+    mount.settle()
     keys = {o.key for o in __import__("oss2").ObjectIteratorV2(oss2_bucket)}
     assert not any(k.startswith("src/") for k in keys)
     assert {"dst/", "dst/sub/deep", "two", "four"} <= keys and "one" not in keys
@@ -158,6 +161,7 @@ def test_truncate_and_odd_offsets(mount, crypto_bucket):
         f.seek(100_003)
         assert f.read(77) == bytes(data[100_003:100_080])
     assert p.read_bytes() == bytes(data)
+    mount.settle()
     assert crypto_bucket.get_object("odd.bin").read() == bytes(data)
     with open(p, "r+b") as f:
         f.truncate(1000)
@@ -169,6 +173,7 @@ def test_truncate_and_odd_offsets(mount, crypto_bucket):
     assert p.read_bytes() == expect[:10]
     os.truncate(p, 20)
     assert p.read_bytes() == expect[:10] + bytes(10)
+    mount.settle()
     assert crypto_bucket.get_object("odd.bin").read() == expect[:10] + bytes(10)
     # ranged reads through the mount at odd offsets of an object the SDK wrote
     blob = os.urandom(777_777)
@@ -198,6 +203,7 @@ def test_overwrite_gets_fresh_key_each_upload(mount, oss2_bucket, crypto_bucket)
     assert crypto_bucket.get_object("rekey.bin").read() == b"A" * 100 + b"B" * 10 + b"A" * 4890
 
 
+@pytest.mark.write_modes("close")      # reads, or the mount's own lifecycle: one mode
 def test_read_only_and_ownership_options(make_mount, oss2_bucket):
     oss2_bucket.put_object("plain.txt", b"plain")
     m = make_mount("ro", extra=["-o", "ro,uid=4321,gid=1234,umask=027,file_mode=0644"])
@@ -210,6 +216,7 @@ def test_read_only_and_ownership_options(make_mount, oss2_bucket):
     assert ei.value.errno == errno.EROFS
 
 
+@pytest.mark.write_modes("close")      # reads, or the mount's own lifecycle: one mode
 def test_detach_umount_and_errors(make_mount, emulator, cli_env, tmp_path):
     m = make_mount("bg", start=False)
     r = subprocess.run(m.argv(foreground=False), env=m.env, capture_output=True, timeout=60)
@@ -236,6 +243,7 @@ def test_detach_umount_and_errors(make_mount, emulator, cli_env, tmp_path):
     assert not os.path.ismount(m.path)
 
 
+@pytest.mark.write_modes("close")      # reads, or the mount's own lifecycle: one mode
 def test_wrong_key_gives_eacces_and_mount_survives(mount, emulator, tmp_path):
     import oss2
     from oss2.crypto import RsaProvider
@@ -258,6 +266,7 @@ def test_wrong_key_gives_eacces_and_mount_survives(mount, emulator, tmp_path):
     assert (mount.path / "still-alive").read_bytes() == b"ok"
 
 
+@pytest.mark.write_modes("close")      # reads, or the mount's own lifecycle: one mode
 def test_fstab_helper(make_mount, tmp_path):
     """systemd/mount.ossencfs turns fstab-style options into an `ossencfs mount` call."""
     from tests.conftest import ROOT
@@ -292,6 +301,7 @@ def test_rename_directory_with_an_open_dirty_file(mount, crypto_bucket, oss2_buc
         os.rename(mount.path / "proj", mount.path / "renamed")
         f.write(b"second part")
     assert (mount.path / "renamed" / "src" / "open.txt").read_bytes() == b"first part, second part"
+    mount.settle()
     assert crypto_bucket.get_object("renamed/src/open.txt").read() == b"first part, second part"
     assert crypto_bucket.get_object("renamed/src/kept.txt").read() == b"kept"
     assert not [o.key for o in oss2.ObjectIteratorV2(oss2_bucket, prefix="proj/")]
@@ -439,6 +449,7 @@ def test_an_open_file_stays_readable_after_unlink(mount, crypto_bucket, oss2_buc
     eventually(lambda: not oss2_bucket.object_exists("other.bin"))   # (release is async)
 
 
+@pytest.mark.write_modes("close")      # reads, or the mount's own lifecycle: one mode
 def test_bad_posix_metadata_of_other_clients_is_ignored_field_by_field(make_mount, oss2_bucket):
     oss2_bucket.put_object("odd/a.txt", b"aaa", headers={
         "x-oss-meta-uid": "-5", "x-oss-meta-gid": "1" * 23, "x-oss-meta-mode": "9" * 30,

@@ -76,26 +76,44 @@ def test_mount_option_parsing():
 
 
 def test_block_cache_lru_cap(tmp_path):
+    """The path the mount uses (``fs.readahead``): claim, settle, peek, store_disk, load_disk;
+    the disk stays under the cap (LRU), a changed object misses, concurrent readers of a
+    block wait for the one fetch, and a new cache over the directory adopts the blocks."""
     async def main():
         cache = BlockCache(str(tmp_path / "c"), block_size=16 * 4, max_bytes=64 * 3, hot_bytes=64)
         for i in range(5):
-            await cache.put("k", "e1", i, bytes([i]) * 64)
-        assert cache.disk_bytes <= 64 * 3
-        assert await cache.get("k", "e1", 4) == bytes([4]) * 64
-        assert await cache.get("k", "e2", 4) is None                  # another version
-        calls = []
+            cache.claim("k", "e1", i)
+            cache.settle("k", "e1", i, bytes([i]) * 64)
+        await cache.store_disk("k", "e1", [(i, bytes([i]) * 64) for i in range(5)])
+        assert cache.disk_bytes <= 64 * 3                             # LRU cap
+        assert not cache.on_disk("k", "e1", 0) and cache.on_disk("k", "e1", 4)
+        assert cache.peek("k", "e1", 4) == bytes([4]) * 64            # the hot set
+        assert cache.peek("k", "e1", 0) is None                       # (64 bytes of memory)
+        assert await cache.load_disk("k", "e1", [3, 4]) == {3: bytes([3]) * 64, 4: bytes([4]) * 64}
+        assert await cache.load_disk("k", "e2", [4]) == {}            # another version
+        # one fetch per block: a second reader finds the claim and waits for its settle
+        cache.claim("k", "e3", 0)
+        got = []
 
-        async def fetch():
-            calls.append(1)
-            await trio.sleep(0.01)
-            return b"x" * 64
+        async def reader():
+            event = cache.pending("k", "e3", 0)
+            assert event is not None
+            await event.wait()
+            got.append(cache.peek("k", "e3", 0))
         async with trio.open_nursery() as n:
-            for _ in range(5):
-                n.start_soon(cache.get_or_fetch, "k", "e3", 0, fetch)
-        assert len(calls) == 1                                         # one GET for all waiters
+            n.start_soon(reader)
+            n.start_soon(reader)
+            await trio.sleep(0.01)
+            cache.settle("k", "e3", 0, b"x" * 64)
+        assert got == [b"x" * 64, b"x" * 64] and cache.pending("k", "e3", 0) is None
+        await cache.store_disk("k", "e3", [(0, b"x" * 64)])
         # a new cache over the same directory adopts the blocks
         again = BlockCache(str(tmp_path / "c"), block_size=64, max_bytes=64 * 3)
-        assert await again.get("k", "e3", 0) == b"x" * 64
+        assert await again.load_disk("k", "e3", [0]) == {0: b"x" * 64}
+        # staged data shares the limit: room is made by evicting clean blocks
+        again.reserved = lambda: 64 * 2
+        await again.make_room(64)
+        assert again.disk_bytes <= 64
     trio.run(main)
 
 

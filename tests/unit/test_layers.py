@@ -19,7 +19,8 @@ import pathlib
 
 PKG = pathlib.Path(__file__).resolve().parents[2] / "ossencfs"
 
-RANK = {"errors": 0, "atomicfile": 0, "logsafe": 0, "aio": 1, "envelope": 2, "store": 2, "kms": 3,
+RANK = {"errors": 0, "atomicfile": 0, "logsafe": 0, "aio": 1, "credentials": 1,
+        "credential_chain": 2, "envelope": 2, "store": 2, "kms": 3,
         "objects": 4, "fs": 5, "bulk": 5, "cli": 6, "__main__": 7, "__init__": 7}
 EMULATOR_MAY_IMPORT = {"emulator", "atomicfile"}
 

@@ -1,0 +1,68 @@
+"""Signals at every stage of shutdown end in a clean exit with the journal intact (issue 13 item 8)."""
+from __future__ import annotations
+
+import signal
+import subprocess
+
+import pytest
+
+from tests.mount.conftest import eventually
+
+pytestmark = pytest.mark.mount
+
+
+def _pending(m, emulator, n: int = 3) -> dict[str, bytes]:
+    """Files written and closed (acknowledged, journaled; the write-back delay is long) whose
+    uploads then cannot finish: OSS answers 503 from now on."""
+    files = {f"p{i}.txt": f"pending {i}".encode() * 100 for i in range(n)}
+    for name, data in files.items():
+        (m.path / name).write_bytes(data)
+    assert len(m.journal_files()) >= n
+    emulator.set_faults(fail_rate=1.0)
+    return files
+
+
+def _exited_cleanly(m, code: int | None = None) -> None:
+    rc = m.proc.wait(timeout=60)
+    assert rc >= 0, f"killed by signal {-rc}"               # SIGSEGV was -11
+    if code is not None:
+        assert rc == code
+    assert "unmounted" in m.log()
+    m.proc = None
+
+
+def _uploaded_by_next_mount(m, emulator, crypto_bucket, files: dict[str, bytes]) -> None:
+    """The journal kept every pending file; the next mount (OSS back) uploads them all."""
+    assert len(m.journal_files()) >= len(files)
+    emulator.set_faults(fail_rate=0.0)
+    m.start()
+    m.wait_uploaded(timeout=60)
+    for name, data in files.items():
+        assert crypto_bucket.get_object(name).read() == data
+    assert not m.journal_files()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_signal_while_draining_after_fusermount_u(make_mount, emulator, crypto_bucket, signum):
+    """fusermount3 -u while uploads still drain, then a signal: no crash; the uploads stay
+    journaled and go up at the next mount."""
+    m = make_mount("drain", extra=["--write-back", "60"])
+    files = _pending(m, emulator)
+    subprocess.run(["fusermount3", "-u", str(m.path)], check=True)
+    assert m.proc.poll() is None                            # still draining (OSS answers 503)
+    m.proc.send_signal(signum)
+    _exited_cleanly(m, 0)
+    _uploaded_by_next_mount(m, emulator, crypto_bucket, files)
+
+
+def test_signals_while_mounted_then_while_draining(make_mount, emulator, crypto_bucket):
+    """First SIGTERM unmounts and drains; a second one stops waiting; a third one during the
+    final cleanup changes nothing. Clean exit, journal intact."""
+    m = make_mount("twice", extra=["--write-back", "60"])
+    files = _pending(m, emulator)
+    m.proc.send_signal(signal.SIGTERM)
+    eventually(lambda: "signal received: unmounting" in m.log(), timeout=30)
+    m.proc.send_signal(signal.SIGTERM)
+    m.proc.send_signal(signal.SIGTERM)
+    _exited_cleanly(m)
+    _uploaded_by_next_mount(m, emulator, crypto_bucket, files)
