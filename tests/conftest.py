@@ -135,3 +135,14 @@ def reupload_with_meta(bucket, key: str, headers: dict[str, str]) -> None:
     of a client-side-encrypted object, SPEC D.13). ``bucket`` is a plain ``oss2.Bucket``."""
     body = bucket.get_object(key).read()
     bucket.put_object(key, body, headers=headers)
+
+
+@pytest.fixture
+def crypto_bucket(emulator: object):
+    """oss2's own CSE client with the SDK test key pair: the oracle for the object format."""
+    import oss2
+    from oss2.crypto import RsaProvider
+    pair = {"private_key": (SDK_FIXTURES / "rsa_test_private.pem").read_text(),
+            "public_key": (SDK_FIXTURES / "rsa_test_public.pem").read_text()}
+    return oss2.CryptoBucket(oss2.Auth(AK, SK), emulator.endpoint, BUCKET,
+                             crypto_provider=RsaProvider(key_pair=pair))

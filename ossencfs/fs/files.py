@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import pyfuse3
 
 from ..errors import OssEncError
-from . import posix
+from . import dirtystate, posix
 from .attrs import Attrs
 from .context import FsContext, fuse_err as _err
 from .freshness import Freshness
@@ -118,7 +118,7 @@ class Files:
                 node.exists_remote, node.etag = True, replaced   # the version it replaces
             node.staging = await self.ctx.staging.new(
                 self.ctx.okey(path), 0, None, 0, node.etag if node.exists_remote else None)
-            node.dirty = True
+            dirtystate.mark_dirty(node)
             node.size = 0
         self.ctx.inodes.note_entry(parent.path, Entry(name, stat.S_IFREG, 0, None, time.time()))
         self.names.touch_dir(parent)
@@ -173,7 +173,7 @@ class Files:
             st = await self.life.ensure_staging(node)
             await st.write(off, buf)
             st.changed = True
-            node.dirty = True
+            dirtystate.mark_dirty(node)
             node.meta.mtime_ns = node.meta.ctime_ns = time.time_ns()
         return len(buf)
 

@@ -34,6 +34,7 @@ from typing import Any, Iterator, Protocol
 import trio
 
 from . import keymap
+from .dirtystate import DirtyState
 from .posix import PosixMeta
 
 ROOT_INO = 1
@@ -116,15 +117,25 @@ class Node:
     nlookup: int = 0
     open_count: int = 0
     staging: Any = None                       # fs.staging.Staging while dirty or sealed
-    dirty: bool = False
+    # changed only by fs.dirtystate's transitions; read as ``dirty``/``upload_busy``
+    dirty_state: DirtyState = DirtyState.CLEAN
     unlinked: bool = False
     symlink_target: str | None = None
     kernel_etag: str | None = None            # version whose pages the kernel may cache
-    upload_busy: bool = False                 # an upload holds the lock; staging is frozen
     # bumped when the local version open handles write to is taken from them (it went to a
     # conflict copy or quarantine): writes through handles of an older epoch fail (EIO)
     epoch: int = 0
     lock: trio.Lock = field(default_factory=trio.Lock)
+
+    @property
+    def dirty(self) -> bool:
+        """Local content or metadata not in the bucket yet (``DirtyState``)."""
+        return self.dirty_state.dirty
+
+    @property
+    def upload_busy(self) -> bool:
+        """An upload holds the lock; the staging is frozen (readers skip the lock)."""
+        return self.dirty_state is DirtyState.UPLOADING
 
     @property
     def is_dir(self) -> bool:

@@ -37,7 +37,7 @@ import shutil
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 from ..atomicfile import fsync_dir, replace_file
 
@@ -50,6 +50,53 @@ VERSION = 2
 _REQUIRED = {"format": str, "version": int, "mount": dict, "id": str, "key": str, "size": int,
              "base_len": int, "extents": list, "crypto_headers": dict, "posix": dict,
              "committed": bool, "sealed": bool, "updated": (int, float)}
+
+
+class RelayFields(TypedDict):
+    """``Manifest.relay`` of a re-upload (``fs.reupload``): the version's own headers."""
+    object_type: str
+    kept: dict[str, str]
+
+
+class Manifest(TypedDict):
+    """What a staging writes into its entry (``Staging.manifest``); ``Journal.write`` adds
+    format, version, mount, id, updated and the checksum."""
+    key: str                          # object key (with the mount prefix)
+    base_etag: str | None             # the version this builds on; None: a new name
+    size: int                         # bytes
+    base_len: int                     # bytes of the base version still used (untouched ranges)
+    extents: list[list[int]]          # [start, end) byte ranges staged in the data file
+    crypto_headers: dict[str, str]    # the *wrapped* key headers the object will carry
+    posix: dict[str, str]             # x-oss-meta-* POSIX headers (``fs.posix``)
+    sealed: bool                      # the key may be in the bucket (``dirtystate.KeyState``)
+    committed: bool                   # acknowledged: replayed after a crash
+    prior_keys: list[str]             # wrapped keys of earlier attempts (objects that are ours)
+    relay: NotRequired[RelayFields]
+
+
+@dataclass(frozen=True)
+class Relay:
+    object_type: str
+    kept: dict[str, str]
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """An entry read back and checked (``check_entry``): the fields of ``Manifest`` plus the
+    entry's ``id`` (its file name) and ``updated`` (wall clock, seconds since the epoch)."""
+    id: str
+    key: str
+    size: int
+    base_len: int
+    base_etag: str | None
+    extents: tuple[tuple[int, int], ...]
+    crypto_headers: dict[str, str]
+    posix: dict[str, str]
+    committed: bool
+    sealed: bool
+    prior_keys: tuple[str, ...]
+    updated_wall: float
+    relay: Relay | None = None
 
 
 @dataclass(frozen=True)
@@ -98,7 +145,7 @@ class BadEntry(Exception):
     """Why an entry cannot be replayed (the text goes to the log, reason.json and status)."""
 
 
-def check_entry(raw: bytes, identity: MountIdentity) -> dict[str, Any]:
+def check_entry(raw: bytes, identity: MountIdentity) -> JournalEntry:
     """Parse and validate one entry; BadEntry says why it is not replayable here."""
     try:
         entry = json.loads(raw)
@@ -127,7 +174,21 @@ def check_entry(raw: bytes, identity: MountIdentity) -> dict[str, Any]:
         if not (isinstance(ext, list) and len(ext) == 2 and all(isinstance(x, int) for x in ext)
                 and 0 <= ext[0] < ext[1] <= entry["size"]):
             raise BadEntry("corrupt entry: bad extent list")
-    return entry
+    relay = entry.get("relay")
+    if relay is not None and not (isinstance(relay, dict)
+                                  and isinstance(relay.get("kept", {}), dict)):
+        raise BadEntry("corrupt entry: field 'relay' malformed")
+    base_etag = entry.get("base_etag")
+    return JournalEntry(
+        id=entry["id"], key=entry["key"], size=entry["size"], base_len=entry["base_len"],
+        base_etag=base_etag if isinstance(base_etag, str) else None,
+        extents=tuple((s, e) for s, e in entry["extents"]),
+        crypto_headers=dict(entry["crypto_headers"]), posix=dict(entry["posix"]),
+        committed=entry["committed"], sealed=entry["sealed"],
+        prior_keys=tuple(k for k in entry.get("prior_keys", []) if isinstance(k, str)),
+        updated_wall=float(entry["updated"]),
+        relay=Relay(str(relay.get("object_type", "Normal")), dict(relay.get("kept", {})))
+        if relay else None)
 
 
 class Journal:
@@ -227,11 +288,11 @@ class Journal:
     def data_path(self, ident: str) -> str:
         return os.path.join(self.directory, ident + ".data")
 
-    def write(self, ident: str, entry: dict[str, Any], *, durable: bool,
+    def write(self, ident: str, manifest: Manifest, *, durable: bool,
               in_place: bool = False) -> None:
         """``in_place``: the caller knows that the entry on disk (if any) is not committed."""
         entry = {"format": FORMAT, "version": VERSION, "mount": self.identity.as_dict(),
-                 "id": ident, "updated": time.time(), **entry}
+                 "id": ident, "updated": time.time(), **manifest}
         data = seal_entry(entry)
         if not in_place:
             self._replace(self.entry_path(ident), data, durable)
@@ -268,9 +329,9 @@ class Journal:
                 log.warning("journal: cannot fsync %s: %s", self.directory, exc)
 
     # -- replay -------------------------------------------------------------------------------
-    def scan(self) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    def scan(self) -> tuple[list[JournalEntry], list[tuple[str, str]]]:
         """(replayable entries, [(ident, reason)] to quarantine), oldest entry first."""
-        good: list[dict[str, Any]] = []
+        good: list[JournalEntry] = []
         bad: list[tuple[str, str]] = []
         names = sorted(os.listdir(self.directory))
         for name in names:
@@ -293,19 +354,19 @@ class Journal:
                 with open(path, "rb") as f:
                     raw = f.read()
                 entry = check_entry(raw, self.identity)
-                if entry["id"] != ident:
-                    raise BadEntry(f"corrupt entry: id {entry['id']!r} does not match file name")
-                if not entry["committed"]:
+                if entry.id != ident:
+                    raise BadEntry(f"corrupt entry: id {entry.id!r} does not match file name")
+                if not entry.committed:
                     raise BadEntry("never closed or fsynced before the mount stopped "
                                    "(not acknowledged); kept aside, not uploaded")
                 dpath = self.data_path(ident)
-                if entry.get("relay"):           # a re-upload (``fs.reupload``): no data file
+                if entry.relay is not None:      # a re-upload (``fs.reupload``): no data file
                     good.append(entry)
                     continue
                 if not os.path.exists(dpath):
                     raise BadEntry("data file missing")
                 have = os.path.getsize(dpath)
-                need = max((e for _, e in entry["extents"]), default=0)
+                need = max((e for _, e in entry.extents), default=0)
                 if have < need:
                     raise BadEntry(f"data file too short ({have} bytes, entry needs {need})")
                 good.append(entry)
@@ -319,7 +380,7 @@ class Journal:
         for name in os.listdir(self.directory):
             if name.endswith(".data") and name[:-5] not in known:
                 os.unlink(os.path.join(self.directory, name))
-        good.sort(key=lambda e: e["updated"])
+        good.sort(key=lambda e: e.updated_wall)
         return good, bad
 
     def quarantine(self, ident: str, reason: str) -> str:

@@ -1,9 +1,11 @@
 """The life of a dirty file: staging made, written, committed to the journal, uploaded, done.
 
-Why it exists: a dirty file's state is spread over ``Node`` (dirty, staging, upload_busy,
-unlinked, exists_remote, etag, kernel_etag) and its ``Staging`` (sealed, committed, changed,
-synced, relay, base_etag, prior_keys); every transition between those states is here, so that
-the rooms above (files, metadata, namespace, rename) change them only through named calls.
+Why it exists: a dirty file's state is its ``Node``'s ``DirtyState`` and its ``Staging``'s
+``KeyState`` (``fs.dirtystate``: the enums and their named transitions), plus the node's
+staging, unlinked, exists_remote, etag, kernel_etag and the staging's changed, synced, relay,
+base_etag, prior_keys; the sequences of transitions (make a staging, truncate, commit,
+upload, conflict, refused, base gone, close, free) are here, so that the rooms above (files,
+metadata, namespace, rename) call them by name.
 ``docs/write-path.md`` describes the states, who sets them, the locks and the crash windows.
 
 Callers hold ``node.lock`` for every ``*_locked`` call (and for ``ensure_staging``).
@@ -24,7 +26,7 @@ from ..errors import ArchivedError, OssEncError, RejectedError
 from ..aio import first_error
 from ..objects import kept_headers
 from ..store import ObjectInfo
-from . import keymap, posix
+from . import dirtystate, keymap, posix
 from .attrs import Attrs
 from .context import META_DELAY, FsContext
 from .freshness import Freshness
@@ -88,7 +90,7 @@ class Lifecycle:
             if st.committed:                 # keep the journal's size in step with the data
                 await st.save_manifest()
         node.staging.changed = True
-        node.dirty = True
+        dirtystate.mark_dirty(node)
         node.meta.mtime_ns = node.meta.ctime_ns = time.time_ns()
 
     async def commit_locked(self, node: Node, *, materialize: bool, durable: bool = True,
@@ -106,7 +108,7 @@ class Lifecycle:
         if st.committed and not st.changed and st.posix == headers and \
                 (st.synced or not durable) and (st.complete or not materialize):
             return
-        st.committed = True
+        dirtystate.commit(st)
         if materialize and not st.complete:
             # fetch the untouched ranges now, while the old version surely exists, so the
             # journal entry does not depend on it later; offline it is done at upload time
@@ -118,7 +120,7 @@ class Lifecycle:
                             "version opened (ETag %s) at upload time", self.ctx.where(node), exc,
                             st.base_etag)
         if seal and st.sealable:
-            st.sealed = True
+            dirtystate.seal(st)
         await st.save_manifest(headers, durable=durable)
         st.changed = False
 
@@ -128,24 +130,24 @@ class Lifecycle:
         if not node.dirty or st is None:
             return
         if node.unlinked:
-            node.dirty = False
+            dirtystate.mark_clean(node)
             return
         st.key = self.ctx.okey(node.path)
         extra = posix.to_headers(node.meta)
-        node.upload_busy = True
+        dirtystate.begin_upload(node)
         if self.ctx.writeback is not None:
             self.ctx.writeback.notify()             # the state file shows the upload
         try:
             result: UploadResult = await self.ctx.uploader.upload(st, extra)
         finally:
-            node.upload_busy = False
+            dirtystate.end_upload(node)
             if self.ctx.writeback is not None:
                 self.ctx.writeback.notify()
-        node.dirty = False
+        dirtystate.mark_clean(node)
         # closed: the staging goes below, its entry with its data in one worker call
         drop = node.open_count == 0 and node.staging is st
         if st.committed:       # in the bucket now: nothing to replay (an old entry left by a
-            st.committed = False   # crash is sealed, and its replay finds its own upload)
+            dirtystate.uncommit(st)  # crash is sealed, and its replay finds its own upload)
             st.synced = False
             if not drop:
                 await trio.to_thread.run_sync(
@@ -246,7 +248,7 @@ class Lifecycle:
         log.error("%s: %s refused by OSS, not retried (%s); kept in %s", self.ctx.where(node), what,
                   exc, where)
         node.staging = None
-        node.dirty = False
+        dirtystate.mark_clean(node)
         node.headers = None
         node.headers_expires = node.meta_expires = 0
         node.kernel_etag = None
@@ -278,7 +280,7 @@ class Lifecycle:
         log.error("%s: changed by another client before the local changes could be completed;"
                   " they are kept in %s", self.ctx.where(node), where)
         node.staging = None
-        node.dirty = False
+        dirtystate.mark_clean(node)
         node.headers = None
         node.headers_expires = 0
         node.kernel_etag = None
@@ -288,7 +290,7 @@ class Lifecycle:
     async def close_locked(self, node: Node) -> None:
         """close(2): write-back -> durable in the journal, upload later; else upload now."""
         if node.unlinked:
-            node.dirty = False             # nothing to keep: the last close frees the staging
+            dirtystate.mark_clean(node)    # nothing to keep: the last close frees the staging
         if not node.dirty:
             return
         if self.ctx.write_back > 0 and self.ctx.writeback is not None:
@@ -351,7 +353,7 @@ class Lifecycle:
         self.ctx.staging.active.add(st)
         node.headers = dict(info.headers)
         node.staging = st
-        node.dirty = True
+        dirtystate.mark_dirty(node)
         await self.commit_locked(node, materialize=False, durable=False)
         if node.open_count == 0:
             self.reupload_later(node)

@@ -21,7 +21,7 @@ import pyfuse3
 import trio
 
 from ..errors import OssEncError
-from . import posix
+from . import dirtystate, posix
 from .attrs import Attrs
 from .context import META_DELAY, FsContext, fuse_err as _err
 from .freshness import Freshness
@@ -137,7 +137,7 @@ class Namespace:
             elif node.exists_remote:
                 await self.ctx.store.delete(key)
             self.ctx.attr_cache.forget(key)
-            node.dirty = False
+            dirtystate.mark_clean(node)
             if node.staging is not None:
                 if node.open_count == 0:
                     old, node.staging = node.staging, None  # the journal entry goes before we answer
@@ -145,7 +145,7 @@ class Namespace:
                 else:                                # still open: keep the data, drop the entry
                     await trio.to_thread.run_sync(functools.partial(
                         self.ctx.staging.journal.remove, node.staging.ident, durable=True))
-                    node.staging.committed = False
+                    dirtystate.uncommit(node.staging)
             if self.ctx.writeback is not None:
                 self.ctx.writeback.forget(node)
             self.ctx.inodes.drop_entry(parent.path, name)

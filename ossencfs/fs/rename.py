@@ -16,7 +16,7 @@ import trio
 
 from ..errors import OssEncError
 from ..store import ObjectInfo
-from . import posix
+from . import dirtystate, posix
 from .context import FsContext, fuse_err as _err
 from .freshness import Freshness
 from .inodes import Entry, Node, join
@@ -100,7 +100,8 @@ class Renamer:
             self.ctx.attr_cache.forget(self.ctx.okey(src.path))
             self.ctx.attr_cache.record(self.ctx.okey(new_path), copied, src.size, extra,
                                    src.object_type, not_after=self.ctx.store.server_now())
-            src.staging, src.dirty = None, False
+            src.staging = None
+            dirtystate.mark_clean(src)
             if self.ctx.writeback is not None:
                 self.ctx.writeback.forget(src)
             await self.ctx.staging.drop(st)     # its journal entry is done with
@@ -129,7 +130,7 @@ class Renamer:
                 st.base_etag = copied        # the version we now build on
             src.etag = copied
         if dst is not None:
-            dst.dirty = False
+            dirtystate.mark_clean(dst)
             if dst.staging is not None and dst.open_count == 0:
                 old, dst.staging = dst.staging, None
                 await self.ctx.staging.drop(old)
@@ -137,7 +138,7 @@ class Renamer:
                 # still open: keep its data for the readers, but nothing to replay
                 await trio.to_thread.run_sync(functools.partial(
                     self.ctx.staging.journal.remove, dst.staging.ident, durable=True))
-                dst.staging.committed = False
+                dirtystate.uncommit(dst.staging)
             if self.ctx.writeback is not None:
                 self.ctx.writeback.forget(dst)
             self.ctx.inodes.detach(dst)

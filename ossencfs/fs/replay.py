@@ -9,15 +9,17 @@ from __future__ import annotations
 import logging
 import stat
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import trio
 
 from ..errors import ConflictError
-from . import keymap, posix
+from . import dirtystate, keymap, posix
 from .context import FsContext
+from .journal import JournalEntry
 from .readahead import BlockSource
-from .reupload import restore_reupload
+from .reupload import Reupload, restore_reupload
+from .staging import Staging
 
 log = logging.getLogger(__name__)
 
@@ -47,62 +49,62 @@ class Replay:
     def __init__(self, ctx: FsContext) -> None:
         self.ctx = ctx
 
-    async def replay(self, entries: list[dict[str, Any]], quarantine: Callable[[str, str], Any]) -> int:
+    async def replay(self, entries: list[JournalEntry],
+                     quarantine: Callable[[str, str], object]) -> int:
         """Rebuild dirty files from journal entries (before serving): reads come from staging
         at once; uploads are queued for now. Entries that cannot be used are quarantined."""
-        latest: dict[str, dict[str, Any]] = {}
+        latest: dict[str, JournalEntry] = {}
         for entry in entries:                      # oldest first: a later one supersedes
-            old = latest.get(entry["key"])
+            old = latest.get(entry.key)
             if old is not None:
-                quarantine(old["id"], f"superseded by a newer entry for the same file "
-                                      f"({entry['id']})")
-            latest[entry["key"]] = entry
+                quarantine(old.id, f"superseded by a newer entry for the same file ({entry.id})")
+            latest[entry.key] = entry
         restored = 0
         for entry in latest.values():
-            key = entry["key"]
+            key = entry.key
             path = keymap.path_of_key(key[len(self.ctx.prefix):])
             if not key.startswith(self.ctx.prefix) or not key[len(self.ctx.prefix):] or key.endswith("/"):
-                quarantine(entry["id"], f"not a file key: {key!r}")
+                quarantine(entry.id, f"not a file key: {key!r}")
                 continue
-            if entry.get("relay"):            # a metadata change (fs.reupload): no key needed
-                self._restored(path, entry, restore_reupload(self.ctx.staging, entry))
+            if entry.relay is not None:       # a metadata change (fs.reupload): no key needed
+                self._restored(path, entry, restore_reupload(self.ctx.staging, entry, entry.relay))
                 restored += 1
                 continue
             try:
                 material = await trio.to_thread.run_sync(
                     lambda e=entry: self.ctx.staging.keyring.open(
-                        e["crypto_headers"], object_name=f"oss://{self.ctx.store.name}/{key}"))
+                        e.crypto_headers, object_name=f"oss://{self.ctx.store.name}/{key}"))
             except Exception as exc:
-                quarantine(entry["id"], f"cannot unwrap the data key with the configured "
+                quarantine(entry.id, f"cannot unwrap the data key with the configured "
                                         f"master keys: {exc}")
                 continue
-            base_etag = entry.get("base_etag")
-            base = _PinnedBase(self.ctx, key, base_etag, entry["base_len"]) \
-                if base_etag and entry["base_len"] > 0 else None
+            base_etag = entry.base_etag
+            base = _PinnedBase(self.ctx, key, base_etag, entry.base_len) \
+                if base_etag and entry.base_len > 0 else None
             try:
                 st = self.ctx.staging.restore(entry, material, base)
             except OSError as exc:
-                quarantine(entry["id"], f"cannot open its data file: {exc.strerror}")
+                quarantine(entry.id, f"cannot open its data file: {exc.strerror}")
                 continue
             self._restored(path, entry, st)
             restored += 1
         return restored
 
-    def _restored(self, path: str, entry: dict[str, Any], st: Any) -> None:
+    def _restored(self, path: str, entry: JournalEntry, st: Staging) -> None:
         """A replayed staging becomes its file's pending upload."""
-        meta = posix.from_headers(entry["posix"], is_dir=False, fallback_mtime=time.time(),
+        meta = posix.from_headers(entry.posix, is_dir=False, fallback_mtime=time.time(),
                                   policy=self.ctx.policy)
         node = self.ctx.inodes.bind(path, stat.S_IFREG, meta)
         node.meta = meta
         node.staging = st
-        node.dirty = True
+        dirtystate.mark_dirty(node)
         node.unlinked = False
         node.exists_remote = st.base_etag is not None
         node.etag = st.base_etag
-        node.size = entry["size"]
-        node.headers = dict(st.kept) if st.relay else {}
+        node.size = entry.size
+        node.headers = dict(st.kept) if isinstance(st, Reupload) else {}
         node.headers_expires = float("inf")
         if self.ctx.writeback is not None:
             self.ctx.writeback.schedule(node, 0)
         log.info("journal: replayed %s (%d bytes%s), upload queued", self.ctx.where(node),
-                 entry["size"], ", metadata change" if st.relay else "")
+                 entry.size, ", metadata change" if st.relay else "")

@@ -29,6 +29,8 @@ import errno
 from typing import Any, Mapping
 
 from ..store import ObjectInfo
+from . import dirtystate
+from .journal import JournalEntry, Manifest, Relay
 from .staging import Staging, StagingArea
 
 
@@ -67,24 +69,22 @@ class Reupload(Staging):
 
     truncate = write                          # type: ignore[assignment]
 
-    def manifest(self) -> dict[str, Any]:
+    def manifest(self) -> Manifest:
         return {**super().manifest(), "extents": [],
                 "relay": {"object_type": self.object_type, "kept": self.kept}}
 
-    def _save_sync(self, entry: dict[str, Any], durable: bool) -> None:
+    def _save_sync(self, entry: Manifest, durable: bool) -> None:
         self._write_entry(entry, durable)     # no data file to name
 
 
-def restore_reupload(area: StagingArea, entry: Mapping[str, Any]) -> Reupload:
-    """A ``Reupload`` from a replayed journal entry (``entry["relay"]`` is set)."""
-    relay = entry["relay"]
-    st = Reupload(area, entry["id"], entry["key"], entry["size"], entry.get("base_etag") or "",
-                  str(relay.get("object_type", "Normal")), relay.get("kept", {}),
-                  entry["crypto_headers"], restore=True)
-    st.sealed = bool(entry["sealed"])
-    st.prior_keys = [k for k in entry.get("prior_keys", []) if isinstance(k, str)]
-    st.committed = st.synced = st.entry_committed = True
+def restore_reupload(area: StagingArea, entry: JournalEntry, relay: Relay) -> Reupload:
+    """A ``Reupload`` from a replayed journal entry (``relay``: its ``entry.relay``)."""
+    st = Reupload(area, entry.id, entry.key, entry.size, entry.base_etag or "",
+                  relay.object_type, relay.kept, entry.crypto_headers, restore=True)
+    dirtystate.restored(st, sealed=entry.sealed)
+    st.prior_keys = list(entry.prior_keys)
+    st.synced = st.entry_committed = True
     st.entry_sealed = st.sealed
-    st.posix = dict(entry["posix"])
+    st.posix = dict(entry.posix)
     area.active.add(st)
     return st

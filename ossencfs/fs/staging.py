@@ -48,7 +48,9 @@ import trio
 from ..atomicfile import fsync_dir
 from ..envelope import format as fmt
 from ..envelope.ctr import crypt_at
-from .journal import Journal, MountIdentity
+from . import dirtystate
+from .dirtystate import KeyState
+from .journal import Journal, JournalEntry, Manifest, MountIdentity
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +138,9 @@ class Staging:
         self.base_len = base_len if base is not None else 0
         self.base_etag = base_etag
         self.extents = Extents()
-        self.sealed = False          # uploaded: the next change needs a successor (new key)
-        self.committed = False       # a close/fsync was acknowledged: replay after a crash
+        # sealed (the next change needs a successor under a new key) and committed (replay
+        # after a crash): changed only by fs.dirtystate's transitions
+        self.key_state = KeyState.OPEN
         self.changed = False         # written since the last journal entry
         self.synced = False          # the last entry (and the data) were fsynced
         self.entry_sealed = False    # the last entry written says ``sealed``
@@ -156,6 +159,16 @@ class Staging:
         self._fd = os.open(self.data_path, os.O_RDWR) if restore else -1
         # the ciphertext of [0, len) while there is no data file (valid where extents say so)
         self._buf: bytearray | None = None if restore else bytearray()
+
+    @property
+    def sealed(self) -> bool:
+        """Its key/IV may be in the bucket: it never encrypts other plaintext."""
+        return self.key_state.sealed
+
+    @property
+    def committed(self) -> bool:
+        """A close/fsync/setattr was acknowledged on it: its entry is replayed."""
+        return self.key_state.committed
 
     @property
     def wrapped_key(self) -> str | None:
@@ -342,7 +355,7 @@ class Staging:
         return self._read_cipher_sync(off, n)
 
     # -- bookkeeping -------------------------------------------------------------------------
-    def manifest(self) -> dict[str, Any]:
+    def manifest(self) -> Manifest:
         return {
             "key": self.key, "base_etag": self.base_etag, "size": self.size,
             "base_len": self.base_len, "extents": self.extents.as_list(),
@@ -360,20 +373,20 @@ class Staging:
         self.synced = False
         await trio.to_thread.run_sync(self._save_sync, entry, durable)
 
-    def _save_sync(self, entry: dict[str, Any], durable: bool) -> None:
+    def _save_sync(self, entry: Manifest, durable: bool) -> None:
         self._file(first_entry=False)        # an entry names a data file that exists
         if durable:
             self.sync_data()
         self._write_entry(entry, durable)
 
-    def _write_entry(self, entry: dict[str, Any], durable: bool) -> None:
+    def _write_entry(self, entry: Manifest, durable: bool) -> None:
         # an entry that acknowledges nothing yet is overwritten in place (``Journal.write``)
         in_place = self.entry_written and not self.entry_committed
         self.entry_written = True
-        self.entry_committed = self.entry_committed or bool(entry["committed"])
+        self.entry_committed = self.entry_committed or entry["committed"]
         self.area.journal.write(self.ident, entry, durable=durable, in_place=in_place)
         self.synced = durable
-        self.entry_sealed = bool(entry["sealed"])
+        self.entry_sealed = entry["sealed"]
 
     def close_for_good(self) -> bool:
         """Stop using the data file: close it and give its bytes back to the area's budget
@@ -492,19 +505,18 @@ class StagingArea:
         self.active.add(st)
         return st
 
-    def restore(self, entry: Mapping[str, Any], material: Any, base: PlainSource | None) -> Staging:
+    def restore(self, entry: JournalEntry, material: Any, base: PlainSource | None) -> Staging:
         """A staging from a replayed journal entry (its data file is kept as it is)."""
-        st = Staging(self, entry["id"], entry["key"], material, entry["crypto_headers"],
-                     entry["size"], base, entry["base_len"], entry.get("base_etag"), restore=True)
-        for s, e in entry["extents"]:
+        st = Staging(self, entry.id, entry.key, material, entry.crypto_headers,
+                     entry.size, base, entry.base_len, entry.base_etag, restore=True)
+        for s, e in entry.extents:
             st.extents.add(s, e)
-        st.sealed = bool(entry["sealed"])     # sent before: a change needs a new key
-        st.prior_keys = [k for k in entry.get("prior_keys", []) if isinstance(k, str)]
-        st.committed = True
+        dirtystate.restored(st, sealed=entry.sealed)   # sealed: a change needs a new key
+        st.prior_keys = list(entry.prior_keys)
         st.synced = True
         st.entry_sealed = st.sealed
         st.entry_committed = True
-        st.posix = dict(entry["posix"])
+        st.posix = dict(entry.posix)
         st._account()
         self.active.add(st)
         return st
@@ -519,7 +531,8 @@ class StagingArea:
         remembers its wrapped key so that such an object is recognised as ours."""
         st = await self.new(old.key, old.size, None, 0, base_etag)
         self.active.discard(st)              # (added below, once it holds the content)
-        st.committed = committed
+        if committed:
+            dirtystate.commit(st)
         st.posix = dict(old.posix)
         if unconfirmed:
             st.prior_keys = [k for k in [*old.prior_keys, old.wrapped_key] if k]

@@ -37,6 +37,7 @@ import trio
 from ..envelope import format as fmt
 from ..errors import ConflictError, NetworkError, NotFoundError
 from ..aio import first_error
+from . import dirtystate
 from .staging import Staging
 
 log = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ class Uploader:
                         raise exc from None
                     raise
                 sending = True
-                staging.sealed = True        # from here on its key may be in the bucket
+                dirtystate.seal(staging)     # from here on its key may be in the bucket
                 if staging.committed and not staging.entry_sealed:   # (sealed at commit: no)
                     await staging.save_manifest(durable=staging.synced)
                 try:
@@ -180,8 +181,8 @@ class Uploader:
             if sending:
                 # an attempt whose fate is unknown may have stored these bytes: the next
                 # change must not reuse this key/IV for other plaintext (it re-keys)
-                staging.sealed = True
-        staging.sealed = True
+                dirtystate.seal(staging)
+        dirtystate.seal(staging)
         self.uploads += 1
         return result
 

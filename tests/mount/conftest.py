@@ -261,14 +261,3 @@ def make_mount(request: pytest.FixtureRequest, tmp_path: Path, emulator: object,
 @pytest.fixture
 def mount(make_mount) -> Mounted:
     return make_mount()
-
-
-@pytest.fixture
-def crypto_bucket(emulator: object):
-    """oss2's own CSE client with the SDK test key pair: the oracle for the object format."""
-    import oss2
-    from oss2.crypto import RsaProvider
-    pair = {"private_key": (SDK_FIXTURES / "rsa_test_private.pem").read_text(),
-            "public_key": (SDK_FIXTURES / "rsa_test_public.pem").read_text()}
-    return oss2.CryptoBucket(oss2.Auth(AK, SK), emulator.endpoint, BUCKET,
-                             crypto_provider=RsaProvider(key_pair=pair))

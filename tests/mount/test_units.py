@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ossencfs.errors import OssEncError
-from ossencfs.fs import posix
+from ossencfs.fs import dirtystate, posix
 from ossencfs.fs.cache import BlockCache
 from ossencfs.fs.mounter import parse_mount_options, parse_size
 from ossencfs.fs.journal import Journal
@@ -134,7 +134,7 @@ def test_staging_keeps_only_ciphertext_and_reads_back(tmp_path, rsa_key_path):
         from ossencfs.envelope.ctr import crypt_at
         m = ring.open(stg.crypto_headers)
         assert crypt_at(m.key, m.counter0, 0, cipher) == bytes(model)  # what will be uploaded
-        stg.sealed = True
+        dirtystate.seal(stg)
         nxt = await area.rekey(stg, "etag1")                           # fresh key, same content
         assert nxt.crypto_headers != stg.crypto_headers
         assert await nxt.read(0, 100_000) == bytes(model)
@@ -154,11 +154,13 @@ def test_restore_keeps_sealed_and_prior_keys(tmp_path, rsa_key_path):
         area = StagingArea(str(tmp_path / "s"), ring)
         stg = await area.new("f", 0, None, 0, None)
         await stg.write(0, b"A" * 32)
-        stg.committed, stg.sealed, stg.prior_keys = True, True, ["earlier-wrapped-key"]
+        dirtystate.commit(stg)
+        dirtystate.seal(stg)
+        stg.prior_keys = ["earlier-wrapped-key"]
         await stg.save_manifest(durable=True)
         entry = area.journal.scan()[0][0]
         again = StagingArea(str(tmp_path / "s"), ring)
-        restored = again.restore(entry, ring.open(entry["crypto_headers"]), None)
+        restored = again.restore(entry, ring.open(entry.crypto_headers), None)
         assert restored.sealed and restored.committed
         assert restored.prior_keys == ["earlier-wrapped-key"]
         nxt = await again.rekey(restored, None, committed=True, unconfirmed=True)
@@ -191,7 +193,7 @@ def test_staging_files_are_reused_never_while_open(tmp_path, rsa_key_path):
         await second.save_manifest()
         assert {os.stat(second.data_path).st_ino, os.stat(second.manifest_path).st_ino} == inodes
         assert not [n for n in os.listdir(d) if n.endswith(".spare")]
-        second.committed = True                               # uncommitted -> committed, in place
+        dirtystate.commit(second)                              # uncommitted -> committed, in place
         await second.save_manifest({"x-oss-meta-mode": "33188"}, durable=True)
         assert os.stat(second.manifest_path).st_ino in inodes
         # still open after an unlink: its data must survive the next stagings
@@ -205,7 +207,7 @@ def test_staging_files_are_reused_never_while_open(tmp_path, rsa_key_path):
         await area.drop(second)
         third = await area.new("d", 0, None, 0, None)
         await third.write(0, b"third")
-        third.committed = True
+        dirtystate.commit(third)
         await third.save_manifest({}, durable=True)
         # unlinked while its data is still in memory: later data goes to no named file
         gone = await area.new("e", 0, None, 0, None)
@@ -219,7 +221,7 @@ def test_staging_files_are_reused_never_while_open(tmp_path, rsa_key_path):
         (d / "123-4.spare").write_bytes(b"left by an earlier run")
         later = Journal(str(d), str(tmp_path / "q"), area.journal.identity)
         good, bad = later.scan()
-        assert [e["id"] for e in good] == [third.ident] and not bad
+        assert [e.id for e in good] == [third.ident] and not bad
         spares = {os.stat(d / n).st_ino for n in os.listdir(d) if n.endswith(".spare")}
         assert os.stat(d / "123-4.spare").st_ino in spares
         os.close(later.create_data("f" * 32))             # made of a spare, not a new inode
@@ -304,10 +306,10 @@ def test_sealed_at_commit_uploads_without_rewriting_its_entry(tmp_path, rsa_key_
         for presealed in (True, False):
             stg = await area.new(f"f{presealed}", 0, None, 0, None)
             await stg.write(0, b"payload")
-            stg.committed = True
+            dirtystate.commit(stg)
             if presealed:
                 assert stg.sealable
-                stg.sealed = True
+                dirtystate.seal(stg)
             await stg.save_manifest({}, durable=True)
             before = os.stat(stg.manifest_path)
             await up.upload(stg, {})
@@ -340,7 +342,7 @@ def test_removals_of_many_stagings_share_worker_calls(tmp_path, rsa_key_path):
         for i in range(40):
             stg = await area.new(f"f{i}", 0, None, 0, None)
             await stg.write(0, b"x" * 100)
-            stg.committed = True
+            dirtystate.commit(stg)
             await stg.save_manifest({}, durable=bool(i % 2))
             stagings.append(stg)
 

@@ -1,0 +1,199 @@
+"""open/read/write/flush/release, rename, unlink and setattr on the model, without the kernel.
+
+Each test drives ``FsModel``'s handlers as ``fs.operations`` would and checks the bucket with
+oss2's CryptoBucket (the SDK is the oracle for what is stored) and the node's states
+(``fs.dirtystate``).
+"""
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+import oss2
+import pyfuse3
+import pytest
+import trio
+
+from ossencfs.fs.dirtystate import DirtyState, KeyState
+from ossencfs.fs.inodes import ROOT_INO
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _get(crypto_bucket: oss2.CryptoBucket, key: str) -> bytes:
+    return crypto_bucket.get_object(key).read()
+
+
+def test_create_write_close_uploads_at_close(model_rig, crypto_bucket, oss2_bucket):
+    async def main():
+        async with model_rig() as rig:
+            fh = await rig.create("a.txt", b"hello model")
+            node = rig.model.handle(fh).node
+            assert node.dirty_state is DirtyState.DIRTY
+            assert node.staging.key_state is KeyState.OPEN
+            assert not oss2_bucket.object_exists("a.txt")
+            await rig.close(fh)
+            # upload on close: in the bucket when close returns, nothing left to replay
+            assert node.dirty_state is DirtyState.CLEAN
+            assert node.staging is None                    # closed: freed
+            assert _get(crypto_bucket, "a.txt") == b"hello model"
+            assert rig.journal_entries() == []
+            assert await rig.read_all("a.txt") == b"hello model"
+    trio.run(main)
+
+
+def test_write_back_close_journals_then_uploads(model_rig, crypto_bucket, oss2_bucket):
+    async def main():
+        async with model_rig(write_back=3600) as rig:
+            fh = await rig.create("wb.bin", b"x" * 5000)
+            node = rig.model.handle(fh).node
+            await rig.close(fh)
+            # acknowledged: a durable entry, sealed at commit (small and complete), not sent
+            assert node.dirty_state is DirtyState.DIRTY
+            assert node.staging.key_state is KeyState.SEALED_COMMITTED
+            assert len(rig.journal_entries()) == 1
+            assert not oss2_bucket.object_exists("wb.bin")
+            assert await rig.read_all("wb.bin") == b"x" * 5000      # served from staging
+            assert await rig.model.flush_all() == 0                 # as at unmount
+            assert node.dirty_state is DirtyState.CLEAN
+            assert rig.journal_entries() == []
+            assert _get(crypto_bucket, "wb.bin") == b"x" * 5000
+    trio.run(main)
+
+
+def test_write_after_upload_rekeys(model_rig, crypto_bucket, oss2_bucket):
+    """A file kept open after its upload holds a sealed staging: the next write builds a
+    successor under a fresh data key (never the same key/IV over other plaintext)."""
+    async def main():
+        async with model_rig() as rig:
+            fh = await rig.create("k.bin", b"A" * 100)
+            node = rig.model.handle(fh).node
+            await rig.model.fsync(fh)                    # in the bucket, file still open
+            first = oss2_bucket.head_object("k.bin").headers["x-oss-meta-client-side-encryption-key"]
+            assert node.dirty_state is DirtyState.CLEAN
+            assert node.staging.key_state is KeyState.SEALED
+            await rig.model.write(fh, 10, b"B" * 10)
+            assert node.dirty_state is DirtyState.DIRTY
+            assert node.staging.key_state is KeyState.OPEN
+            await rig.close(fh)
+            second = oss2_bucket.head_object("k.bin").headers["x-oss-meta-client-side-encryption-key"]
+            assert first != second
+            assert _get(crypto_bucket, "k.bin") == b"A" * 10 + b"B" * 10 + b"A" * 80
+    trio.run(main)
+
+
+def test_partial_rewrite_keeps_untouched_ranges(model_rig, crypto_bucket):
+    data = os.urandom(300_000)                           # multipart (threshold 256 KiB)
+    crypto_bucket.put_object("big.bin", data)
+
+    async def main():
+        async with model_rig() as rig:
+            ino = await rig.ino("big.bin")
+            fi = await rig.model.open(ino, os.O_RDWR)
+            assert await rig.model.read(fi.fh, 1000, 10) == data[1000:1010]
+            await rig.model.write(fi.fh, 200_000, b"Z" * 5)
+            await rig.close(fi.fh)
+            want = data[:200_000] + b"Z" * 5 + data[200_005:]
+            assert _get(crypto_bucket, "big.bin") == want
+            assert await rig.read_all("big.bin") == want
+    trio.run(main)
+
+
+def test_rename_file_and_pending_upload(model_rig, crypto_bucket, oss2_bucket):
+    async def main():
+        async with model_rig(write_back=3600) as rig:
+            await rig.close(await rig.create("pending", b"not yet sent"))
+            await rig.model.rename(ROOT_INO, "pending", ROOT_INO, "moved", 0)
+            assert not oss2_bucket.object_exists("pending")
+            assert [e for e in rig.journal_entries()]             # still acknowledged
+            assert await rig.model.flush_all() == 0
+            assert _get(crypto_bucket, "moved") == b"not yet sent"
+            assert not oss2_bucket.object_exists("pending")
+            # a clean file: copy + delete in the bucket
+            await rig.model.rename(ROOT_INO, "moved", ROOT_INO, "again", 0)
+            assert _get(crypto_bucket, "again") == b"not yet sent"
+            assert not oss2_bucket.object_exists("moved")
+            with pytest.raises(pyfuse3.FUSEError) as err:
+                await rig.model.lookup(ROOT_INO, "moved")
+            assert err.value.errno == errno.ENOENT
+    trio.run(main)
+
+
+def test_unlink_while_open_keeps_data_until_release(model_rig, crypto_bucket, oss2_bucket):
+    crypto_bucket.put_object("u.txt", b"still readable")
+
+    async def main():
+        async with model_rig() as rig:
+            ino = await rig.ino("u.txt")
+            fi = await rig.model.open(ino, os.O_RDONLY)
+            await rig.model.unlink(ROOT_INO, "u.txt")
+            with pytest.raises(pyfuse3.FUSEError):
+                await rig.model.lookup(ROOT_INO, "u.txt")
+            assert oss2_bucket.object_exists("u.txt")            # deleted at the last close
+            assert await rig.model.read(fi.fh, 0, 100) == b"still readable"
+            await rig.model.release(fi.fh)
+            assert not oss2_bucket.object_exists("u.txt")
+    trio.run(main)
+
+
+def test_unlink_of_dirty_open_file_drops_its_entry(model_rig, oss2_bucket):
+    async def main():
+        async with model_rig(write_back=3600) as rig:
+            fh = await rig.create("gone", b"data")
+            node = rig.model.handle(fh).node
+            await rig.model.fsync(fh)                     # uploaded; then written again
+            await rig.model.write(fh, 0, b"DATA")
+            await rig.model.flush(fh)                     # write-back: journaled
+            assert node.staging.committed and rig.journal_entries()
+            await rig.model.unlink(ROOT_INO, "gone")
+            assert node.dirty_state is DirtyState.CLEAN
+            assert not node.staging.committed and rig.journal_entries() == []
+            assert await rig.model.read(fh, 0, 10) == b"DATA"    # open handle reads on
+            await rig.model.release(fh)
+            assert not oss2_bucket.object_exists("gone")
+    trio.run(main)
+
+
+def test_setattr_truncate_and_chmod(model_rig, crypto_bucket, oss2_bucket):
+    crypto_bucket.put_object("t.bin", b"0123456789")
+
+    async def main():
+        async with model_rig() as rig:
+            ino = await rig.ino("t.bin")
+            attrs = await rig.setattr(ino, size=4)          # truncate(2), no handle
+            assert attrs.st_size == 4
+            assert _get(crypto_bucket, "t.bin") == b"0123"
+            attrs = await rig.setattr(ino, mode=0o600)
+            assert stat.S_IMODE(attrs.st_mode) == 0o600
+            # a metadata change of an encrypted object is a re-upload (CopyObject may not
+            # change its metadata): pending, then sent by the queue
+            assert await rig.model.flush_all() == 0
+            head = oss2_bucket.head_object("t.bin").headers
+            assert stat.S_IMODE(int(head["x-oss-meta-mode"])) == 0o600
+            assert _get(crypto_bucket, "t.bin") == b"0123"
+    trio.run(main)
+
+
+def test_failed_upload_is_journaled_and_retried(model_rig, emulator, crypto_bucket):
+    """Upload on close fails (every request 503): close reports the error, the content is
+    journaled durably (replayable), and the queue sends it once OSS answers again."""
+    async def main():
+        async with model_rig() as rig:
+            fh = await rig.create("retry.txt", b"eventually")
+            node = rig.model.handle(fh).node
+            emulator.set_faults(fail_rate=1.0)
+            try:
+                with pytest.raises(Exception):
+                    await rig.close(fh)
+                assert node.dirty_state is DirtyState.DIRTY
+                assert node.staging.committed                 # replayable after a crash
+                assert len(rig.journal_entries()) == 1
+                assert rig.model.writeback.job_for(node) is not None
+            finally:
+                emulator.set_faults(fail_rate=0.0)
+            assert await rig.model.flush_all() == 0
+            assert node.dirty_state is DirtyState.CLEAN
+            assert rig.journal_entries() == []
+            assert _get(crypto_bucket, "retry.txt") == b"eventually"
+    trio.run(main)
