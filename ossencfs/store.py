@@ -515,16 +515,30 @@ class ObjectStore:
             "init_multipart", key,
             lambda: self.bucket.init_multipart_upload(key, headers=h).upload_id)
 
-    async def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes,
+    async def upload_part(self, key: str, upload_id: str, part_number: int,
+                          data: bytes | tuple[Callable[[int, int], bytes], int, int],
                           headers: Mapping[str, str]) -> str:
+        """UploadPart. ``data`` is the body, or ``(read, offset, size)``: the body is then
+        read with the blocking ``read(offset, n)`` while it is sent, a piece at a time
+        (``PartBody``), so a part in flight holds ``PartBody.PIECE`` bytes, not the part."""
         h = dict(headers)
 
         def run() -> str:
-            result = self.bucket.upload_part(key, upload_id, part_number, data, headers=h)
-            _check_crc("upload part", data, result)
+            if isinstance(data, tuple):
+                body = PartBody(*data)
+                result = self.bucket.upload_part(key, upload_id, part_number, body, headers=h)
+                if body.left:
+                    raise _Transient(f"part {part_number}: {body.left} bytes not sent")
+                server = getattr(result, "crc", None)
+                if server is not None and server != body.crc:
+                    raise _Transient("upload part: CRC-64 of the sent body does not match "
+                                     "x-oss-hash-crc64ecma")
+            else:
+                result = self.bucket.upload_part(key, upload_id, part_number, data, headers=h)
+                _check_crc("upload part", data, result)
             return result.etag
         etag = await self._call("upload_part", key, run)
-        self.bytes_sent += len(data)
+        self.bytes_sent += data[2] if isinstance(data, tuple) else len(data)
         return etag
 
     async def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]], *,
@@ -550,6 +564,35 @@ class ObjectStore:
     async def get_symlink(self, key: str) -> str:
         return await self._call("get_symlink", key,
                                 lambda: self.bucket.get_symlink(key).target_key)
+
+
+class PartBody:
+    """A request body of ``size`` bytes read from ``read(offset, n)`` (blocking) a ``PIECE`` at
+    a time as the HTTP client asks for it, with its CRC-64 computed on the way (``crc``).
+    One per attempt: a retry starts again from ``offset``."""
+
+    PIECE = 1 << 20
+
+    def __init__(self, read: Callable[[int, int], bytes], offset: int, size: int) -> None:
+        self._read, self._next, self.left = read, offset, size
+        self._buf = memoryview(b"")
+        self.crc = 0
+
+    def __len__(self) -> int:           # requests takes it as the Content-Length
+        return self.left + len(self._buf)
+
+    def read(self, n: int = -1) -> bytes:
+        if not self._buf and self.left:
+            piece = self._read(self._next, min(self.PIECE, self.left))
+            if not piece:
+                return b""
+            self._next += len(piece)
+            self.left -= len(piece)
+            self.crc = crc64(piece, self.crc)
+            self._buf = memoryview(piece)
+        n = len(self._buf) if n is None or n < 0 else n
+        out, self._buf = self._buf[:n], self._buf[n:]
+        return bytes(out)
 
 
 def _read_all(raw: requests.Response, expected: int) -> bytes:
