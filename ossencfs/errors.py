@@ -10,9 +10,12 @@ import errno
 
 
 class OssEncError(Exception):
-    """Base class; ``errno`` is what the filesystem layer returns for it."""
+    """Base class; ``errno`` is what the filesystem layer returns for it. ``repeat``: the same
+    failure was reported moments ago (e.g. a remembered KMS outage), so it is logged at debug
+    level only and a burst of failing reads leaves one line, not one per read."""
 
     errno: int = errno.EIO
+    repeat: bool = False
 
 
 class FormatError(OssEncError):
@@ -34,9 +37,18 @@ class WrongKeyError(OssEncError):
 
 
 class KeyUnavailableError(OssEncError):
-    """The master key exists but cannot be used now (KMS unreachable, disabled or denied CMK)."""
+    """The master key exists but may not be used: disabled, pending deletion, not found or
+    denied CMK, rejected credentials. EACCES: a permission problem."""
 
     errno = errno.EACCES
+
+
+class KeyServiceUnavailableError(KeyUnavailableError):
+    """The key service is out: KMS unreachable, not answering within the timeouts, or still
+    throttling / failing with 5xx after the bounded retries. EIO, never EACCES: an outage is not
+    a permission problem, and a later attempt may succeed."""
+
+    errno = errno.EIO
 
 
 class StoreError(OssEncError):

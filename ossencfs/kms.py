@@ -12,9 +12,15 @@ and lets HTTP(S)_PROXY break a loopback KMS. This module uses the same client (a
   without letting ``ALIYUN_ACCESS_KEY_*`` environment variables take over the credentials);
 * an encryption context (oss2's ``{"x-passphrase": p}`` convention or any string map);
 * bounded concurrency, and retries with exponential backoff + full jitter for Throttling, 5xx
-  and network errors (aliyunsdkcore retries none of them for KMS, SPEC C.4);
-* typed errors that name the CMK: ``KeyUnavailableError`` (disabled / deleted / denied /
-  unreachable), ``WrongKeyError`` (KMS cannot decrypt this blob), ``FormatError``.
+  and network errors (aliyunsdkcore retries none of them for KMS, SPEC C.4), all within one
+  bounded wait: ``retry_deadline`` seconds, counting the connect/read timeouts of the attempt
+  that would follow, so a KMS that accepts connections but never answers costs one read timeout;
+* an outage (``KeyServiceUnavailableError``, EIO) is remembered for ``outage_ttl`` seconds:
+  every call in that time fails at once instead of waiting again, so a burst of reads during an
+  outage costs one wait, not one per read;
+* typed errors that name the CMK: ``KeyUnavailableError`` (EACCES: disabled / deleted / denied
+  CMK, rejected credentials), ``KeyServiceUnavailableError`` (EIO: unreachable, timed out, still
+  throttled or 5xx), ``WrongKeyError`` (KMS cannot decrypt this blob), ``FormatError``.
 
 The data-key cache is the KeyRing's job (``ossencfs.envelope.keys``), not this module's.
 """
@@ -32,7 +38,8 @@ import threading
 import time
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
-from urllib.request import getproxies_environment, proxy_bypass_environment
+from urllib.request import getproxies_environment
+from urllib.request import proxy_bypass_environment  # type: ignore[attr-defined]  # (not in typeshed)
 
 from aliyunsdkcore.acs_exception.exceptions import ClientException, ServerException
 from aliyunsdkcore.client import AcsClient
@@ -42,7 +49,7 @@ from aliyunsdkkms.request.v20160120 import (DecryptRequest, DescribeKeyRequest, 
 from .envelope.ctr import iv_to_counter, new_iv
 from .envelope.format import CEK_AES_CTR, WRAP_KMS, WRAP_LEGACY_KMS, CryptoHeaders
 from .envelope.keys import ContentMaterial, material_from_plaintext
-from .errors import FormatError, KeyUnavailableError, OssEncError, WrongKeyError
+from .errors import FormatError, KeyServiceUnavailableError, KeyUnavailableError, OssEncError, WrongKeyError
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +75,13 @@ _NOT_FOUND_CODES = {"Forbidden.KeyNotFound", "Forbidden.AliasNotFound", "Forbidd
 
 
 class _Retryable(Exception):
-    """A transient failure worth another attempt; carries the error to raise if attempts run out."""
+    """A transient failure worth another attempt; carries the error to raise if attempts run out.
+    ``network``: no answer at all (refused, reset, timed out), so an attempt may cost the timeouts."""
 
-    def __init__(self, final: OssEncError) -> None:
+    def __init__(self, final: KeyServiceUnavailableError, network: bool = False) -> None:
         super().__init__(str(final))
         self.final = final
+        self.network = network
 
 
 def context_string(context: Mapping[str, str] | None) -> str:
@@ -146,7 +155,8 @@ class KmsMasterKey:
                  flavour: str = "oss2", context: dict[str, str] | None = None,
                  max_concurrency: int = 8, matdesc: dict[str, str] | None = None,
                  retries: int = 6, retry_base: float = 0.2, retry_cap: float = 5.0,
-                 retry_deadline: float = 60.0, connect_timeout: int = 5, read_timeout: int = 10) -> None:
+                 retry_deadline: float = 10.0, connect_timeout: int = 3, read_timeout: int = 5,
+                 outage_ttl: float = 5.0) -> None:
         if flavour not in FLAVOURS:
             raise ValueError(f"flavour must be one of {FLAVOURS}, got {flavour!r}")
         if not cmk_id:
@@ -167,6 +177,9 @@ class KmsMasterKey:
         self._retry_base = retry_base
         self._retry_cap = retry_cap
         self._retry_deadline = retry_deadline
+        self._attempt_timeout = connect_timeout + read_timeout
+        self._outage_ttl = outage_ttl
+        self._outage: tuple[KeyServiceUnavailableError, float] | None = None    # (error, until)
         self._sem = threading.BoundedSemaphore(max_concurrency)
         self._rng = random.Random()
         self._calls_lock = threading.Lock()
@@ -318,8 +331,28 @@ class KmsMasterKey:
             raise KeyUnavailableError(f"CMK {self.cmk_id}: KMS answer lacks {name}")
         return value
 
+    def _remembered_outage(self, action: str) -> None:
+        """Fail at once while a recent outage is remembered (KeyServiceUnavailableError)."""
+        with self._calls_lock:
+            outage = self._outage
+        if outage is not None and time.monotonic() < outage[1]:
+            err = KeyServiceUnavailableError(f"{outage[0]} (outage seen {self._outage_ttl:g} s ago at most; "
+                                             f"{action} not attempted)")
+            err.repeat = True
+            raise err
+
+    def _remember_outage(self, err: KeyServiceUnavailableError) -> KeyServiceUnavailableError:
+        if self._outage_ttl > 0:
+            with self._calls_lock:
+                self._outage = (err, time.monotonic() + self._outage_ttl)
+        return err
+
     def _call(self, action: str, build: Callable[[], Any], target: str) -> dict[str, Any]:
-        """One KMS action with bounded concurrency and retries (fresh signature per attempt)."""
+        """One KMS action with bounded concurrency and retries (fresh signature per attempt).
+
+        Gives up when the next attempt could end after ``retry_deadline`` (for an attempt that got
+        no answer, its connect + read timeouts count), and then remembers the outage."""
+        self._remembered_outage(action)
         deadline = time.monotonic() + self._retry_deadline
         attempt = 0
         while True:
@@ -334,10 +367,12 @@ class KmsMasterKey:
             try:
                 with self._sem:
                     body = self._client.do_action_with_exception(req)
+                with self._calls_lock:
+                    self._outage = None
                 try:
                     doc = json.loads(body)
                 except ValueError:
-                    raise _Retryable(KeyUnavailableError(f"CMK {target}: KMS {action} answer is not JSON")) from None
+                    raise _Retryable(KeyServiceUnavailableError(f"CMK {target}: KMS {action} answer is not JSON")) from None
                 if not isinstance(doc, dict):
                     raise KeyUnavailableError(f"CMK {target}: KMS {action} answer is not a JSON object")
                 return doc
@@ -351,8 +386,9 @@ class KmsMasterKey:
                 raise err
             attempt += 1
             delay = self._rng.uniform(0, min(self._retry_cap, self._retry_base * (2 ** attempt)))
-            if attempt > self._retries or time.monotonic() + delay > deadline:
-                raise err.final
+            cost = delay + (self._attempt_timeout if err.network else 0.0)
+            if attempt > self._retries or time.monotonic() + cost > deadline:
+                raise self._remember_outage(err.final)
             log.debug("%s: %s failed transiently (%s); retry %d in %.2fs", self.name, action, err, attempt, delay)
             time.sleep(delay)
 
@@ -364,7 +400,7 @@ class KmsMasterKey:
         tail = f"({code}, HTTP {status}{', request ' + rid if rid else ''})"
         cmk = f"CMK {target}"
         if code in _RETRYABLE_CODES or code.startswith("Throttling") or status >= 500:
-            return _Retryable(KeyUnavailableError(f"{cmk}: KMS {action} kept failing {tail}"))
+            return _Retryable(KeyServiceUnavailableError(f"{cmk}: KMS {action} kept failing {tail}"))
         if code in _DISABLED_CODES:
             return KeyUnavailableError(f"{cmk} is disabled {tail}")
         if code in _PENDING_DELETION_CODES:
@@ -386,9 +422,27 @@ class KmsMasterKey:
         code = e.get_error_code() or ""
         where = self.endpoint or f"region {self.region}"
         msg = _scrub(e.get_error_msg() or "")
-        if code == "SDK.HttpError":
-            return _Retryable(KeyUnavailableError(f"CMK {target}: KMS at {where} unreachable for {action} ({msg})"))
+        if code == "SDK.HttpError":        # refused, reset, or no answer within the timeouts
+            return _Retryable(KeyServiceUnavailableError(f"CMK {target}: KMS at {where} unreachable for "
+                                                         f"{action} ({_network_cause(msg)})"), network=True)
         return KeyUnavailableError(f"CMK {target}: KMS client error for {action} ({code}: {msg})")
+
+
+_ERRNO_TEXT = re.compile(r"\[Errno -?\d+\] [^'\")(]*")
+
+
+def _network_cause(msg: str) -> str:
+    """The cause in an SDK network error, without urllib3's object reprs: "[Errno 111]
+    Connection refused", "read timed out", "connection closed without an answer"."""
+    found = _ERRNO_TEXT.findall(msg)
+    if found:
+        return found[-1].strip().rstrip(".")
+    low = msg.lower()
+    if "timed out" in low or "timeout" in low:
+        return "no answer within the timeout"
+    if "aborted" in low or "remotedisconnected" in low or "reset" in low:
+        return "connection closed without an answer"
+    return msg
 
 
 def _scrub(msg: str) -> str:

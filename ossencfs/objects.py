@@ -82,6 +82,19 @@ def raise_first(eg: BaseExceptionGroup) -> NoReturn:
     raise exc from None
 
 
+def check_length(info: ObjectInfo) -> None:
+    """FormatError when an encrypted object's stored body is not as long as its
+    ``unencrypted-content-length`` header says (V2 or legacy name; SPEC A.7): CTR adds no
+    bytes, so a difference means a torn or tampered object, whose prefix must not be served
+    as the whole. Objects without the header (optional in every SDK) pass."""
+    headers = fmt.parse_headers(info.headers)
+    want = headers.unencrypted_content_length if headers is not None else None
+    if want is not None and want != info.size:
+        kind = "truncated" if info.size < want else "over-long"
+        raise FormatError(f"{kind} object: the body is {info.size} bytes, its "
+                          f"unencrypted-content-length header says {want}")
+
+
 class ObjectReader:
     """Random access to one object version (pinned by ETag: a change surfaces as ConflictError)."""
 
@@ -116,7 +129,7 @@ class ObjectReader:
     def decrypt(self, offset: int, cipher: bytes | memoryview) -> bytes:
         """Plaintext of ``cipher`` that starts at object offset ``offset`` (any alignment)."""
         if self.material is None:
-            return cipher
+            return cipher if isinstance(cipher, bytes) else bytes(cipher)
         return crypt_at(self.material.key, self.material.counter0, offset, cipher)
 
     async def _decrypt_async(self, offset: int, cipher: bytes) -> bytes:
@@ -190,6 +203,7 @@ class EncryptedObjects:
             if info is None:
                 raise NotFoundError(f"oss://{self.store.name}/{key}: no such object")
         try:
+            check_length(info)
             material = await self.material_for(info)
         except FormatError as exc:
             raise FormatError(f"oss://{self.store.name}/{key}: {exc}") from exc
@@ -208,18 +222,25 @@ class EncryptedObjects:
                      extra_headers: Mapping[str, str] | None = None, *,
                      forbid_overwrite: bool = False, if_match: str | None = None,
                      progress: Callable[[int], None] | None = None,
-                     read_cipher_sync: Callable[[int, int], bytes] | None = None) -> str:
+                     read_cipher_sync: Callable[[int, int], bytes] | None = None,
+                     record_length: bool = True) -> str:
         """Upload ``size`` already-encrypted bytes; returns the new ETag.
 
         ``read_cipher(offset, n)`` is called in increasing offset order, once per byte, so
-        it may be backed by a stream. data-size/part-size headers are set here (they describe
-        the upload layout, which only this method decides). ``read_cipher_sync`` (blocking,
-        same bytes, any order): for a single PUT the body is then read in the request's worker
-        thread, and for a multipart upload each part while it is sent (``_multipart``).
+        it may be backed by a stream. data-size/part-size and unencrypted-content-length
+        headers are set here (they describe the upload layout, which only this method
+        decides; ``record_length=False`` keeps the caller's headers as they are, for a relay).
+        ``read_cipher_sync`` (blocking, same bytes, any order): for a single PUT the body is
+        then read in the request's worker thread, and for a multipart upload each part while
+        it is sent (``_multipart``).
         """
         base = {k.lower(): v for k, v in (extra_headers or {}).items()}
         crypto = {k.lower(): v for k, v in crypto_headers.items()
                   if k.lower() not in (fmt.H_DATA_SIZE, fmt.H_PART_SIZE)}
+        if record_length and fmt.H_KEY in crypto:
+            # the plaintext length, as the Java SDK always records it (SPEC A.7): a reader
+            # then knows a torn body from a whole one (``check_length``)
+            crypto[fmt.H_UNENC_LENGTH] = str(size)
         part_size = self.multipart_part_size(size)
         if part_size is None:
             def checked(data: bytes) -> bytes:
@@ -368,7 +389,8 @@ class EncryptedObjects:
                 try:
                     etag = await self.upload(dst, src.size, source.read, crypto, base,
                                              forbid_overwrite=forbid_overwrite,
-                                             if_match=if_match, progress=progress)
+                                             if_match=if_match, progress=progress,
+                                             record_length=False)
                 finally:
                     nursery.cancel_scope.cancel()       # fetches still ahead are not needed
         except BaseExceptionGroup as eg:

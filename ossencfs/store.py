@@ -11,6 +11,7 @@ type at once, so the layers above never see an oss2 or requests exception.
 """
 from __future__ import annotations
 
+import functools
 import collections
 import email.utils
 import hashlib
@@ -504,7 +505,7 @@ class ObjectStore:
         for i in range(0, len(keys), 1000):
             batch = keys[i:i + 1000]
             await self._call("delete_many", batch[0],
-                             lambda batch=batch: self.bucket.batch_delete_objects(batch))
+                             functools.partial(self.bucket.batch_delete_objects, batch))
 
     async def init_multipart(self, key: str, headers: Mapping[str, str], *,
                              forbid_overwrite: bool = False) -> str:

@@ -241,6 +241,7 @@ class EmulatorProc:
         self.data_dir, self.log_path = data_dir, log_path
         self.proc: subprocess.Popen | None = None
         self.endpoint = ""
+        self.admin_token = ""
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
     def start(self) -> "EmulatorProc":
@@ -261,10 +262,12 @@ class EmulatorProc:
         m = re.search(rb"OSS endpoint: (\S+)", buf)
         assert m
         self.endpoint = m.group(1).decode()
+        self.admin_token = (self.data_dir / "admin-token").read_text().strip()
         return self
 
     def admin(self, method: str, path: str) -> dict[str, Any]:
-        req = urllib.request.Request(self.endpoint + path, method=method, data=b"" if method == "POST" else None)
+        req = urllib.request.Request(self.endpoint + path, method=method, data=b"" if method == "POST" else None,
+                                     headers={"X-Admin-Token": self.admin_token})
         with self._opener.open(req, timeout=30) as resp:
             return json.loads(resp.read())
 

@@ -6,4 +6,5 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/setup.sh"
 cd "$ROOT"
 .venv/bin/ruff check --quiet ossencfs tests scripts
+.venv/bin/python -m mypy    # configured in pyproject.toml: strict on the model's rooms and seams
 exec .venv/bin/python -m pytest "$@"

@@ -13,6 +13,7 @@ import logging
 import sys
 
 from ..errors import OssEncError
+from ..logsafe import SafeFormatter, printable
 
 _COMMAND_MODULES = (
     "ossencfs.cli.offline",     # keygen, encrypt, decrypt
@@ -47,11 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
-    logging.basicConfig(level=level, format="ossencfs: %(levelname)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(SafeFormatter("ossencfs: %(levelname)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     try:
         return int(args.func(args) or 0)
     except OssEncError as exc:
-        print(f"ossencfs: error: {exc}", file=sys.stderr)
+        print(f"ossencfs: error: {printable(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -18,7 +18,8 @@ def register(subparsers: Any) -> None:
         description="Local OSS server with real V1/V4 signatures and on-disk data. Faults can be changed "
                     "at run time with POST /-/admin/faults?latency_ms=&bandwidth_mbps=&fail_rate=&drop_rate="
                     "&fail_code=&copy_limit=&restore_seconds=&deny_writes= "
-                    "(loopback only); GET /-/admin/stats returns request counters.")
+                    "(loopback only, with the header X-Admin-Token: <the token in DATA/admin-token, mode 0600>); "
+                    "GET /-/admin/stats returns request counters.")
     p.add_argument("--data", required=True, metavar="DIR", help="data directory (created if missing)")
     p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=0, help="listen port (0 = any free port)")
@@ -43,6 +44,9 @@ def register(subparsers: Any) -> None:
                    help="CopyObject refuses sources larger than this (default 1000000000, OSS's 1 GB)")
     p.add_argument("--restore-seconds", type=float, default=1.0, metavar="S",
                    help="RestoreObject of Archive/Cold Archive objects completes after S seconds (default 1)")
+    p.add_argument("--max-connections", type=int, default=None, metavar="N",
+                   help="open connections at most (default: what the file limit allows, up to 1024); at the "
+                        "cap the connection idle longest is closed for a new one")
     p.add_argument("--no-fsync", action="store_true", help="skip fsync (faster, not crash-safe)")
     p.add_argument("--no-crc", action="store_true",
                    help="do not compute CRC-64 of new objects (faster PUT; responses then omit "
@@ -59,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
                    buckets=args.bucket, latency_ms=args.latency_ms, bandwidth_mbps=args.bandwidth_mbps,
                    fail_rate=args.fail_rate, drop_rate=args.drop_rate, kms_port=args.kms_port,
                    fsync=not args.no_fsync, crc=not args.no_crc, region=args.region,
-                   fail_code=args.fail_code, copy_limit=args.copy_limit, restore_seconds=args.restore_seconds)
+                   fail_code=args.fail_code, copy_limit=args.copy_limit, restore_seconds=args.restore_seconds,
+                   max_connections=args.max_connections)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:

@@ -9,9 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import KeyFileError, OssEncError
+
+if TYPE_CHECKING:
+    from ..envelope.keys import MasterKey
 
 ENV_AK = "OSS_ACCESS_KEY_ID"
 ENV_SK = "OSS_ACCESS_KEY_SECRET"
@@ -112,7 +115,7 @@ def _kms_context(args: argparse.Namespace) -> dict[str, str] | None:
     return ctx or None
 
 
-def build_masters(args: argparse.Namespace) -> list:
+def build_masters(args: argparse.Namespace) -> list[MasterKey]:
     """The master keys in command-line order (the first one writes)."""
     order = list(getattr(args, "key_order", None) or [])
     if not order:
@@ -120,7 +123,7 @@ def build_masters(args: argparse.Namespace) -> list:
     passphrase: bytes | None = None
     if getattr(args, "rsa_passphrase_file", None):
         passphrase = _read_secret_file(args.rsa_passphrase_file, "RSA passphrase").encode()
-    masters = []
+    masters: list[MasterKey] = []
     kms_args: dict[str, Any] | None = None
     for kind, value in order:
         if kind == "rsa_key":

@@ -280,11 +280,13 @@ async def _download_file(args: argparse.Namespace, objects, key: str, dst: str,
     fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(dst) + ".",
                                suffix=".ossencfs-part")
     bar = None if progress else _Progress(args, reader.size, key)
+    tick = progress or bar
+    assert tick is not None
     try:
         with os.fdopen(fd, "wb") as f:
             async for piece in reader.chunks(parallelism=args.parallel):
                 await trio.to_thread.run_sync(f.write, piece)
-                (progress or bar)(len(piece))
+                tick(len(piece))
             umask = os.umask(0)
             os.umask(umask)
             os.fchmod(f.fileno(), 0o666 & ~umask)

@@ -17,6 +17,9 @@ from email.utils import parsedate_tz, mktime_tz
 from .xmlout import OssError
 
 MAX_SKEW = 15 * 60
+# Longest validity of a V4 presigned URL: x-oss-expires is 1..604800 s (7 days), error page
+# https://www.alibabacloud.com/help/en/oss/support/0002-00000232
+MAX_PRESIGN_EXPIRES = 7 * 24 * 3600
 
 SUBRESOURCES = frozenset("""
 acl uploads location cors logging website referer lifecycle delete append tagging objectMeta
@@ -76,12 +79,40 @@ def _check_skew(ts: float | None, what: str) -> None:
                        ServerTime=time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()))
 
 
-class Verifier:
-    """Checks a request against configured credentials; returns the access key id."""
+def _check_v4_scope(day: str, region: str, product: str, date_time: str, want_region: str | None) -> None:
+    """The V4 credential scope ``<day>/<region>/<product>`` must name this service, as OSS checks it.
 
-    def __init__(self, credentials: dict[str, str], sts_tokens: dict[str, str] | None = None) -> None:
+    Answers as real OSS does (400 InvalidArgument): a region other than the bucket's region id
+    ("Invalid signing region in Authorization header.", EC 0002-00000226, seen in
+    aliyun/alibabacloud-oss-go-sdk-v2 issue 29; pages 0002-00000226/-228: the ``oss-`` prefix is
+    not allowed either), a product other than ``oss`` ("Invalid signing product in Authorization
+    header.", EC 0002-00000227, aliyun/alibabacloud-oss-python-sdk-v2 issue 74), and a day that is
+    not the day of x-oss-date (page 0002-00000212: the SignDate is the signing day; message
+    modelled on the two above).
+    """
+    if product != "oss":
+        raise OssError(400, "InvalidArgument", "Invalid signing product in Authorization header.",
+                       EC="0002-00000227")
+    if want_region is not None and region != want_region:
+        raise OssError(400, "InvalidArgument", "Invalid signing region in Authorization header.",
+                       EC="0002-00000226")
+    if len(day) != 8 or not day.isdigit() or day != date_time[:8]:
+        raise OssError(400, "InvalidArgument", "Invalid signing date in Authorization header.",
+                       EC="0002-00000212")
+
+
+class Verifier:
+    """Checks a request against configured credentials; returns the access key id.
+
+    ``region`` is the V4 region id requests must be signed for (``cn-hangzhou``; an
+    ``oss-`` prefix as in GetBucketLocation is removed); None accepts any region.
+    """
+
+    def __init__(self, credentials: dict[str, str], sts_tokens: dict[str, str] | None = None,
+                 region: str | None = None) -> None:
         self.credentials = dict(credentials)
         self.sts_tokens = dict(sts_tokens or {})
+        self.region = region.removeprefix("oss-") if region else None
 
     def _secret(self, ak: str, token: str | None) -> str:
         sk = self.credentials.get(ak)
@@ -176,6 +207,7 @@ class Verifier:
         except ValueError:
             ts = None
         _check_skew(ts, "x-oss-date")
+        _check_v4_scope(day, region, product, date_time, self.region)
         payload = req.headers.get("x-oss-content-sha256", "UNSIGNED-PAYLOAD")
         if payload != "UNSIGNED-PAYLOAD":
             raise OssError(400, "InvalidArgument", "x-oss-content-sha256 must be UNSIGNED-PAYLOAD.")
@@ -195,6 +227,10 @@ class Verifier:
             expires = int(q.get("x-oss-expires", ""))
         except ValueError:
             raise OssError(403, "AccessDenied", "Invalid x-oss-date or x-oss-expires.") from None
+        _check_v4_scope(day, region, product, date_time, self.region)
+        if not 1 <= expires <= MAX_PRESIGN_EXPIRES:      # page 0002-00000232 (8 days is refused)
+            raise OssError(400, "InvalidArgument", "x-oss-expires is invalid: it must be 1 to 604800 seconds.",
+                           EC="0002-00000232")
         if ts + expires < time.time():
             raise OssError(403, "AccessDenied", "Request has expired.")
         sk = self._secret(ak, q.get("x-oss-security-token"))

@@ -16,7 +16,10 @@ bound as associated data, so Decrypt with another context fails with ``InvalidPa
 Test hooks (Python API, not RPC): ``create_key(key_id=...)`` makes a key with a chosen id,
 ``add_recorded_blob(blob, plaintext)`` makes Decrypt of one exact foreign blob (e.g. the legacy
 KMS vector recorded from real KMS) answer a recorded plaintext, and ``set_faults`` injects
-``Throttling`` (400) and ``SerivceUnavailableTemporary`` (503) answers.
+``Throttling`` (400) and ``SerivceUnavailableTemporary`` (503) answers and outages: ``outage=
+"hang"`` reads each request and never answers (until the outage ends or the server stops),
+``outage="reset"`` closes each connection without an answer. A KMS that is down (connections
+refused) is ``stop()``; ``start()`` brings it back on the same port.
 
 ``sts_tokens`` maps a temporary AccessKeyId to the SecurityToken that must accompany it (the
 reverse mapping, token -> AccessKeyId, is accepted as well); its secret is in ``credentials``.
@@ -228,6 +231,8 @@ class KmsServer:
         self._throttle_next = 0
         self._fail_next = 0
         self._latency = 0.0
+        self.outage = ""                  # "", "hang" or "reset" (see set_faults)
+        self._outage_over = threading.Event()
         self.inflight = 0
         self.max_inflight = 0         # highest number of requests served at once (tests, bench)
         self._httpd: _Server | None = None
@@ -249,6 +254,8 @@ class KmsServer:
 
     def start(self) -> "KmsServer":
         server = self
+        if self.outage:
+            self._outage_over.clear()
 
         class Handler(_Handler):
             kms = server
@@ -262,6 +269,7 @@ class KmsServer:
         return self
 
     def stop(self) -> None:
+        self._outage_over.set()           # release hanging requests
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
@@ -322,13 +330,19 @@ class KmsServer:
 
     def set_faults(self, *, throttle_rate: float | None = None, fail_rate: float | None = None,
                    throttle_next: int | None = None, fail_next: int | None = None,
-                   latency_ms: float | None = None, seed: int | None = None) -> None:
+                   latency_ms: float | None = None, seed: int | None = None, outage: str | None = None) -> None:
         """Inject Throttling (400) / SerivceUnavailableTemporary (503) answers after authentication.
 
         Rates apply to every request at random; ``*_next`` fail exactly the next N requests, which
         is what deterministic tests want. ``latency_ms`` delays every answer (to make concurrency
-        visible in ``max_inflight``). ``None`` leaves a setting unchanged.
+        visible in ``max_inflight``). ``outage``: "hang" (accept, never answer), "reset" (close
+        without an answer) or "" (none). ``None`` leaves a setting unchanged.
         """
+        if outage is not None:
+            if outage not in ("", "hang", "reset"):
+                raise ValueError(f"outage must be '', 'hang' or 'reset', not {outage!r}")
+            self.outage = outage
+            (self._outage_over.clear if outage else self._outage_over.set)()
         with self._lock:
             if latency_ms is not None:
                 self._latency = latency_ms / 1000.0
@@ -476,11 +490,12 @@ class KmsServer:
             text = base64.b64decode(blob, validate=True).decode("ascii")
         except (binascii.Error, UnicodeDecodeError, ValueError):
             raise bad from None
-        rec = self.store.owner_of(text)
-        if rec is None:
+        owner = self.store.owner_of(text)
+        if owner is None:
             if _UUID_RE.match(text):
                 raise KmsApiError(404, "Forbidden.KeyNotFound", "The specified Key is not found.")
             raise bad
+        rec = owner
         usable(rec)
         inner = text[len(rec["KeyId"]):]
         if not _B64_RE.match(inner):
@@ -675,6 +690,15 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
     def _serve(self) -> None:
+        if self.kms.outage:
+            if self.kms.outage == "hang":
+                self.kms._outage_over.wait()
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:

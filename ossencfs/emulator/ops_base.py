@@ -259,21 +259,29 @@ def _write_guard(forbid: bool) -> Callable[[Entry | None], None]:
     return check
 
 
+def _offset(digits: str) -> int:
+    """A Range offset; any number of digits (a 5,000-digit one is just beyond every object: OSS then
+    ignores the Range, or answers 416 InvalidRange with x-oss-range-behavior: standard, as for any
+    out-of-range value, https://help.aliyun.com/en/oss/user-guide/http-status-code-416)."""
+    digits = digits.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 19 else 1 << 64
+
+
 def parse_range(spec: str, size: int, standard: bool) -> tuple[int, int] | None:
     """(start, end) inclusive for a 206, None to ignore the Range (200), or 416 InvalidRange."""
-    def bad() -> None:
+    def bad() -> tuple[int, int] | None:
         if standard:
             raise OssError(416, "InvalidRange", "The requested range cannot be satisfied.",
                            RangeRequested=spec, ActualObjectSize=str(size))
         return None
 
-    m = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", spec)
+    m = re.fullmatch(r"\s*bytes\s*=\s*([0-9]*)\s*-\s*([0-9]*)\s*", spec)
     if not m or (not m.group(1) and not m.group(2)):
         return bad()
     s, e = m.group(1), m.group(2)
     if s:
-        start = int(s)
-        end = int(e) if e else size - 1
+        start = _offset(s)
+        end = _offset(e) if e else size - 1
         if e and end < start:
             return bad()
         if start >= size:
@@ -283,7 +291,7 @@ def parse_range(spec: str, size: int, standard: bool) -> tuple[int, int] | None:
                 return None
             end = size - 1
         return start, end
-    n = int(e)
+    n = _offset(e)
     if n == 0 or size == 0:
         return bad()
     if n > size:

@@ -8,7 +8,7 @@ import base64
 import hashlib
 import re
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from .storage import Entry, BucketState, TempObject, crc64_combine
 from .xmlout import OssError, XML_HEAD, el, iso8601, url_enc
@@ -183,7 +183,8 @@ class MultipartOps(OpsBase):
             forbid = _forbid_overwrite(ctx.headers)
         else:
             forbid = stored_forbid == "true"
-        crc, size, digests = 0, 0, b""
+        crc: int | None = 0
+        size, digests = 0, b""
         for num in chosen:
             part = have[num]
             crc = crc64_combine(crc, part.crc64, part.size) if size else part.crc64
@@ -254,7 +255,7 @@ class MultipartOps(OpsBase):
         enc: Callable[[str], str] = url_enc if url else (lambda s: s)
         with b.lock:
             ups = sorted(b.uploads.values(), key=lambda u: (u.key, u.upload_id))
-        items: list[tuple[str, object]] = []
+        items: list[tuple[str, Any]] = []   # ("u", upload) or ("p", common prefix)
         seen_prefixes: set[str] = set()
         for u in ups:
             if not u.key.startswith(prefix):
@@ -279,9 +280,9 @@ class MultipartOps(OpsBase):
         if truncated and page:
             kind, last = page[-1]
             if kind == "u":
-                next_key, next_id = last.key, last.upload_id  # type: ignore[union-attr]
+                next_key, next_id = last.key, last.upload_id
             else:
-                next_key = last  # type: ignore[assignment]
+                next_key = last
         out = [XML_HEAD, "<ListMultipartUploadsResult>", el("Bucket", b.name), el("KeyMarker", enc(key_marker)),
                el("UploadIdMarker", id_marker), el("NextKeyMarker", enc(next_key)),
                el("NextUploadIdMarker", next_id), el("Delimiter", enc(delimiter)), el("Prefix", enc(prefix)),
@@ -290,10 +291,10 @@ class MultipartOps(OpsBase):
             out.append(el("EncodingType", "url"))
         for kind, it in page:
             if kind == "u":
-                out.append("<Upload>" + el("Key", enc(it.key)) + el("UploadId", it.upload_id) +  # type: ignore[union-attr]
-                           el("StorageClass", "Standard") + el("Initiated", iso8601(it.initiated)) + "</Upload>")  # type: ignore[union-attr]
+                out.append("<Upload>" + el("Key", enc(it.key)) + el("UploadId", it.upload_id) +
+                           el("StorageClass", "Standard") + el("Initiated", iso8601(it.initiated)) + "</Upload>")
             else:
-                out.append("<CommonPrefixes>" + el("Prefix", enc(it)) + "</CommonPrefixes>")  # type: ignore[arg-type]
+                out.append("<CommonPrefixes>" + el("Prefix", enc(it)) + "</CommonPrefixes>")
         out.append("</ListMultipartUploadsResult>")
         return self._xml(out)
 

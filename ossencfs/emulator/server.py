@@ -13,20 +13,27 @@ connections dropped mid-response) can be changed while it runs, in-process with
     GET  http://127.0.0.1:PORT/-/admin/stats         -> request counters and byte counts (JSON)
     POST http://127.0.0.1:PORT/-/admin/stats/reset
 
-The admin endpoint is unsigned, answers only loopback clients and cannot collide with a bucket
-(bucket names never start with ``-``). ``bandwidth_mbps`` is in megabits per second.
+The admin endpoint answers only loopback clients that send the emulator's admin token in an
+``X-Admin-Token`` header; the token is made at start and written to ``DATA_DIR/admin-token``
+(mode 0600, readable only by the emulator's user), so other local users cannot change faults.
+It cannot collide with a bucket (bucket names never start with ``-``). ``bandwidth_mbps`` is in
+megabits per second.
 """
 from __future__ import annotations
 
 import base64
 import collections
+import errno
+import hmac
 import ipaddress
 import json
 import logging
 import os
 import random
 import re
+import resource
 import secrets
+import select
 import socket
 import sys
 import threading
@@ -46,6 +53,14 @@ from .xmlout import OssError, error_xml, http_date
 log = logging.getLogger(__name__)
 
 _DRAIN_LIMIT = 64 << 20
+# Connection hygiene (issue 13 item 9): a read or write that makes no progress for IDLE_TIMEOUT
+# seconds (also an idle keep-alive connection) ends the connection; a request whose headers are
+# not complete HEADER_TIMEOUT seconds after its request line is closed; at most max_connections
+# are open (default: what the file limit allows), and a new one at the cap first evicts the
+# connection that has waited longest for a request, so clients that send whole requests are served.
+IDLE_TIMEOUT = 60.0
+HEADER_TIMEOUT = 10.0
+ADMIN_TOKEN_FILE = "admin-token"
 _HANDLED = frozenset({"restore", "acl", "uploads", "location", "delete", "append", "position", "objectMeta", "uploadId",
                       "partNumber", "security-token", "symlink", "bucketInfo", "continuation-token",
                       "response-content-type", "response-content-language", "response-expires",
@@ -55,6 +70,33 @@ _REASONS = {200: "OK", 204: "No Content", 206: "Partial Content", 304: "Not Modi
             411: "Length Required", 412: "Precondition Failed", 416: "Requested Range Not Satisfiable",
             429: "Too Many Requests", 500: "Internal Server Error",
             501: "Not Implemented", 503: "Service Unavailable"}
+
+
+class MalformedRequest(OssError):
+    """A request whose framing (Content-Length, chunk sizes) cannot be read: answered with a 400,
+    then the connection is closed, since where the next request starts is unknown."""
+
+
+# Content-Length that is not a decimal integer (negative, sign, junk): 400 InvalidArgument, error
+# page 0017-00000103 ("Content-Length is not a valid integer").
+_BAD_LENGTH = ("InvalidArgument", "Content-Length is not a valid integer.", "0017-00000103")
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,15})[ \t]*(?:;[^\r\n]*)?\r?\n")
+
+
+def content_length(value: str | None) -> int | None:
+    """The request's Content-Length in bytes, None when absent; MalformedRequest when not 0..10^18."""
+    if value is None:
+        return None
+    if not re.fullmatch(r"[0-9]{1,18}", value.strip()):
+        code, message, ec = _BAD_LENGTH
+        raise MalformedRequest(400, code, message, EC=ec)
+    return int(value)
+
+
+def _bad_chunk() -> MalformedRequest:
+    """A chunk-size line that is not hex digits (RFC 9112 section 7.1). OSS's HTTP front end
+    answers a request it cannot frame with 400 before any effect; modelled as 400 InvalidArgument."""
+    return MalformedRequest(400, "InvalidArgument", "The chunked request body is malformed.")
 
 
 class BodyReader:
@@ -71,10 +113,13 @@ class BodyReader:
         self.received = 0
 
     def _next_chunk(self) -> None:
-        line = self.rfile.readline(65537)
+        line = self.rfile.readline(4097)
         if not line:
             raise ConnectionError("eof in chunked body")
-        size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+        m = _CHUNK_LINE.fullmatch(line)
+        if not m:
+            raise _bad_chunk()
+        size = int(m.group(1), 16)
         if size == 0:
             while True:                       # trailers up to the blank line
                 t = self.rfile.readline(65537)
@@ -101,8 +146,8 @@ class BodyReader:
         self.throttle.consume(n)
         if self.chunked:
             self.chunk_left -= n
-            if self.chunk_left == 0:
-                self.rfile.readline(3)        # CRLF after the chunk
+            if self.chunk_left == 0 and self.rfile.readline(3) not in (b"\r\n", b"\n"):
+                raise _bad_chunk()            # CRLF after the chunk
         else:
             self.remaining -= n
             if self.remaining == 0:
@@ -230,6 +275,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        self.connection.settimeout(self.server.emu.idle_timeout)
         self.server.track(self.connection, True)
         faults = self.server.emu._faults
         self.up = Throttle(faults)
@@ -241,7 +287,16 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             self.server.track(self.connection, False)
 
+    def handle_one_request(self) -> None:
+        self.server.mark(self.connection, "idle")
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        self.server.mark(self.connection, "headers")     # the request line is in; headers follow
+        return super().parse_request()
+
     def do_GET(self) -> None:
+        self.server.mark(self.connection, "busy")
         self._dispatch()
 
     do_PUT = do_POST = do_DELETE = do_HEAD = do_GET
@@ -278,12 +333,11 @@ class _Handler(BaseHTTPRequestHandler):
         raw_path, _, raw_query = self.path.partition("?")
         hdrs = {k.lower(): v for k, v in self.headers.items()}
         chunked = "chunked" in hdrs.get("transfer-encoding", "").lower()
-        length = None
-        if "content-length" in hdrs and not chunked:
-            try:
-                length = int(hdrs["content-length"])
-            except ValueError:
-                length = None
+        length, frame_error = None, None
+        try:
+            length = content_length(None if chunked else hdrs.get("content-length"))
+        except MalformedRequest as e:
+            frame_error, self.close_connection = e, True
         body = BodyReader(self.rfile, length, chunked, self.up)
         if raw_path.startswith("/-/admin/"):
             self._admin(raw_path, raw_query, body, rid)
@@ -301,6 +355,7 @@ class _Handler(BaseHTTPRequestHandler):
             op, fn = route(emu._ops, method, bucket, key, params, hdrs)
         except OssError as e:
             pre_error = e
+        pre_error = frame_error or pre_error
         emu._stats.count(op)
         if faults.latency_ms > 0:
             time.sleep(faults.latency_ms / 1000.0)
@@ -327,6 +382,8 @@ class _Handler(BaseHTTPRequestHandler):
                 assert fn is not None
                 resp = fn(ctx)
             except OssError as e:
+                if isinstance(e, MalformedRequest):
+                    self.close_connection = True
                 resp = self._error(e, rid, bucket, key)
             except (ConnectionError, socket.timeout):
                 self.close_connection = True
@@ -335,9 +392,9 @@ class _Handler(BaseHTTPRequestHandler):
                 log.exception("emulator: %s %s failed", method, op)
                 resp = self._error(OssError(500, "InternalError", "We encountered an internal error."), rid, bucket, key)
         try:
-            if not body.drain(_DRAIN_LIMIT):
+            if self.close_connection or not body.drain(_DRAIN_LIMIT):
                 self.close_connection = True
-        except (ConnectionError, ValueError, OSError):
+        except (ConnectionError, ValueError, OSError, OssError):
             self.close_connection = True
         sent = 0
         try:
@@ -422,7 +479,7 @@ class _Handler(BaseHTTPRequestHandler):
                             self.wfile.write(chunk)
                         n = len(chunk)
                     else:
-                        n = os.sendfile(out, fd, off + done, min(count - done, 1 << 30))
+                        n = self._sendfile(out, fd, off + done, min(count - done, 1 << 30))
                     if n == 0:
                         break
                     done += n
@@ -433,12 +490,26 @@ class _Handler(BaseHTTPRequestHandler):
             self._hard_close()
         return sent
 
+    def _sendfile(self, out: int, fd: int, offset: int, count: int) -> int:
+        """os.sendfile on the connection, which has a timeout (so is non-blocking underneath):
+        wait up to the idle timeout for room, then give up with TimeoutError."""
+        while True:
+            try:
+                return os.sendfile(out, fd, offset, count)
+            except BlockingIOError:
+                if not select.select([], [out], [], self.connection.gettimeout())[1]:
+                    raise TimeoutError("client stopped reading") from None
+
     # ---- admin -------------------------------------------------------------------------
     def _admin(self, path: str, query: str, body: BodyReader, rid: str) -> None:
         emu = self.server.emu
-        status, payload = 200, {}
+        status, payload = 200, dict[str, Any]()
         if not _is_ip(self.client_address[0]) or not ipaddress.ip_address(self.client_address[0]).is_loopback:
             status, payload = 403, {"error": "admin endpoint is loopback-only"}
+        elif not hmac.compare_digest(self.headers.get("x-admin-token", "").encode("latin-1", "replace"),
+                                     emu.admin_token.encode()):
+            status, payload = 403, {"error": "admin endpoint needs the X-Admin-Token header "
+                                             f"(the token is in {ADMIN_TOKEN_FILE} in the data directory)"}
         elif path == "/-/admin/faults":
             if self.command == "POST":
                 q = dict(parse_qsl(query))
@@ -477,9 +548,47 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, addr: tuple[str, int], emu: "Emulator") -> None:
         self.emu = emu
-        self._conns: set[socket.socket] = set()
+        self._conns: dict[socket.socket, tuple[str, float]] = {}    # -> (state, since (monotonic))
         self._conns_lock = threading.Lock()
         super().__init__(addr, _Handler)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        try:
+            return super().get_request()
+        except OSError as exc:       # EMFILE/ENFILE: the listening socket stays readable; do not spin
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                time.sleep(0.05)
+            raise
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """At the connection cap, evict the connection waiting longest for a request; refuse
+        (503, then close) when every connection is busy with a request."""
+        with self._conns_lock:
+            if len(self._conns) < self.emu.max_connections:
+                return True
+            waiting = [(since, c) for c, (state, since) in self._conns.items() if state != "busy"]
+        if waiting:
+            _shutdown(min(waiting, key=lambda t: t[0])[1])
+            return True
+        try:
+            request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        except OSError:
+            pass
+        return False
+
+    def service_actions(self) -> None:
+        """Called by serve_forever every poll interval: close requests with overdue headers."""
+        super().service_actions()
+        limit = time.monotonic() - self.emu.header_timeout
+        with self._conns_lock:
+            late = [c for c, (state, since) in self._conns.items() if state == "headers" and since < limit]
+        for c in late:
+            _shutdown(c)
+
+    def mark(self, conn: socket.socket, state: str) -> None:
+        with self._conns_lock:
+            if conn in self._conns:
+                self._conns[conn] = (state, time.monotonic())
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Clients closing or resetting idle keep-alive connections is normal, not an error."""
@@ -490,16 +599,33 @@ class _Server(ThreadingHTTPServer):
 
     def track(self, conn: socket.socket, add: bool) -> None:
         with self._conns_lock:
-            (self._conns.add if add else self._conns.discard)(conn)
+            if add:
+                self._conns[conn] = ("idle", time.monotonic())
+            else:
+                self._conns.pop(conn, None)
 
     def close_all(self) -> None:
         with self._conns_lock:
             conns = list(self._conns)
         for c in conns:
-            try:
-                c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            _shutdown(c)
+
+
+def _shutdown(conn: socket.socket) -> None:
+    """End a connection from another thread (its handler sees EOF or an error and exits)."""
+    try:
+        conn.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def default_max_connections() -> int:
+    """Open connections the file limit allows: each takes a socket and up to two object files
+    while it is served; a margin is kept for the data files and the KMS server."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(8, min(1024, (soft - 64) // 3))
 
 
 class Emulator:
@@ -511,8 +637,12 @@ class Emulator:
                  fail_rate: float = 0.0, kms_port: int | None = None, drop_rate: float = 0.0,
                  fsync: bool = True, crc: bool = True, region: str = "oss-cn-hangzhou",
                  fail_code: str = "ServiceUnavailable", copy_limit: int = DEFAULT_COPY_LIMIT,
-                 restore_seconds: float = DEFAULT_RESTORE_SECONDS) -> None:
+                 restore_seconds: float = DEFAULT_RESTORE_SECONDS, max_connections: int | None = None,
+                 idle_timeout: float = IDLE_TIMEOUT, header_timeout: float = HEADER_TIMEOUT) -> None:
         self.data_dir = os.path.abspath(str(data_dir))
+        self.max_connections = max_connections or default_max_connections()
+        self.idle_timeout = idle_timeout
+        self.header_timeout = header_timeout
         self.host = host
         self.port = port
         self.credentials = dict(credentials)
@@ -525,18 +655,37 @@ class Emulator:
         self._faults = Faults(float(latency_ms), float(bandwidth_mbps), float(fail_rate), float(drop_rate))
         self.set_faults(fail_code=fail_code, copy_limit=copy_limit, restore_seconds=restore_seconds)
         self._stats = Stats()
-        self._verifier = Verifier(self.credentials, self.sts_tokens)
+        self._verifier = Verifier(self.credentials, self.sts_tokens, region=self.region)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._kms: Any = None
         self.endpoint = ""
         self.kms_endpoint: str | None = None
         self.storage: Storage | None = None
+        self.admin_token = ""
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        """The header that authorises admin endpoint requests (valid while this emulator runs)."""
+        return {"X-Admin-Token": self.admin_token}
+
+    def _write_admin_token(self) -> None:
+        """A fresh random token in DATA_DIR/admin-token, created 0600 (never through a symlink)."""
+        self.admin_token = secrets.token_hex(24)
+        path = os.path.join(self.data_dir, ADMIN_TOKEN_FILE)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.admin_token + "\n")
 
     def start(self) -> "Emulator":
         if self._server is not None:
             return self
         os.makedirs(self.data_dir, exist_ok=True)
+        self._write_admin_token()
         self.storage = Storage(os.path.join(self.data_dir, "oss"), fsync=self.fsync, crc=self.crc)
         for b in self.buckets:
             if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", b):   # oss2 itself needs >= 3 chars

@@ -72,13 +72,13 @@ class CtrStream:
         """Object offset of the next byte ``update`` will process."""
         return self._position
 
-    def update(self, data: bytes) -> bytes:
+    def update(self, data: bytes | memoryview) -> bytes:
         """XOR ``data`` with the keystream at the current position and advance."""
         out = self._ctx.update(data)
         self._position += len(data)
         return out
 
 
-def crypt_at(key: bytes, counter0: int, offset: int, data: bytes) -> bytes:
+def crypt_at(key: bytes, counter0: int, offset: int, data: bytes | memoryview) -> bytes:
     """One-shot encrypt/decrypt of ``data`` that sits at ``offset`` in the object."""
     return CtrStream(key, counter0, offset).update(data)

@@ -20,7 +20,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from ..errors import FormatError, KeyFileError, KeyUnavailableError, OssEncError, WrongKeyError
+from ..errors import (FormatError, KeyFileError, KeyServiceUnavailableError, KeyUnavailableError,
+                      OssEncError, WrongKeyError)
 from .ctr import (BLOCK_SIZE, IV_SIZE, KEY_SIZE, CtrStream, counter_to_iv, crypt_at, iv_to_counter,
                   new_data_key, new_iv)
 from .format import (CEK_AES_CTR, WRAP_LEGACY_RSA, WRAP_RSA_OAEP, WRAP_RSA_PKCS1, CryptoHeaders,
@@ -326,14 +327,17 @@ def _copy_error(exc: OssEncError, old_name: str, new_name: str) -> OssEncError:
 
     Fresh because raising one object in many threads tangles tracebacks; renamed because two
     objects can share a wrapped key (a server-side copy), and the log must name the one read.
+    The same object's failure again is a ``repeat`` (logged once, by whoever saw it first).
     """
     msg = str(exc)
     if msg.startswith(old_name + ": "):
         msg = new_name + ": " + msg[len(old_name) + 2:]
     try:
-        return type(exc)(msg)
+        err = type(exc)(msg)
     except Exception:  # pragma: no cover - exotic subclass signature
-        return OssEncError(msg)
+        err = OssEncError(msg)
+    err.repeat = exc.repeat or old_name == new_name
+    return err
 
 
 CacheKey = tuple[str, str, str]
@@ -536,9 +540,11 @@ class KeyRing:
             log.debug("%s: only an implausible IV unwrapped; using it", what)
             return weak
         reasons = "; ".join(f"{m.name}: {exc}" for m, exc in failures)
-        for kind in (KeyUnavailableError, FormatError):
+        for kind in (KeyServiceUnavailableError, KeyUnavailableError, FormatError):   # outage (EIO) first
             if any(isinstance(exc, kind) for _, exc in failures):
-                raise kind(f"{what}: cannot unwrap the data key: {reasons}")
+                err = kind(f"{what}: cannot unwrap the data key: {reasons}")
+                err.repeat = all(exc.repeat for _, exc in failures)
+                raise err
         raise WrongKeyError(f"{what}: wrong key ({len(failures)} tried): {reasons}")
 
     # -- writing --------------------------------------------------------------------------

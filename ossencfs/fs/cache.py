@@ -11,10 +11,17 @@ Fetches of the same block are de-duplicated (one GET, every waiter gets the resu
 ``--cache-size`` caps blocks *plus* staged (unsent) data: ``reserved()`` says how much the
 staging area holds, and only clean blocks are ever evicted to make room. A block that cannot
 be stored (limit reached by staged data, or ENOSPC from the OS) is simply not cached.
+
+The cache file system is watched too, since ``--cache-size`` may be larger than it (the
+default 1 GiB on a small disk) and other programs share it: clean blocks are written only
+while the file system keeps ``disk_reserve`` bytes free, older blocks are evicted to make
+room for newer ones (and at start, when an earlier mount or another program took the space),
+and ``make_disk_room`` evicts them for staged data, which may use the reserve.
 """
 from __future__ import annotations
 
 import collections
+import errno
 import hashlib
 import logging
 import os
@@ -27,6 +34,20 @@ from ..atomicfile import replace_file
 log = logging.getLogger(__name__)
 
 BLOCK_SIZE = 256 * 1024          # multiple of 16, so every block starts on a CTR block boundary
+RESERVE_MAX = 1 << 30            # the free space kept for others: a tenth of the disk, at most this
+
+
+def disk_reserve(directory: str) -> int:
+    """Bytes of the file system holding ``directory`` that clean blocks leave free: a tenth
+    of its size, at most ``RESERVE_MAX`` (blocking: one statvfs)."""
+    st = os.statvfs(directory)
+    return min(RESERVE_MAX, st.f_blocks * st.f_frsize // 10)
+
+
+def disk_free(directory: str) -> int:
+    """Bytes an unprivileged writer may still use on the file system of ``directory``."""
+    st = os.statvfs(directory)
+    return st.f_bavail * st.f_frsize
 
 
 def _name(key: str, etag: str, index: int) -> str:
@@ -64,8 +85,11 @@ class BlockCache:
         self._disk_limiter = trio.CapacityLimiter(2)
         self._writing_bytes = 0
         self._writing_max = 64 << 20
+        self.disk_reserve = 0
+        self._full = False           # the cache file system refused a block (warned once)
         if directory:
             os.makedirs(directory, mode=0o700, exist_ok=True)
+            self.disk_reserve = disk_reserve(directory)
             self._scan()
 
     def _scan(self) -> None:
@@ -82,6 +106,7 @@ class BlockCache:
             self._disk[name] = size
             self._disk_bytes += size
         self._evict_disk_sync()
+        _unlink_all(self._pop_for_free(self.disk_reserve))
 
     # -- memory -----------------------------------------------------------------------------
     def _hot_put(self, name: str, data: bytes) -> None:
@@ -114,6 +139,38 @@ class BlockCache:
             doomed.append(self._path(name))
         return doomed
 
+    def _pop_for_free(self, want: int) -> list[str]:
+        """Forget least recently used clean blocks until deleting them would leave ``want``
+        bytes free on the cache file system (or none are left); returns their paths."""
+        if not self._disk:
+            return []
+        try:
+            short = want - disk_free(self.directory or ".")
+        except OSError:
+            return []
+        doomed: list[str] = []
+        while short > 0 and self._disk:
+            name, size = self._disk.popitem(last=False)
+            self._disk_bytes -= size
+            short -= size
+            doomed.append(self._path(name))
+        return doomed
+
+    async def make_disk_room(self, n: int) -> None:
+        """Room for ``n`` bytes of staged data on the cache file system: clean blocks are
+        evicted (oldest first) until ``n`` plus the reserve are free, or none is left. Staged
+        data may use the reserve; the OS answers ENOSPC only when it has no room itself."""
+        doomed = self._pop_for_free(n + self.disk_reserve)
+        if doomed:
+            await trio.to_thread.run_sync(_unlink_all, doomed)
+
+    def _fits_disk(self, n: int) -> bool:
+        """Whether a block of ``n`` bytes still leaves the reserve free (blocking)."""
+        try:
+            return disk_free(self.directory or ".") - n >= self.disk_reserve
+        except OSError:
+            return False
+
     def evict_to(self, target: int) -> None:
         """Blocking eviction (startup, before the loop serves anything)."""
         _unlink_all(self._pop_lru(target))
@@ -133,6 +190,8 @@ class BlockCache:
             return None
 
     def _write_disk(self, name: str, data: bytes) -> None:
+        if not self._fits_disk(len(data)):
+            raise OSError(errno.ENOSPC, "cache file system is at its reserve")
         replace_file(self._path(name), data)
 
     # -- API --------------------------------------------------------------------------------
@@ -158,11 +217,13 @@ class BlockCache:
             return
         if self.reserved() + len(data) > self.max_bytes:
             return                  # staged data fills the limit: keep this block in memory only
+        await self.make_disk_room(len(data))        # older blocks make room for newer ones
         try:
             await trio.to_thread.run_sync(self._write_disk, name, data)
         except OSError as exc:   # a full cache disk only costs performance
-            log.warning("block cache: cannot store a block of %s: %s", key, exc)
+            self._not_stored(exc)
             return
+        self._full = False
         self._disk[name] = len(data)
         self._disk_bytes += len(data)
         if self._disk_bytes + self.reserved() > self.max_bytes:
@@ -247,6 +308,7 @@ class BlockCache:
         if not todo:
             return
         size = sum(len(d) for _, d in todo)
+        await self.make_disk_room(size)             # older blocks make room for newer ones
         self._writing_bytes += size
         try:
             written = await trio.to_thread.run_sync(self._write_many, todo,
@@ -266,10 +328,22 @@ class BlockCache:
             try:
                 self._write_disk(name, data)
             except OSError as exc:   # a full cache disk only costs performance
-                log.warning("block cache: cannot store a block: %s", exc)
+                self._not_stored(exc)
                 break
+            self._full = False
             done.append((name, len(data)))
         return done
+
+    def _not_stored(self, exc: OSError) -> None:
+        """One warning when the cache file system fills (not one per block), until a block
+        is stored again; other errors each get theirs."""
+        if exc.errno == errno.ENOSPC:
+            if not self._full:
+                log.warning("block cache: %s: %s; blocks are not cached until space frees",
+                            self.directory, exc.strerror or exc)
+            self._full = True
+            return
+        log.warning("block cache: cannot store a block: %s", exc)
 
     async def load_disk(self, key: str, etag: str, indices: list[int]) -> dict[int, bytes]:
         """Blocks of ``indices`` found on disk, read in one worker-thread job."""

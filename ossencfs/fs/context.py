@@ -23,6 +23,8 @@ from typing import Any, Awaitable, Callable
 import pyfuse3
 
 from ..errors import OssEncError
+from ..objects import EncryptedObjects
+from ..store import ObjectStore
 
 from . import keymap, posix
 from .attrcache import AttrCache
@@ -30,6 +32,7 @@ from .cache import BlockCache
 from .inodes import ROOT_INO, InodeTable, Node
 from .staging import StagingArea
 from .uploader import Uploader
+from .writeback import WriteBack
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +51,7 @@ _err = fuse_err
 
 
 class FsContext:
-    def __init__(self, store: Any, objects: Any, cache: BlockCache, staging: StagingArea,
+    def __init__(self, store: ObjectStore, objects: EncryptedObjects, cache: BlockCache, staging: StagingArea,
                  uploader: Uploader, *, prefix: str, policy: posix.MountPolicy, ttl: float,
                  read_only: bool, spawn: Callable[[Callable[[], Awaitable[Any]]], bool],
                  write_back: float = 0.0, attr_cache: AttrCache | None = None,
@@ -57,7 +60,7 @@ class FsContext:
         self.attr_cache = attr_cache if attr_cache is not None else AttrCache(None)
         self.listing_attrs = listing_attrs
         self.write_back = write_back
-        self.writeback: Any = None          # fs.writeback.WriteBack, set by the mounter
+        self.writeback: WriteBack[Node] | None = None     # set by the mounter
         self.objects = objects
         self.cache = cache
         self.staging = staging

@@ -29,13 +29,16 @@ import itertools
 import stat
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Protocol
+from typing import TYPE_CHECKING, Iterator, Protocol
 
 import trio
 
 from . import keymap
 from .dirtystate import DirtyState
 from .posix import PosixMeta
+
+if TYPE_CHECKING:
+    from .staging import Staging
 
 ROOT_INO = 1
 
@@ -116,7 +119,7 @@ class Node:
     marker: bool = False                      # directory has its own ``dir/`` object
     nlookup: int = 0
     open_count: int = 0
-    staging: Any = None                       # fs.staging.Staging while dirty or sealed
+    staging: Staging | None = None            # while dirty or sealed (or a fs.reupload.Reupload)
     # changed only by fs.dirtystate's transitions; read as ``dirty``/``upload_busy``
     dirty_state: DirtyState = DirtyState.CLEAN
     unlinked: bool = False

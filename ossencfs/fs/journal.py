@@ -47,7 +47,7 @@ SPARES = 1024        # removed files kept for reuse (see the module docstring) .
 SPARE_BYTES = 64 << 10   # ... if they are no larger than this
 FORMAT = "ossencfs-journal"
 VERSION = 2
-_REQUIRED = {"format": str, "version": int, "mount": dict, "id": str, "key": str, "size": int,
+_REQUIRED: dict[str, type | tuple[type, ...]] = {"format": str, "version": int, "mount": dict, "id": str, "key": str, "size": int,
              "base_len": int, "extents": list, "crypto_headers": dict, "posix": dict,
              "committed": bool, "sealed": bool, "updated": (int, float)}
 
@@ -149,8 +149,10 @@ def check_entry(raw: bytes, identity: MountIdentity) -> JournalEntry:
     """Parse and validate one entry; BadEntry says why it is not replayable here."""
     try:
         entry = json.loads(raw)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise BadEntry(f"corrupt entry: not JSON ({exc.msg} at byte {exc.pos})") from None
+    except ValueError as exc:                # not UTF-8/16/32
+        raise BadEntry(f"corrupt entry: not JSON ({exc})") from None
     if not isinstance(entry, dict):
         raise BadEntry("corrupt entry: not a JSON object")
     if entry.get("format") != FORMAT:

@@ -32,6 +32,7 @@ from .context import META_DELAY, FsContext
 from .freshness import Freshness
 from .inodes import Entry, Node
 from .reupload import Reupload
+from .staging import Staging
 from .uploader import BaseGoneError, UploadResult
 
 log = logging.getLogger(__name__)
@@ -82,14 +83,15 @@ class Lifecycle:
             if old is not None:               # no need to re-key what is thrown away
                 node.staging = None
                 await self.ctx.staging.drop(old)
-            node.staging = await self.ctx.staging.new(self.ctx.okey(node.path), 0, None, 0, base_etag)
-            node.staging.prior_keys = prior
+            st = node.staging = await self.ctx.staging.new(self.ctx.okey(node.path), 0, None, 0,
+                                                           base_etag)
+            st.prior_keys = prior
         else:
             st = await self.ensure_staging(node)
             await st.truncate(size)
             if st.committed:                 # keep the journal's size in step with the data
                 await st.save_manifest()
-        node.staging.changed = True
+        st.changed = True
         dirtystate.mark_dirty(node)
         node.meta.mtime_ns = node.meta.ctime_ns = time.time_ns()
 
@@ -163,7 +165,7 @@ class Lifecycle:
         node.size = st.size
         node.exists_remote = True
         node.mtime = time.time()
-        node.headers = {**(st.kept if st.relay else {}),
+        node.headers = {**(st.kept if isinstance(st, Reupload) else {}),
                         **{k.lower(): v for k, v in st.crypto_headers.items()}, **extra}
         node.headers_expires = node.meta_expires = time.monotonic() + self.ctx.ttl
         self.ctx.attr_cache.record(self.ctx.okey(node.path), etag, node.size, extra,
@@ -176,7 +178,7 @@ class Lifecycle:
             node.staging = None
             await self.ctx.staging.drop(st)
 
-    async def _after_conflict(self, node: Node, st: Any, result: UploadResult) -> None:
+    async def _after_conflict(self, node: Node, st: Staging, result: UploadResult) -> None:
         """The local version went beside the object (or, for a metadata change, was dropped):
         show the other client's version at the name (fetched afresh) and the conflict copy
         next to it."""

@@ -31,6 +31,8 @@ from typing import Any, Awaitable, Callable
 
 import pyfuse3
 
+from ..objects import EncryptedObjects
+from ..store import ObjectStore
 from . import posix
 from .attrcache import AttrCache
 from .attrs import Attrs
@@ -52,7 +54,7 @@ log = logging.getLogger(__name__)
 
 
 class FsModel(FsContext):
-    def __init__(self, store: Any, objects: Any, cache: BlockCache, staging: StagingArea,
+    def __init__(self, store: ObjectStore, objects: EncryptedObjects, cache: BlockCache, staging: StagingArea,
                  uploader: Uploader, *, prefix: str, policy: posix.MountPolicy, ttl: float,
                  read_only: bool, spawn: Callable[[Callable[[], Awaitable[Any]]], bool],
                  write_back: float = 0.0, attr_cache: AttrCache | None = None,

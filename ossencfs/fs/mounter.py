@@ -237,6 +237,8 @@ class Mount:
         cache = BlockCache(os.path.join(self.base_dir, "blocks"), max_bytes=self.cache_size)
         cache.reserved = lambda: staging.used
         staging.make_room = cache.make_room
+        if os.stat(staging_dir).st_dev == os.stat(cache.directory or staging_dir).st_dev:
+            staging.make_disk_room = cache.make_disk_room   # blocks free room for staged data
         assert self.opts.policy is not None
         self.model = FsModel(self.store, objects, cache, staging, Uploader(objects),
                              prefix=self.prefix, policy=self.opts.policy, ttl=self.opts.ttl,
@@ -303,10 +305,12 @@ class Mount:
                         f" (write-back {self.write_back:g} s)" if self.write_back else "")
             write_state(state_path, snapshot(self))
             ready(None)
+            wb = self.model.writeback
+            assert wb is not None
             async with trio.open_nursery() as nursery:
                 spawn.nursery = nursery
                 nursery.start_soon(self._signals)
-                nursery.start_soon(self.model.writeback.run)
+                nursery.start_soon(wb.run)
                 nursery.start_soon(publish, self, state_path)
                 await pyfuse3.main()
                 # unmount before draining: nothing may hang on a mount nobody serves
@@ -316,9 +320,9 @@ class Mount:
                     with trio.CancelScope() as self._drain_scope:
                         failed = await self.model.flush_all()
                     if self._drain_scope.cancelled_caught:
-                        failed = len(self.model.writeback.jobs)
+                        failed = len(wb.jobs)
                 else:
-                    failed = len(self.model.writeback.jobs)
+                    failed = len(wb.jobs)
                 if failed and (self.no_wait or self._drain_scope is not None):
                     log.warning("%d pending upload(s) left journaled in %s; they go up at the "
                                 "next mount with this --cache-dir", failed,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
-from typing import Any, Awaitable, Callable, Sequence, TypeVar
+from typing import Any, Awaitable, Callable, Concatenate, Coroutine, ParamSpec, Sequence, TypeVar
 
 import pyfuse3
 import trio
@@ -24,6 +24,7 @@ from .model import FsModel
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+P = ParamSpec("P")
 META_TIMEOUT = 120.0       # lookups, listings, metadata changes (the store retries inside)
 LONG_TIMEOUT = 3600.0      # directory renames, and everything that may wait for a file's lock
                            # while an upload holds it (uploads carry their own stall timeout)
@@ -47,13 +48,17 @@ def _first(exc: BaseException) -> BaseException:
     return exc
 
 
-def _guard(timeout: float) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
-    def deco(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+def _guard(timeout: float) -> Callable[[Callable[Concatenate["Operations", P], Awaitable[T]]],
+                                       Callable[Concatenate["Operations", P], Coroutine[Any, Any, T]]]:
+    """The handler's own signature is kept (``ParamSpec``): mypy checks each against
+    ``pyfuse3.Operations``."""
+    def deco(fn: Callable[Concatenate["Operations", P], Awaitable[T]]
+             ) -> Callable[Concatenate["Operations", P], Coroutine[Any, Any, T]]:
         @functools.wraps(fn)
-        async def wrapper(self: "Operations", *args: Any) -> T:
+        async def wrapper(self: "Operations", *args: P.args, **kwargs: P.kwargs) -> T:
             try:
                 with trio.fail_after(timeout):
-                    return await fn(self, *args)
+                    return await fn(self, *args, **kwargs)
             except BaseException as raw:
                 exc = _first(raw)
                 if isinstance(exc, pyfuse3.FUSEError):
@@ -64,6 +69,11 @@ def _guard(timeout: float) -> Callable[[Callable[..., Awaitable[T]]], Callable[.
                 raise pyfuse3.FUSEError(code) from None
         return wrapper
     return deco
+
+
+#: operations whose first argument is a file handle / a directory handle, not an inode
+_FILE_HANDLE_OPS = frozenset({"read", "write", "flush", "release", "fsync"})
+_DIR_HANDLE_OPS = frozenset({"readdir", "releasedir", "fsyncdir"})
 
 
 class Operations(pyfuse3.Operations):
@@ -78,7 +88,7 @@ class Operations(pyfuse3.Operations):
         self._next_dh = 0
 
     def _errno_for(self, op: str, args: Sequence[Any], exc: BaseException) -> int:
-        what = self._describe(args)
+        what = self._describe(op, args)
         if isinstance(exc, trio.TooSlowError):
             log.error("%s %s: timed out", op, what)
             return errno.EIO
@@ -88,7 +98,7 @@ class Operations(pyfuse3.Operations):
             log.error("%s %s: object changed by another client: %s", op, what, exc)
             return errno.EIO
         if isinstance(exc, OssEncError):
-            log.error("%s %s: %s", op, what, exc)
+            (log.debug if exc.repeat else log.error)("%s %s: %s", op, what, exc)
             return exc.errno or errno.EIO
         if isinstance(exc, OSError) and exc.errno:
             log.error("%s %s: %s", op, what, exc)
@@ -96,14 +106,23 @@ class Operations(pyfuse3.Operations):
         log.error("%s %s: unexpected %s", op, what, type(exc).__name__, exc_info=exc)
         return errno.EIO
 
-    def _describe(self, args: Sequence[Any]) -> str:
-        """Name the object a failing call was about (first int arg: inode or fh)."""
+    def _describe(self, op: str, args: Sequence[Any]) -> str:
+        """Name the object a failing call was about. The first int argument is a file handle
+        (read, write, ...), a directory handle (readdir, ...) or an inode (everything else):
+        each is looked up in its own table, never one as another."""
         try:
             first = args[0] if args else None
             node = None
-            if isinstance(first, int):
+            if not isinstance(first, int):
+                pass
+            elif op in _FILE_HANDLE_OPS:
                 h = self.model.handles.get(first)
-                node = h.node if h is not None else self.model.inodes.get(first)
+                node = h.node if h is not None else None
+            elif op in _DIR_HANDLE_OPS:
+                dh = self._dirs.get(first)
+                node = self.model.inodes.get(dh[0]) if dh is not None else None
+            else:
+                node = self.model.inodes.get(first)
             if node is not None:
                 where = self.model.where(node)
                 if len(args) > 1 and isinstance(args[1], bytes) and node.is_dir:

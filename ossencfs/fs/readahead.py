@@ -25,6 +25,7 @@ and a 1 GiB copy would otherwise evict the whole random-access working set from 
 """
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any, Awaitable, Callable, Protocol
 
@@ -248,7 +249,7 @@ class BlockSource:
             n = min(chunk, stop - start + 1)
             if n < chunk and stop < self._last_block:
                 break               # wait until a whole chunk of the window is unfetched
-            self._spawn(lambda a=start, b=start + n - 1: self._prefetch(a, b))
+            self._spawn(functools.partial(self._prefetch, start, start + n - 1))
             self._prefetched_to = start + n - 1
             start += n
 

@@ -21,6 +21,7 @@ from .context import FsContext, fuse_err as _err
 from .freshness import Freshness
 from .inodes import Entry, Node, join
 from .namespace import Namespace
+from .reupload import Reupload
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class Renamer:
         st = src.staging if src.dirty else None
         if st is not None and not st.complete:
             await st.materialize()          # the old name's object goes away below
-        if src.exists_remote and st is not None and st.relay:
+        if src.exists_remote and isinstance(st, Reupload):
             # a pending metadata change goes to the new name at once: one re-upload
             # instead of a copy now and a re-upload later (rsync's temp file + rename)
             extra = posix.to_headers(src.meta)

@@ -6,6 +6,7 @@ upload queue sends it; unusable entries are quarantined with a reason.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import stat
 import time
@@ -71,9 +72,9 @@ class Replay:
                 restored += 1
                 continue
             try:
-                material = await trio.to_thread.run_sync(
-                    lambda e=entry: self.ctx.staging.keyring.open(
-                        e.crypto_headers, object_name=f"oss://{self.ctx.store.name}/{key}"))
+                material = await trio.to_thread.run_sync(functools.partial(
+                    self.ctx.staging.keyring.open, entry.crypto_headers,
+                    object_name=f"oss://{self.ctx.store.name}/{key}"))
             except Exception as exc:
                 quarantine(entry.id, f"cannot unwrap the data key with the configured "
                                         f"master keys: {exc}")

@@ -31,7 +31,9 @@ Why this shape:
   it is on disk before that commit, so a crash before the close leaves nothing to keep aside.
 - Staged bytes count against the cache limit (``--cache-size``) and are never evicted: when
   a write would pass the limit, clean cache blocks are evicted first, and if the staged data
-  alone would pass it the write fails with ENOSPC.
+  alone would pass it the write fails with ENOSPC. The same on the cache file system: clean
+  blocks are evicted until the write fits (``make_disk_room``); ENOSPC from the OS means
+  staged data (and other programs) fill it.
 """
 from __future__ import annotations
 
@@ -427,6 +429,8 @@ class StagingArea:
         self.limit = limit
         self.used = 0                 # staged bytes (never evicted)
         self.make_room: Callable[[int], Awaitable[None]] = _no_room   # evicts clean blocks
+        # evicts clean blocks until the cache file system has room for n more bytes
+        self.make_disk_room: Callable[[int], Awaitable[None]] = _no_room
         self._buffered = 0            # bytes of ciphertext kept in memory (``BUFFER_TOTAL``)
         self._buffered_lock = threading.Lock()
         # removals of discarded stagings, grouped into one worker call while one runs
@@ -481,13 +485,15 @@ class StagingArea:
             return True
 
     async def reserve(self, n: int) -> None:
-        """Room for ``n`` more staged bytes: evict clean cache blocks, else ENOSPC."""
+        """Room for ``n`` more staged bytes, under the limit and on the disk: evict clean
+        cache blocks, else ENOSPC (from the limit here, or from the disk when written)."""
         if n <= 0:
             return
         if self.used + n > self.limit:
             raise OSError(errno.ENOSPC, f"cache limit reached: {self.used} bytes staged and not "
                                         f"yet uploaded, limit {self.limit}")
         await self.make_room(self.limit - self.used - n)
+        await self.make_disk_room(n)
 
     async def _fresh(self) -> tuple[Any, dict[str, str]]:
         material, headers = await trio.to_thread.run_sync(lambda: self.keyring.new_object())
@@ -566,4 +572,5 @@ class StagingArea:
         st.close_for_good()
         self.active.discard(st)
         with trio.CancelScope(shield=True):
-            return await trio.to_thread.run_sync(self.journal.quarantine, st.ident, reason)
+            where = await trio.to_thread.run_sync(self.journal.quarantine, st.ident, reason)
+        return where

@@ -37,7 +37,9 @@ import trio
 from ..envelope import format as fmt
 from ..errors import ConflictError, NetworkError, NotFoundError
 from ..aio import first_error
+from ..objects import EncryptedObjects
 from . import dirtystate
+from .reupload import Reupload
 from .staging import Staging
 
 log = logging.getLogger(__name__)
@@ -89,7 +91,7 @@ class UploadResult:
 
 @dataclass
 class Uploader:
-    objects: Any                       # ossencfs.objects.EncryptedObjects
+    objects: EncryptedObjects
     pending: dict[int, Pending] = field(default_factory=dict)
     failures: list[tuple[float, str, str]] = field(default_factory=list)
     conflicts: list[dict[str, Any]] = field(default_factory=list)
@@ -102,7 +104,7 @@ class Uploader:
             entry.alive()
         entry.sent = 0
         try:
-            if staging.relay:                # fs.reupload: the object's own bytes, new headers
+            if isinstance(staging, Reupload):   # the object's own bytes, new headers
                 return await self.objects.relay(staging.source(), key,
                                                 {**staging.kept, **extra},
                                                 forbid_overwrite=forbid_overwrite,

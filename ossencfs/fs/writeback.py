@@ -25,7 +25,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Awaitable, Callable, Generic, Protocol, TypeVar
 
 import trio
 
@@ -36,9 +36,27 @@ log = logging.getLogger(__name__)
 SMALL_FILE = 1 << 20
 
 
+class _Sized(Protocol):
+    @property
+    def size(self) -> int: ...
+
+
+class QueuedFile(Protocol):
+    """What the queue reads of a file (an ``fs.inodes.Node``)."""
+    @property
+    def dirty(self) -> bool: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def staging(self) -> _Sized | None: ...
+
+
+N = TypeVar("N", bound=QueuedFile)
+
+
 @dataclass(eq=False)
-class Job:
-    node: Any
+class Job(Generic[N]):
+    node: N
     due: float                        # trio.current_time()
     since: float = field(default_factory=time.time)
     attempts: int = 0
@@ -46,9 +64,9 @@ class Job:
     running: bool = False
 
 
-class WriteBack:
-    def __init__(self, *, upload: Callable[[Any], Awaitable[None]], writers: Callable[[Any], int],
-                 where: Callable[[Any], str], delay: float, parallel: int = 4,
+class WriteBack(Generic[N]):
+    def __init__(self, *, upload: Callable[[N], Awaitable[None]],
+                 writers: Callable[[N], int], where: Callable[[N], str], delay: float, parallel: int = 4,
                  small_parallel: int = 16, backoff_max: float = 60.0) -> None:
         #: the model's calls it needs, and no more: upload one pending file (under its lock),
         #: count its open writers, name it in log lines
@@ -57,8 +75,8 @@ class WriteBack:
         self.backoff_max = backoff_max
         self.limiter = trio.CapacityLimiter(max(1, parallel))
         self.small_limiter = trio.CapacityLimiter(max(1, small_parallel))
-        self.jobs: dict[int, Job] = {}
-        self._heap: list[tuple[float, int, Job]] = []    # (due, seq, job), outdated entries too
+        self.jobs: dict[int, Job[N]] = {}
+        self._heap: list[tuple[float, int, Job[N]]] = []    # (due, seq, job), outdated entries too
         self._seq = itertools.count()
         self._next_wake = float("inf")                    # when the runner wakes by itself
         self._wake = trio.Event()
@@ -67,7 +85,7 @@ class WriteBack:
         self.draining = False
 
     # -- scheduling ---------------------------------------------------------------------------
-    def schedule(self, node: Any, delay: float | None = None) -> None:
+    def schedule(self, node: N, delay: float | None = None) -> None:
         """(Re)schedule ``node``'s upload ``delay`` seconds from now (default: the write-back);
         a job in backoff is not pulled earlier."""
         when = trio.current_time() + (self.delay if delay is None else delay)
@@ -82,7 +100,7 @@ class WriteBack:
             self._due(job)
         self.notify()
 
-    def failed(self, node: Any, exc: BaseException) -> None:
+    def failed(self, node: N, exc: BaseException) -> None:
         """An upload outside the queue (close, fsync) failed: retry it with backoff."""
         job = self.jobs.get(id(node))
         if job is None:
@@ -94,7 +112,7 @@ class WriteBack:
             self._due(job)
         self.notify()
 
-    def _due(self, job: Job) -> None:
+    def _due(self, job: Job[N]) -> None:
         """Record ``job.due`` (just set) for the runner; wake it if that is sooner."""
         heapq.heappush(self._heap, (job.due, next(self._seq), job))
         if job.due < self._next_wake:
@@ -104,10 +122,10 @@ class WriteBack:
         base = min(self.backoff_max, 2.0 ** (attempts - 1))
         return random.uniform(base / 2, base)
 
-    def job_for(self, node: Any) -> Job | None:
+    def job_for(self, node: N) -> Job[N] | None:
         return self.jobs.get(id(node))
 
-    def forget(self, node: Any) -> None:
+    def forget(self, node: N) -> None:
         self.jobs.pop(id(node), None)
         self.notify()
 
@@ -134,7 +152,7 @@ class WriteBack:
                     await self._wake.wait()
                 self._next_wake = float("-inf")   # awake: every change wakes it again
 
-    async def _work(self, job: Job) -> None:
+    async def _work(self, job: Job[N]) -> None:
         node = job.node
         size = node.staging.size if node.staging is not None else node.size
         try:

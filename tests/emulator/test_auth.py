@@ -120,8 +120,9 @@ def test_v4_additional_headers(emu, bucket):
 
 
 def test_v4_rejects_signed_payload_value(emu):
-    hdrs = {"x-oss-date": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()), "x-oss-content-sha256": "abc",
-            "Authorization": f"OSS4-HMAC-SHA256 Credential={AK}/20200101/cn-hangzhou/oss/aliyun_v4_request, Signature=00"}
+    now = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    hdrs = {"x-oss-date": now, "x-oss-content-sha256": "abc",
+            "Authorization": f"OSS4-HMAC-SHA256 Credential={AK}/{now[:8]}/cn-hangzhou/oss/aliyun_v4_request, Signature=00"}
     assert requests.get(f"{emu.endpoint}/{BUCKET}/k", headers=hdrs).status_code == 400
 
 
@@ -132,5 +133,69 @@ def test_presigned_urls_v4(emu, bucket_v4):
     assert "x-oss-signature=" in url
     assert requests.get(url).content == b"v4 url"
     assert requests.get(url.replace("x-oss-signature=", "x-oss-signature=0")).status_code == 403
-    r = requests.get(bucket_v4.sign_url("GET", key, -100))
+    r = requests.get(bucket_v4.sign_url("GET", key, -100))    # out of 1..604800 (page 0002-00000232)
+    assert r.status_code == 400 and b"x-oss-expires is invalid" in r.content
+    short = bucket_v4.sign_url("GET", key, 1)
+    time.sleep(2.1)
+    r = requests.get(short)
     assert r.status_code == 403 and b"expired" in r.content
+
+
+# ---- V4 scope (issue 13 item 12) -------------------------------------------------------------
+def _v4_request_for_day(emu, key: str, day: str) -> dict:
+    """Headers of a GET validly signed (oss2's canonical request, the SPEC D.3 key derivation)
+    with x-oss-date now but the scope day ``day``: what a client signing for another day sends."""
+    url = f"{emu.endpoint}/{BUCKET}/{key}"
+    req = oss2.http.Request("GET", url, headers={}, params={}, region="cn-hangzhou", product="oss")
+    date_time = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    req.headers["x-oss-date"] = date_time
+    req.headers["x-oss-content-sha256"] = "UNSIGNED-PAYLOAD"
+    auth = oss2.AuthV4(AK, SK)
+    creq = auth._ProviderAuthV4__get_canonical_request_bytes(req, BUCKET, key, None)
+    scope = f"{day}/cn-hangzhou/oss/aliyun_v4_request"
+    sts = f"OSS4-HMAC-SHA256\n{date_time}\n{scope}\n{hashlib.sha256(creq).hexdigest()}"
+    k = hmac.new(("aliyun_v4" + SK).encode(), day.encode(), hashlib.sha256).digest()
+    for part in ("cn-hangzhou", "oss", "aliyun_v4_request"):
+        k = hmac.new(k, part.encode(), hashlib.sha256).digest()
+    sig = hmac.new(k, sts.encode(), hashlib.sha256).hexdigest()
+    return dict(req.headers, authorization=f"OSS4-HMAC-SHA256 Credential={AK}/{scope}, Signature={sig}")
+
+
+def _expect_invalid_argument(r, message: str, ec: str) -> None:
+    assert r.status_code == 400, r.text
+    assert b"<Code>InvalidArgument</Code>" in r.content and message.encode() in r.content, r.text
+    assert r.headers["x-oss-ec"] == ec
+
+
+def test_v4_scope_region_product_and_day_are_checked(emu, bucket):
+    """Requests signed for another region, product or day are refused as OSS refuses them."""
+    bucket.put_object("scoped", b"x")
+    beijing = oss2.Bucket(oss2.AuthV4(AK, SK), emu.endpoint, BUCKET, region="cn-beijing")
+    with expect_error(400, "InvalidArgument"):
+        beijing.get_object("scoped")
+    oss_prefixed = oss2.Bucket(oss2.AuthV4(AK, SK), emu.endpoint, BUCKET, region="oss-cn-hangzhou")
+    with expect_error(400, "InvalidArgument"):
+        oss_prefixed.get_object("scoped")
+    r = raw(emu, "GET", BUCKET, "scoped", auth=oss2.AuthV4(AK, SK))
+    assert r.status_code == 200 and r.content == b"x"
+    url = f"{emu.endpoint}/{BUCKET}/scoped"
+    req = oss2.http.Request("GET", url, headers={}, params={}, region="cn-hangzhou", product="s3")
+    oss2.AuthV4(AK, SK)._sign_request(req, BUCKET, "scoped")
+    _expect_invalid_argument(requests.get(url, headers=dict(req.headers)),
+                             "Invalid signing product", "0002-00000227")
+    yesterday = time.strftime("%Y%m%d", time.gmtime(time.time() - 86400))
+    _expect_invalid_argument(requests.get(url, headers=_v4_request_for_day(emu, "scoped", yesterday)),
+                             "Invalid signing date", "0002-00000212")
+    today = time.strftime("%Y%m%d", time.gmtime())
+    assert requests.get(url, headers=_v4_request_for_day(emu, "scoped", today)).content == b"x"
+
+
+def test_v4_presigned_url_validity_is_capped_at_seven_days(emu, bucket_v4):
+    bucket_v4.put_object("long", b"y")
+    assert requests.get(bucket_v4.sign_url("GET", "long", 7 * 86400)).content == b"y"
+    for seconds in (7 * 86400 + 1, 10 * 365 * 86400):
+        _expect_invalid_argument(requests.get(bucket_v4.sign_url("GET", "long", seconds)),
+                                 "x-oss-expires is invalid", "0002-00000232")
+    beijing = oss2.Bucket(oss2.AuthV4(AK, SK), emu.endpoint, BUCKET, region="cn-beijing")
+    _expect_invalid_argument(requests.get(beijing.sign_url("GET", "long", 60)),
+                             "Invalid signing region", "0002-00000226")

@@ -35,16 +35,31 @@ def test_fail_rate_answers_503_without_effect(emu, bucket):
 
 
 def test_admin_endpoint_changes_faults(emu, bucket):
-    r = requests.post(f"{emu.endpoint}/-/admin/faults", params={"fail_rate": "1", "latency_ms": "1"})
+    r = requests.post(f"{emu.endpoint}/-/admin/faults", params={"fail_rate": "1", "latency_ms": "1"}, headers=emu.admin_headers)
     assert r.status_code == 200 and r.json()["fail_rate"] == 1.0 and r.json()["latency_ms"] == 1.0
     assert emu.faults["fail_rate"] == 1.0
     with expect_error(503, "ServiceUnavailable"):
         bucket.get_bucket_info()
-    requests.post(f"{emu.endpoint}/-/admin/faults", params={"fail_rate": "0", "latency_ms": "0"})
-    assert requests.get(f"{emu.endpoint}/-/admin/faults").json()["fail_rate"] == 0.0
+    requests.post(f"{emu.endpoint}/-/admin/faults", params={"fail_rate": "0", "latency_ms": "0"}, headers=emu.admin_headers)
+    assert requests.get(f"{emu.endpoint}/-/admin/faults", headers=emu.admin_headers).json()["fail_rate"] == 0.0
     bucket.get_bucket_info()
-    assert requests.post(f"{emu.endpoint}/-/admin/faults", params={"fail_rate": "2"}).status_code == 400
-    assert requests.get(f"{emu.endpoint}/-/admin/nothing").status_code == 404
+    assert requests.post(f"{emu.endpoint}/-/admin/faults", params={"fail_rate": "2"}, headers=emu.admin_headers).status_code == 400
+    assert requests.get(f"{emu.endpoint}/-/admin/nothing", headers=emu.admin_headers).status_code == 404
+
+
+def test_admin_endpoint_needs_the_admin_token(emu, bucket):
+    """Issue 13 item 11: an unsigned request from any local user must not switch on faults."""
+    for headers in ({}, {"X-Admin-Token": "guess"}, {"X-Admin-Token": emu.admin_token[:-1]}):
+        r = requests.post(f"{emu.endpoint}/-/admin/faults", params={"fail_rate": "1"}, headers=headers)
+        assert r.status_code == 403, r.text
+        assert "X-Admin-Token" in r.json()["error"]
+        assert requests.get(f"{emu.endpoint}/-/admin/stats", headers=headers).status_code == 403
+    assert emu.faults["fail_rate"] == 0.0
+    bucket.put_object("still-served", b"x")
+    path = os.path.join(emu.data_dir, "admin-token")
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    with open(path) as f:
+        assert f.read().strip() == emu.admin_token
 
 
 def test_drop_rate_closes_mid_response(emu, bucket):
@@ -86,7 +101,7 @@ def test_stats_count_operations_and_bytes(emu, bucket):
     assert st["bytes_received"] == 5
     assert st["bytes_sent"] >= 5 + 2
     assert [e[1] for e in emu.request_log] == ["PutObject", "GetObject", "GetObject", "HeadObject", "ListObjectsV2"]
-    assert requests.get(f"{emu.endpoint}/-/admin/stats").json()["requests"]["GetObject"] == 2
+    assert requests.get(f"{emu.endpoint}/-/admin/stats", headers=emu.admin_headers).json()["requests"]["GetObject"] == 2
 
 
 def test_restart_in_the_middle(tmp_path):
@@ -133,7 +148,13 @@ def test_cli_runs_until_sigterm_and_data_persists(tmp_path):
         b.put_object("persist", b"across restarts")
         svc = oss2.Service(oss2.Auth(AK, SK), endpoint)
         assert [x.name for x in oss2.BucketIterator(svc)] == [BUCKET, "second-bucket"]
-        assert requests.post(f"{endpoint}/-/admin/faults", params={"fail_rate": "1"}).status_code == 200
+        assert requests.post(f"{endpoint}/-/admin/faults", params={"fail_rate": "1"}).status_code == 403
+        token_file = os.path.join(data_dir, "admin-token")
+        assert os.stat(token_file).st_mode & 0o777 == 0o600
+        with open(token_file) as f:
+            token = f.read().strip()
+        r = requests.post(f"{endpoint}/-/admin/faults", params={"fail_rate": "1"}, headers={"X-Admin-Token": token})
+        assert r.status_code == 200
         with expect_error(503, "ServiceUnavailable"):
             b.get_object("persist")
     finally:

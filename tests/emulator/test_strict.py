@@ -117,7 +117,7 @@ def test_copy_limit_default_option_and_admin_endpoint(emu, bucket):
     assert emu.faults["copy_limit"] == 10 ** 9
     bucket.put_object("big", b"b" * 101)
     bucket.put_object("small", b"s" * 100)
-    r = requests.post(f"{emu.endpoint}/-/admin/faults", params={"copy_limit": "100"})
+    r = requests.post(f"{emu.endpoint}/-/admin/faults", params={"copy_limit": "100"}, headers=emu.admin_headers)
     assert r.status_code == 200 and r.json()["copy_limit"] == 100
     with _err(400, "EntityTooLarge") as ei:
         bucket.copy_object(BUCKET, "big", "big2")
@@ -353,19 +353,19 @@ def test_injected_failure_codes(emu, bucket, code):
 
 
 def test_fail_code_via_admin_endpoint(emu, bucket):
-    r = requests.post(f"{emu.endpoint}/-/admin/faults", params={"fail_rate": "1", "fail_code": "QpsLimitExceeded"})
+    r = requests.post(f"{emu.endpoint}/-/admin/faults", params={"fail_rate": "1", "fail_code": "QpsLimitExceeded"}, headers=emu.admin_headers)
     assert r.status_code == 200 and r.json()["fail_code"] == "QpsLimitExceeded"
     with expect_error(429, "QpsLimitExceeded"):
         bucket.get_bucket_info()
-    assert requests.post(f"{emu.endpoint}/-/admin/faults", params={"fail_code": "Nope"}).status_code == 400
-    requests.post(f"{emu.endpoint}/-/admin/faults", params={"fail_code": "mixed"})
+    assert requests.post(f"{emu.endpoint}/-/admin/faults", params={"fail_code": "Nope"}, headers=emu.admin_headers).status_code == 400
+    requests.post(f"{emu.endpoint}/-/admin/faults", params={"fail_code": "mixed"}, headers=emu.admin_headers)
     seen = set()
     for _ in range(40):
         with pytest.raises(oss2.exceptions.ServerError) as ei:
             bucket.get_bucket_info()
         seen.add(ei.value.code)
     assert len(seen) > 2 and seen <= set(FAIL_CODES)
-    requests.post(f"{emu.endpoint}/-/admin/faults", params={"fail_rate": "0", "restore_seconds": "3"})
+    requests.post(f"{emu.endpoint}/-/admin/faults", params={"fail_rate": "0", "restore_seconds": "3"}, headers=emu.admin_headers)
     assert emu.faults["restore_seconds"] == 3.0
     with pytest.raises(ValueError):
         emu.set_faults(fail_code="Nope")

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import os
 import threading
+import time
 
 import oss2
 import pytest
@@ -16,7 +18,7 @@ from oss2.models import ContentCryptoMaterial
 from ossencfs.emulator.kms import KmsServer
 from ossencfs.envelope.format import WRAP_KMS, emit_headers, parse_headers
 from ossencfs.envelope.keys import KeyRing, RsaMasterKey
-from ossencfs.errors import KeyUnavailableError, WrongKeyError
+from ossencfs.errors import KeyServiceUnavailableError, KeyUnavailableError, OssEncError, WrongKeyError
 from ossencfs.kms import KmsMasterKey, looks_oss2_flavour, proxies_for
 
 from .conftest import AK, REGION, SK, STS_AK, STS_SK, STS_TOKEN, oss2_provider
@@ -268,3 +270,65 @@ def test_can_unwrap(make_master) -> None:
     assert master.can_unwrap(replace(h, wrap_alg="kms", legacy=True))
     assert not master.can_unwrap(replace(h, wrap_alg="RSA/NONE/PKCS1Padding"))
     assert master.name == f"kms:{master.cmk_id}"
+
+
+# ---- outages (issue 13 item 7) ---------------------------------------------------------------
+def test_kms_that_never_answers_costs_one_bounded_wait_and_is_eio(kms: KmsServer, make_master) -> None:
+    """KMS accepts connections but never answers: one read timeout, then EIO (not EACCES, and
+    not several retry cycles of timeouts); the outage is remembered, so a burst of reads does not
+    wait again; KMS back and the memory expired, reads work again."""
+    material, h = make_master().wrap_new()
+    master = make_master(read_timeout=1, connect_timeout=1, retry_deadline=2.5, outage_ttl=1.0)
+    kms.set_faults(outage="hang")
+    try:
+        with pytest.raises(KeyServiceUnavailableError, match="unreachable") as ei:
+            master.unwrap(h)
+        assert ei.value.errno == errno.EIO
+        assert master.calls["Decrypt"] == 1                  # one attempt: its timeout used the budget
+        for _ in range(20):                                  # a burst of reads: no new attempt
+            with pytest.raises(KeyServiceUnavailableError, match="not attempted"):
+                master.unwrap(h)
+        assert master.calls["Decrypt"] == 1
+    finally:
+        kms.set_faults(outage="")
+    time.sleep(1.1)                                          # the remembered outage expires
+    assert master.unwrap(h) == material
+
+
+def test_kms_down_is_eio_and_a_refused_key_stays_eacces(kms: KmsServer, make_master, cmk: str) -> None:
+    material, h = make_master().wrap_new()
+    master = make_master(outage_ttl=0.5)
+    kms.stop()                                               # connections refused
+    try:
+        with pytest.raises(KeyServiceUnavailableError) as ei:
+            master.unwrap(h)
+        assert ei.value.errno == errno.EIO
+        ring = KeyRing([master])
+        with pytest.raises(OssEncError) as ei:
+            ring.open(h, object_name="dir/f")
+        assert ei.value.errno == errno.EIO and "dir/f" in str(ei.value)
+    finally:
+        kms.start()
+    kms.set_faults(outage="reset")                           # closed without an answer
+    time.sleep(0.6)
+    with pytest.raises(KeyServiceUnavailableError):
+        master.unwrap(h)
+    kms.set_faults(outage="")
+    time.sleep(0.6)
+    assert master.unwrap(h) == material
+    kms.disable_key(cmk)                                     # really refused: a permission problem
+    with pytest.raises(KeyUnavailableError, match="disabled") as ei:
+        master.unwrap(h)
+    assert ei.value.errno == errno.EACCES and not isinstance(ei.value, KeyServiceUnavailableError)
+    with pytest.raises(OssEncError) as ei:
+        KeyRing([master]).open(h, object_name="g")
+    assert ei.value.errno == errno.EACCES
+
+
+def test_kms_still_throttling_after_retries_is_eio(kms: KmsServer, make_master) -> None:
+    _, h = make_master().wrap_new()
+    kms.set_faults(throttle_next=100)
+    with pytest.raises(KeyServiceUnavailableError, match="kept failing") as ei:
+        make_master(retries=2).unwrap(h)
+    assert ei.value.errno == errno.EIO
+    kms.set_faults(throttle_next=0)

@@ -104,3 +104,48 @@ def test_cache_size_counts_staged_data_and_evicts_only_clean_blocks(make_mount, 
     m.stop()                                            # unmount uploads the rest
     assert crypto_bucket.get_object("first.bin").read() == first
     assert crypto_bucket.get_object("second.bin").read() == second
+
+
+def _free(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def test_reads_leave_a_small_cache_disk_usable(small_tmpfs, make_mount, crypto_bucket):
+    """Issue 13 item 2: with the default --cache-size (1G) on an 8 MiB cache file system,
+    reading a 12 MiB file must not fill the disk with clean blocks: writes still succeed
+    (clean blocks make room), also after a remount, and other users of that file system
+    keep a reserve."""
+    remote = os.urandom(12 * MiB)
+    crypto_bucket.put_object("big.bin", remote)
+    m = make_mount("disk", extra=["--write-back", "3600"], start=False)
+    m.cache_dir = small_tmpfs / "cache"
+    m.start()
+    assert (m.path / "big.bin").read_bytes() == remote
+    eventually(lambda: m.state()["cache"]["block_bytes"] >= 2 * MiB)   # it does cache
+    time_to_settle = m.state()["updated"]
+    eventually(lambda: m.state()["updated"] > time_to_settle + 1.0)
+    assert _free(small_tmpfs) >= 512 * 1024, _free(small_tmpfs)      # a reserve is kept
+    for rnd in range(2):                                # also after a remount
+        data = os.urandom(3 * MiB)
+        assert _write(m.path / f"w{rnd}.bin", data) == 0
+        assert (m.path / f"w{rnd}.bin").read_bytes() == data
+        with open(m.path / f"w{rnd}.bin", "rb") as f:
+            os.fsync(f.fileno())                        # uploaded: its staging is freed
+        assert crypto_bucket.get_object(f"w{rnd}.bin").read() == data
+        m.remount()
+        assert (m.path / "big.bin").read_bytes() == remote
+    assert _free(small_tmpfs) >= 512 * 1024
+    hog = small_tmpfs / "other-user.bin"                # another process fills the disk
+    with open(hog, "wb") as f:
+        try:
+            while True:
+                f.write(os.urandom(256 * 1024))
+                f.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+    data = os.urandom(MiB)                              # clean blocks go first
+    assert _write(m.path / "after-hog.bin", data) == 0
+    os.unlink(hog)
+    m.stop()
+    assert crypto_bucket.get_object("after-hog.bin").read() == data

@@ -84,3 +84,36 @@ def test_offline_cached_reads_staged_writes_then_recovery(make_mount, crypto_buc
     for i in range(5):
         assert crypto_bucket.get_object(f"offline{i}.txt").read() == b"written offline %d" % i
     assert "retrying" in m.log()
+
+
+def test_kms_outage_is_eio_once_per_read_and_reads_recover(make_mount, kms_server):
+    """Issue 13 item 7: with KMS down, reading a KMS object answers EIO (an outage is not a
+    permission problem) after one bounded wait, the log names the object, and once KMS is back
+    the same file reads again."""
+    from tests.conftest import KMS_REGION
+    cmk = kms_server.create_key(description="outage")
+    m = make_mount("kmsout", keys=["--kms-key", cmk, "--kms-region", KMS_REGION,
+                                   "--kms-endpoint", kms_server.endpoint])
+    data = os.urandom(50_000)
+    (m.path / "k.bin").write_bytes(data)
+    m.wait_uploaded(timeout=60)
+    m.remount()                                     # no data key in memory any more
+    kms_server.stop()                               # connections refused
+    try:
+        for _ in range(3):                          # a burst of reads: EIO every time
+            with pytest.raises(OSError) as ei:
+                (m.path / "k.bin").read_bytes()
+            assert ei.value.errno == errno.EIO
+    finally:
+        kms_server.start()
+    errors = [line for line in m.log_path.read_text(errors="replace").splitlines()
+              if "ERROR" in line and "k.bin" in line]
+    assert len(errors) == 1, errors                 # one wait, one line: the burst repeats neither
+    assert "unreachable" in errors[0] and "Connection refused" in errors[0]
+
+    def readable() -> bool:
+        try:
+            return (m.path / "k.bin").read_bytes() == data
+        except OSError:
+            return False
+    eventually(readable, timeout=30)

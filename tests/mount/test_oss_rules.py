@@ -27,7 +27,8 @@ MODES = [pytest.param([], id="on-close"), pytest.param(["--write-back", "1"], id
 def _stats(emulator) -> dict:
     import json
     import urllib.request
-    with urllib.request.urlopen(f"{emulator.endpoint}/-/admin/stats") as r:
+    req = urllib.request.Request(f"{emulator.endpoint}/-/admin/stats", headers=emulator.admin_headers)
+    with urllib.request.urlopen(req) as r:
         return json.loads(r.read())
 
 

@@ -3,7 +3,7 @@ functions): a module imports only from its own layer or the layers below it.
 
 Product layers, top to bottom (``docs/layers.md``)::
 
-    __main__ -> cli -> fs -> objects -> kms -> envelope | store -> aio -> errors | atomicfile
+    __main__ -> cli -> fs -> objects -> kms -> envelope | store -> aio -> errors | atomicfile | logsafe
 
 ``envelope`` and ``store`` are side by side and do not import each other; nor do ``errors``
 and ``atomicfile``. The ``emulator`` is a separate program: it imports nothing of the product
@@ -19,7 +19,7 @@ import pathlib
 
 PKG = pathlib.Path(__file__).resolve().parents[2] / "ossencfs"
 
-RANK = {"errors": 0, "atomicfile": 0, "aio": 1, "envelope": 2, "store": 2, "kms": 3,
+RANK = {"errors": 0, "atomicfile": 0, "logsafe": 0, "aio": 1, "envelope": 2, "store": 2, "kms": 3,
         "objects": 4, "fs": 5, "cli": 6, "__main__": 7, "__init__": 7}
 EMULATOR_MAY_IMPORT = {"emulator", "atomicfile"}
 
