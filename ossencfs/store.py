@@ -332,16 +332,10 @@ class ObjectStore:
                     total = length
                 else:
                     raise StoreError(f"get oss://{self.name}/{key}: unexpected status {status}")
-                data = _read_all(raw, want)
-            finally:
+            except BaseException:
                 raw.close()
-            if len(data) != want:
-                raise _Transient(f"short body: {len(data)} of {want} bytes")
-            server_crc = raw.headers.get("x-oss-hash-crc64ecma")
-            if start == 0 and total == want and server_crc:
-                if crc64(data) != int(server_crc):
-                    raise _Transient("CRC-64 of the body does not match x-oss-hash-crc64ecma")
-            return data
+                raise
+            return _body(raw, want, whole=start == 0 and total == want)
 
         data = await self._call("get", key, run)
         self.bytes_fetched += len(data)
@@ -379,15 +373,10 @@ class ObjectStore:
                                      f"{raw.headers.get('Content-Range')!r} to 0-{length - 1}")
                 info.headers["content-length"] = str(info.size)   # what a HEAD says
                 info.headers.pop("content-range", None)
-                data = _read_all(raw, want)
-            finally:
+            except BaseException:
                 raw.close()
-            if len(data) != want:
-                raise _Transient(f"short body: {len(data)} of {want} bytes")
-            server_crc = raw.headers.get("x-oss-hash-crc64ecma")
-            if want == info.size and server_crc and crc64(data) != int(server_crc):
-                raise _Transient("CRC-64 of the body does not match x-oss-hash-crc64ecma")
-            return info, data
+                raise
+            return info, _body(raw, want, whole=want == info.size)
 
         try:
             info, data = await self._call("get_head", key, run)
@@ -594,6 +583,21 @@ class PartBody:
         n = len(self._buf) if n is None or n < 0 else n
         out, self._buf = self._buf[:n], self._buf[n:]
         return bytes(out)
+
+
+def _body(raw: requests.Response, want: int, *, whole: bool) -> bytes:
+    """Exactly ``want`` bytes of a GET's body (closes the response); its CRC-64 checked
+    against x-oss-hash-crc64ecma (the whole object's) when ``whole``. Transient otherwise."""
+    try:
+        data = _read_all(raw, want)
+    finally:
+        raw.close()
+    if len(data) != want:
+        raise _Transient(f"short body: {len(data)} of {want} bytes")
+    server_crc = raw.headers.get("x-oss-hash-crc64ecma")
+    if whole and server_crc and crc64(data) != int(server_crc):
+        raise _Transient("CRC-64 of the body does not match x-oss-hash-crc64ecma")
+    return data
 
 
 def _read_all(raw: requests.Response, expected: int) -> bytes:
