@@ -24,6 +24,7 @@ pass smaller ones to run them at a reduced scale.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -203,6 +204,7 @@ def run(b: Any, m: ModuleType) -> dict[str, Any]:
                      ("parallel", parallel)):
         m.log(f"scale: {name}")
         res[name] = fn(b, m)
+        m.log(f"scale: {name}: {json.dumps(res[name])}")     # kept if a later one fails
     return res
 
 
