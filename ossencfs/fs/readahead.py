@@ -222,7 +222,7 @@ class BlockSource:
         stop = min(self.size, -(-end // RANDOM_ALIGN) * RANDOM_ALIGN + RANDOM_MARGIN)
         try:
             with trio.fail_after(FETCH_TIMEOUT):
-                data = await self.reader.read_cipher(start, stop - 1)
+                data = await self.reader.read_cipher(start, stop - start)
         except trio.TooSlowError:
             raise NetworkError(f"{self.key}: ranged GET {start}-{stop - 1} timed out") from None
         if len(data) != stop - start:
