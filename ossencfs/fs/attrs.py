@@ -70,6 +70,10 @@ class Attrs:
             return False
         if node.esdk_size is not None and node.esdk_size[0] == node.etag:
             return False
+        if self.ctx.listing_attrs and node.headers is None:
+            # -o listing_attrs trades exact attributes for no request per entry: a probe is a
+            # request per entry, so an unprobed Python-layout message shows its stored size
+            return False
         return esdk.may_be_python(node.size, node.headers)
 
     def apply_file_info(self, node: Node, info: ObjectInfo) -> None:
