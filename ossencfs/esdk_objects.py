@@ -80,9 +80,10 @@ class EsdkReader:
     async def _stored(self, start: int, end: int) -> bytes:
         return await self.store.get_range(self.key, start, end, if_match=self.info.etag or None)
 
-    async def read_cipher(self, start: int, end: int) -> bytes:
-        """Ciphertext of plaintext bytes [start, end] (inclusive, clipped at the end)."""
-        end = min(end, self.layout.ct_len - 1)
+    async def read_cipher(self, offset: int, length: int) -> bytes:
+        """Ciphertext of plaintext bytes [offset, offset+length), clipped at the end (the
+        contract of every ``read_cipher``: ``objects.ObjectReader``, ``fs.staging.Staging``)."""
+        start, end = offset, min(offset + length, self.layout.ct_len) - 1
         if start > end:
             return b""
         base = self.layout.ct_start
@@ -103,18 +104,19 @@ class EsdkReader:
         if self.direct:
             return await self._read_cbc(offset, end)
         self.read_started(offset)
-        cipher = await self.read_cipher(offset, end - 1)
+        cipher = await self.read_cipher(offset, end - offset)
         await self.note_read(offset, cipher, self._fetch)
         return self.decrypt(offset, cipher)
 
     async def _fetch(self, offset: int, n: int) -> bytes:
-        return await self.read_cipher(offset, offset + n - 1)
+        return await self.read_cipher(offset, n)
 
     async def _read_cbc(self, offset: int, end: int) -> bytes:
         bs = esdk.BLOCK
         first = offset - offset % bs
         last = min(self.layout.ct_len, -(-end // bs) * bs)
-        fetched = await self.read_cipher(max(0, first - bs), last - 1)
+        start = max(0, first - bs)
+        fetched = await self.read_cipher(start, last - start)
         before, cipher = (fetched[:bs], fetched[bs:]) if first else (None, fetched)
         plain = esdk.crypt_range(self.layout, self._data_key, first, cipher, before)
         return plain[offset - first:end - first]
@@ -126,7 +128,8 @@ class EsdkReader:
             return
         bs = esdk.BLOCK
         n = self.layout.ct_len
-        fetched = await self.read_cipher(max(0, n - 2 * bs), n - 1)
+        start = max(0, n - 2 * bs)
+        fetched = await self.read_cipher(start, n - start)
         before = fetched[:bs] if n > bs else None
         last = esdk.crypt_range(self.layout, self._data_key, n - bs, fetched[-bs:], before)
         self.size = n - esdk.unpad_length(self.layout, last)

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 MIN_PART_SIZE = 100 * 1024          # oss2 CryptoBucket minimum (SPEC A.4)
 MAX_PARTS = 10000
+STREAMED_PARTS = 16                 # parts sent at once when read from a file as they go
 BLOCK = 16
 #: The largest source CopyObject takes: 1 GB in the older API pages and SDK guides, 5 GB in
 #: the current ones (SPEC D.13); the conservative reading (10^9 bytes) is the default.
@@ -225,9 +226,10 @@ class EncryptedObjects:
         ``read_cipher(offset, n)`` is called in increasing offset order, once per byte, so
         it may be backed by a stream. data-size/part-size and unencrypted-content-length
         headers are set here (they describe the upload layout, which only this method
-        decides; ``record_length=False`` keeps the caller's length header as it is, for a
-        relay). ``read_cipher_sync`` (blocking, same bytes): for a single PUT the body is
-        then read in the request's worker thread.
+        decides; ``record_length=False`` keeps the caller's length header as it is, for a relay).
+        ``read_cipher_sync`` (blocking, same bytes, any order): for a single PUT the body is
+        then read in the request's worker thread, and for a multipart upload each part while
+        it is sent (``_multipart``).
         """
         base = {k.lower(): v for k, v in (extra_headers or {}).items()}
         crypto = {k.lower(): v for k, v in crypto_headers.items()
@@ -262,7 +264,7 @@ class EncryptedObjects:
             crypto[fmt.H_DATA_SIZE] = str(size)
             crypto[fmt.H_PART_SIZE] = str(part_size)
         return await self._multipart(key, size, part_size, read_cipher, base, crypto,
-                                     forbid_overwrite, if_match, progress)
+                                     forbid_overwrite, if_match, progress, read_cipher_sync)
 
     async def _check_unchanged(self, key: str, etag: str) -> None:
         current = await self.store.head(key)
@@ -272,19 +274,26 @@ class EncryptedObjects:
     async def _multipart(self, key: str, size: int, part_size: int,
                          read_cipher: Callable[[int, int], Awaitable[bytes]],
                          base: dict[str, str], crypto: dict[str, str], forbid_overwrite: bool,
-                         if_match: str | None, progress: Callable[[int], None] | None) -> str:
+                         if_match: str | None, progress: Callable[[int], None] | None,
+                         read_cipher_sync: Callable[[int, int], bytes] | None = None) -> str:
+        """Parts in order, several at once. With ``read_cipher_sync`` (a file on disk) each
+        part is read while it is sent (``store.PartBody``: 1 MiB in memory per part), so
+        ``STREAMED_PARTS`` go at once; otherwise ``upload_parallelism`` parts are buffered."""
         upload_id = await self.store.init_multipart(key, {**base, **crypto},
                                                     forbid_overwrite=forbid_overwrite)
         etags: dict[int, str] = {}
-        slots = trio.Semaphore(self.upload_parallelism)
+        streamed = read_cipher_sync is not None
+        slots = trio.Semaphore(max(self.upload_parallelism, STREAMED_PARTS) if streamed
+                               else self.upload_parallelism)
 
-        async def send(number: int, data: bytes) -> None:
+        async def send(number: int, data: bytes | tuple[Callable[[int, int], bytes], int, int]
+                       ) -> None:
             try:
                 etags[number] = await self.store.upload_part(key, upload_id, number, data, crypto)
             finally:
                 slots.release()
             if progress:
-                progress(len(data))
+                progress(data[2] if isinstance(data, tuple) else len(data))
 
         try:
             try:
@@ -294,6 +303,9 @@ class EncryptedObjects:
                         n = min(part_size, size - offset)
                         number += 1
                         await slots.acquire()   # bounds buffered parts to the parallelism
+                        if read_cipher_sync is not None:
+                            nursery.start_soon(send, number, (read_cipher_sync, offset, n))
+                            continue
                         data = await read_cipher(offset, n)
                         if len(data) != n:
                             slots.release()

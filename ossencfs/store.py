@@ -56,7 +56,7 @@ logging.getLogger("oss2.models").addFilter(_drop_raw_get_warning)
 
 T = TypeVar("T")
 META_CONCURRENCY = 64
-_META_OPS = frozenset({"head", "list", "delete", "delete_many", "get_symlink", "put_symlink",
+_META_OPS = frozenset({"head", "get_head", "list", "delete", "delete_many", "get_symlink", "put_symlink",
                        "restore"})
 
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
@@ -364,20 +364,58 @@ class ObjectStore:
                     total = length
                 else:
                     raise StoreError(f"get oss://{self.name}/{key}: unexpected status {status}")
-                data = _read_all(raw, want)
-            finally:
+            except BaseException:
                 raw.close()
-            if len(data) != want:
-                raise _Transient(f"short body: {len(data)} of {want} bytes")
-            server_crc = raw.headers.get("x-oss-hash-crc64ecma")
-            if start == 0 and total == want and server_crc:
-                if crc64(data) != int(server_crc):
-                    raise _Transient("CRC-64 of the body does not match x-oss-hash-crc64ecma")
-            return data
+                raise
+            return _body(raw, want, whole=start == 0 and total == want)
 
         data = await self._call("get", key, run)
         self.bytes_fetched += len(data)
         return data
+
+    async def get_head(self, key: str, length: int, *,
+                       if_match: str | None = None) -> tuple[ObjectInfo, bytes] | None:
+        """One GET of the first ``length`` bytes (or the whole object if it is shorter) that
+        also answers what a HEAD would: (info with every header, bytes). None when absent.
+
+        ``Range: bytes=0-(length-1)`` with ``x-oss-range-behavior: standard``: OSS clips an
+        end past EOF and answers 206 with ``Content-Range: bytes 0-(n-1)/n`` (the object size);
+        an empty object answers 416 InvalidRange, which this maps to ``RejectedError`` (the
+        caller falls back to a HEAD). https://help.aliyun.com/zh/oss/developer-reference/getobject
+        ("x-oss-range-behavior: standard"). The body's CRC-64 is checked when it is the whole
+        object. A small file's first read is then one request instead of a HEAD and a GET.
+        """
+        headers = {"x-oss-range-behavior": "standard"}
+        if if_match:
+            headers["If-Match"] = f'"{if_match}"'
+
+        def run() -> tuple[ObjectInfo, bytes]:
+            r = self.bucket.get_object(key, byte_range=(0, length - 1), headers=headers)
+            raw = r.resp.response
+            try:
+                info = _info_from_headers(key, raw.headers)
+                m = _CONTENT_RANGE.match(raw.headers.get("Content-Range") or "")
+                if r.status == 206 and m and m.group(1) == "0" and m.group(3) != "*":
+                    info.size = int(m.group(3))
+                    want = int(m.group(2)) + 1
+                elif r.status == 200:
+                    want = info.size
+                else:
+                    raise _Transient(f"unexpected answer {r.status} "
+                                     f"{raw.headers.get('Content-Range')!r} to 0-{length - 1}")
+                info.headers["content-length"] = str(info.size)   # what a HEAD says
+                info.headers.pop("content-range", None)
+            except BaseException:
+                raw.close()
+                raise
+            return info, _body(raw, want, whole=want == info.size)
+
+        try:
+            info, data = await self._call("get_head", key, run)
+        except NotFoundError:
+            return None
+        self.bytes_fetched += len(data)
+        return info, data
 
     async def put(self, key: str, data: bytes | Callable[[], bytes], headers: Mapping[str, str],
                   *, forbid_overwrite: bool = False) -> str:
@@ -502,16 +540,30 @@ class ObjectStore:
             "init_multipart", key,
             lambda: self.bucket.init_multipart_upload(key, headers=h).upload_id)
 
-    async def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes,
+    async def upload_part(self, key: str, upload_id: str, part_number: int,
+                          data: bytes | tuple[Callable[[int, int], bytes], int, int],
                           headers: Mapping[str, str]) -> str:
+        """UploadPart. ``data`` is the body, or ``(read, offset, size)``: the body is then
+        read with the blocking ``read(offset, n)`` while it is sent, a piece at a time
+        (``PartBody``), so a part in flight holds ``PartBody.PIECE`` bytes, not the part."""
         h = dict(headers)
 
         def run() -> str:
-            result = self.bucket.upload_part(key, upload_id, part_number, data, headers=h)
-            _check_crc("upload part", data, result)
+            if isinstance(data, tuple):
+                body = PartBody(*data)
+                result = self.bucket.upload_part(key, upload_id, part_number, body, headers=h)
+                if body.left:
+                    raise _Transient(f"part {part_number}: {body.left} bytes not sent")
+                server = getattr(result, "crc", None)
+                if server is not None and server != body.crc:
+                    raise _Transient("upload part: CRC-64 of the sent body does not match "
+                                     "x-oss-hash-crc64ecma")
+            else:
+                result = self.bucket.upload_part(key, upload_id, part_number, data, headers=h)
+                _check_crc("upload part", data, result)
             return result.etag
         etag = await self._call("upload_part", key, run)
-        self.bytes_sent += len(data)
+        self.bytes_sent += data[2] if isinstance(data, tuple) else len(data)
         return etag
 
     async def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]], *,
@@ -537,6 +589,50 @@ class ObjectStore:
     async def get_symlink(self, key: str) -> str:
         return await self._call("get_symlink", key,
                                 lambda: self.bucket.get_symlink(key).target_key)
+
+
+class PartBody:
+    """A request body of ``size`` bytes read from ``read(offset, n)`` (blocking) a ``PIECE`` at
+    a time as the HTTP client asks for it, with its CRC-64 computed on the way (``crc``).
+    One per attempt: a retry starts again from ``offset``."""
+
+    PIECE = 1 << 20
+
+    def __init__(self, read: Callable[[int, int], bytes], offset: int, size: int) -> None:
+        self._read, self._next, self.left = read, offset, size
+        self._buf = memoryview(b"")
+        self.crc = 0
+
+    def __len__(self) -> int:           # requests takes it as the Content-Length
+        return self.left + len(self._buf)
+
+    def read(self, n: int = -1) -> bytes:
+        if not self._buf and self.left:
+            piece = self._read(self._next, min(self.PIECE, self.left))
+            if not piece:
+                return b""
+            self._next += len(piece)
+            self.left -= len(piece)
+            self.crc = crc64(piece, self.crc)
+            self._buf = memoryview(piece)
+        n = len(self._buf) if n is None or n < 0 else n
+        out, self._buf = self._buf[:n], self._buf[n:]
+        return bytes(out)
+
+
+def _body(raw: requests.Response, want: int, *, whole: bool) -> bytes:
+    """Exactly ``want`` bytes of a GET's body (closes the response); its CRC-64 checked
+    against x-oss-hash-crc64ecma (the whole object's) when ``whole``. Transient otherwise."""
+    try:
+        data = _read_all(raw, want)
+    finally:
+        raw.close()
+    if len(data) != want:
+        raise _Transient(f"short body: {len(data)} of {want} bytes")
+    server_crc = raw.headers.get("x-oss-hash-crc64ecma")
+    if whole and server_crc and crc64(data) != int(server_crc):
+        raise _Transient("CRC-64 of the body does not match x-oss-hash-crc64ecma")
+    return data
 
 
 def _read_all(raw: requests.Response, expected: int) -> bytes:

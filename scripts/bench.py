@@ -75,6 +75,8 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_scale  # noqa: E402  (scripts/bench_scale.py: the --scale runs)
 
 AK, SK = "bench-ak", "bench-sk"
 BUCKET = "bench"
@@ -454,6 +456,8 @@ class Bench:
             self.seed_listing()
         if "chmod_large" in self.args.only:
             self.seed_chmod()
+        if self.args.scale:
+            bench_scale.seed(self, sys.modules[__name__])
         faults = PROFILES[profile]
         self.emu.set_faults(faults["latency_ms"], faults["bandwidth_mbps"])
         if faults["latency_ms"]:
@@ -1161,6 +1165,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", metavar="W[,W...]", default=",".join(WORKLOADS),
                    help="run only these workloads (and what they need: reads need the writes); "
                         f"default all: {','.join(WORKLOADS)}")
+    bench_scale.add_options(p, parse_size)
     args = p.parse_args(argv)
     only = {w.strip() for w in args.only.split(",") if w.strip()}
     if only - set(WORKLOADS):
@@ -1173,6 +1178,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.size, args.files, args.ls_entries, args.tree_files = 3 << 20, 20, 300, 40
         args.random_reads, args.kms_objects, args.runs, args.chmod_size = 20, 3, 1, 8 << 20
+        args.scale_entries, args.scale_dirs, args.scale_per_dir = 300, 5, 20
+        args.scale_file_size, args.scale_parallel_size = 16 << 20, 2 << 20
     if args.runs < 1 or args.size < SMALL or args.chmod_size < 1 or args.files < 1 or args.ls_entries < 1 or args.tree_files < 1:
         p.error("sizes and counts must be positive (size >= 4096)")
     return args
@@ -1217,7 +1224,8 @@ def main(argv: list[str] | None = None) -> int:
             log(f"profile {profile}: starting emulator and seeding")
             bench.setup_profile(profile)
             try:
-                runs = [bench.run_once(r) for r in range(args.runs)]
+                runs = [bench.run_once(r) for r in range(args.runs)] if args.only else []
+                scale = bench_scale.run(bench, sys.modules[__name__]) if args.scale else None
             except BaseException:
                 logs = sorted(workdir.glob("mount-*.log"))
                 if logs:
@@ -1225,9 +1233,12 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             finally:
                 bench.teardown_profile()
-            res = summarize(runs)
+            res = summarize(runs) if runs else {}
             report["profiles"][profile] = {"faults": PROFILES[profile], "workloads": res}
             print_table(profile, PROFILES[profile], res, args)
+            if scale is not None:
+                report["profiles"][profile]["scale"] = scale
+                bench_scale.print_summary(scale)
             if args.json:                      # write after every profile: a later failure keeps this one
                 report["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
                 Path(args.json).write_text(json.dumps(report, indent=2, sort_keys=False))

@@ -236,8 +236,9 @@ def register(subparsers: Any) -> None:
                         "appendable ones) are relayed through this machine, ciphertext only "
                         "(default 10^9: the 1 GB of OSS's older documentation)")
     p.add_argument("--upload-parallelism", type=int, default=4, metavar="N",
-                   help="parts uploaded at once, and files of 1 MiB or more uploaded at "
-                        "once by the background queue (default 4)")
+                   help="files of 1 MiB or more uploaded at once by the background queue "
+                        "(default 4; a file's parts are read from its staging file as they "
+                        "are sent, up to 16 at once)")
     p.add_argument("--upload-small-files", type=int, default=16, metavar="N",
                    help="files under 1 MiB uploaded at once by the background queue "
                         "(default 16)")

@@ -248,7 +248,11 @@ def _check_conditions(h: dict[str, str], e: Entry, prefix: str = "") -> None:
 
 def _write_guard(forbid: bool) -> Callable[[Entry | None], None]:
     """Check on the current target just before a write becomes visible (there is no If-Match on writes:
-    PutObject refuses condition headers, see _no_put_conditions)."""
+    PutObject refuses condition headers, see _no_put_conditions). ``x-oss-forbid-overwrite: true`` on a
+    name that exists: HTTP 409 FileAlreadyExists, for PutObject and CopyObject alike (error pages
+    help.aliyun.com/en/oss/user-guide/0026-00000002 and .../0026-00000201), and for multipart uploads
+    (alibabacloud.com/help/en/object-storage-service/latest/disable-overwriting-object-with-the-same-name).
+    A new file's close relies on it: one PUT, no HEAD first."""
     def check(cur: Entry | None) -> None:
         if forbid and cur is not None:
             raise OssError(409, "FileAlreadyExists", "The object you specified already exists and can not be overwritten.")

@@ -73,7 +73,8 @@ class Files:
             raise _err(errno.EISDIR)
         if not node.dirty and node.exists_remote and not node.unlinked:
             before = node.etag
-            resolved = await self.fresh.resolve(node, full=True)
+            self.fresh.opened(node)
+            resolved = await self.fresh.resolve_for_read(node)
             if resolved is not node:
                 raise _err(errno.ESTALE)
             if node.etag != before and node.staging is not None and node.staging.sealed:

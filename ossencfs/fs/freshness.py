@@ -38,6 +38,8 @@ from .readahead import BlockSource
 log = logging.getLogger(__name__)
 
 STAT_AHEAD = 64        # entries resolved ahead of a stat walk, in parallel
+WALK_MIN = 2           # files opened in readdir order before their successors are fetched
+WALK_SKIP = 4          # the next open may skip this many names and still continue the walk
 
 
 class Freshness:
@@ -45,6 +47,7 @@ class Freshness:
         self.ctx = ctx
         self.attr = attr
         self._resolving: dict[str, trio.Event] = {}    # path -> HEAD in flight (stat-ahead)
+        self._walks: dict[str, tuple[str, int]] = {}   # dir path -> (last opened name, run)
 
     async def list_dir(self, node: Node) -> dict[str, Entry]:
         lst = self.ctx.inodes.listing(node.path)
@@ -291,22 +294,112 @@ class Freshness:
             return True               # offline: what we knew stays valid
         return bool(page.objects or page.prefixes)
 
-    def _stat_ahead(self, parent: Node, name: str) -> None:
+    def _small(self, node: Node) -> bool:
+        """A regular file whose whole content is one cache block (one GET fetches it)."""
+        return node.kind == stat.S_IFREG and node.object_type != "Symlink" and not node.dirty \
+            and node.exists_remote and 0 < node.size <= self.ctx.cache.block_size
+
+    def _block0_wanted(self, node: Node) -> bool:
+        key, etag = self.ctx.okey(node.path), node.etag or ""
+        return self._small(node) and not self.ctx.cache.in_memory(key, etag, 0) \
+            and not self.ctx.cache.on_disk(key, etag, 0) \
+            and self.ctx.cache.pending(key, etag, 0) is None
+
+    def _stat_ahead(self, parent: Node, name: str, count: int = STAT_AHEAD,
+                    content: bool = False) -> None:
+        """HEADs of the ``count`` entries after ``name``; ``content``: a small file gets a GET
+        of its whole content instead (it answers what the HEAD would, ``_get_ahead``)."""
         lst = self.ctx.inodes.stale_listing(parent.path)
         if lst is None or name not in lst.entries:
             return
-        for later in lst.names_after(name, STAT_AHEAD):
+        content = content or self.reading_walk(parent)
+        for later in lst.names_after(name, count):
             path = join(parent.path, later)
             entry = lst.entries.get(later)
             if path in self._resolving or entry is None:
                 continue
             node = self.node_from_entry(parent, entry)
-            if node.is_dir or not self._needs_head(node):
+            if node.is_dir:
+                continue
+            if content and self._block0_wanted(node):
+                job = functools.partial(self._get_ahead, node)
+            elif self._needs_head(node):
+                job = functools.partial(self._head_ahead, node)
+            else:
                 continue
             self._resolving[path] = trio.Event()
-            if not self.ctx.spawn(functools.partial(self._head_ahead, node)):
+            if not self.ctx.spawn(job):
                 self._resolving.pop(path).set()
                 return
+
+    # -- small files read one after the other (``cat *``, ``cp -r`` out, ``grep -r``) -------
+    def reading_walk(self, parent: Node) -> bool:
+        walk = self._walks.get(parent.path)
+        return walk is not None and walk[1] >= WALK_MIN
+
+    def opened(self, node: Node) -> None:
+        """A clean file is opened: detect files of one directory opened in readdir order,
+        and once ``WALK_MIN`` were, fetch the content of the small ones that follow (up to
+        ``STAT_AHEAD``, several GETs at once) so that their opens and reads send nothing."""
+        parent = self.ctx.inodes.at(node.parent_path)
+        lst = self.ctx.inodes.stale_listing(node.parent_path)
+        if parent is None or lst is None or node.name not in lst.entries:
+            return
+        last, run = self._walks.get(parent.path, ("", 0))
+        run = run + 1 if last and node.name in lst.names_after(last, WALK_SKIP) else 1
+        self._walks[parent.path] = (node.name, run)
+        if len(self._walks) > 64:
+            self._walks.pop(next(iter(self._walks)))
+        if run >= WALK_MIN:
+            self._stat_ahead(parent, node.name, min(STAT_AHEAD, 4 << (run - WALK_MIN)), True)
+
+    async def resolve_for_read(self, node: Node) -> Node:
+        """``resolve(node, full=True)`` for an open; a small file whose headers are not fresh
+        is resolved with one GET of its content (into the block cache), not a HEAD now and a
+        GET at the first read."""
+        pending = self._resolving.get(node.path)
+        if pending is not None:
+            await pending.wait()
+            node = self.ctx.inodes.at(node.path) or node
+        if not self._needs_head(node, full=True) or not self._block0_wanted(node):
+            return await self.resolve(node, full=True)
+        try:
+            if await self._fetch_small(node):
+                return self.ctx.inodes.at(node.path) or node
+        except OssEncError:
+            pass       # offline (resolve() decides what that means), or empty now (416)
+        return await self.resolve(node, full=True)
+
+    async def _fetch_small(self, node: Node) -> ObjectInfo | None:
+        """One GET of a small file's first block: its headers are applied to ``node`` and
+        the block goes to the block cache. None when that did not settle it (gone, empty,
+        a symlink or directory now): the caller HEADs as before."""
+        key = self.ctx.okey(node.path)
+        got = await self.ctx.store.get_head(key, self.ctx.cache.block_size)
+        if got is None or node.dirty:
+            return None
+        info, data = got
+        if self.attr.file_kind(info) != node.kind or info.object_type == "Symlink":
+            return None
+        self.attr.apply_file_info(node, info)
+        cache = self.ctx.cache
+        if len(data) == min(info.size, cache.block_size) and \
+                cache.pending(key, info.etag, 0) is None:
+            cache.settle(key, info.etag, 0, data)
+        return info
+
+    async def _get_ahead(self, node: Node) -> None:
+        try:
+            with trio.move_on_after(max(30.0, self.ctx.ttl)):
+                info = await self._fetch_small(node)
+                if info is None:
+                    await self._resolve_remote(node)
+                else:       # the data key too: the RSA/KMS unwrap is off the open's path
+                    await self.ctx.objects.material_for(info)
+        except Exception as exc:        # the open itself retries and reports
+            log.debug("read-ahead of %s: %s", self.ctx.where(node), exc)
+        finally:
+            self._resolving.pop(node.path).set()
 
     async def _head_ahead(self, node: Node) -> None:
         try:

@@ -156,6 +156,13 @@ class Namespace:
             self.ctx.spawn(self._store_dir_times_later)
         self._dirs_to_store.add(node.path)
 
+    def moved(self, old: str, new: str) -> None:
+        """Directory ``old`` was renamed to ``new``: touched times still to be stored below it
+        go to the markers under the new name."""
+        pending = {p for p in self._dirs_to_store if p == old or p.startswith(old + "/")}
+        self._dirs_to_store -= pending
+        self._dirs_to_store |= {new + p[len(old):] for p in pending}
+
     async def _store_dir_times_later(self) -> None:
         await trio.sleep(META_DELAY)
         await self.store_dir_times()
@@ -169,6 +176,8 @@ class Namespace:
                 continue
             try:
                 async with node.lock:
+                    if node.unlinked or self.ctx.inodes.at(node.path) is not node:
+                        continue        # removed or replaced while waiting for the lock
                     await self.meta.persist_meta(node)
             except OssEncError as exc:
                 log.info("%s: directory times not stored: %s", self.ctx.where(node), exc)

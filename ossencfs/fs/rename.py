@@ -140,13 +140,13 @@ class Renamer:
 
     async def _rename_dir(self, src: Node, new_path: str, dst: Node | None) -> None:
         """Copy every object, then delete the originals: a failure leaves both, never neither."""
-        old_prefix, new_prefix = self.ctx.dkey(src.path), self.ctx.dkey(new_path)
-        objects = [o async for o in self.ctx.store.iter_objects(old_prefix, "")]
-        keys = [o.key for o in objects]
-        busy = [n for n in self.ctx.inodes.under(src.path) if n.dirty or n.open_count]
-        for n in busy:
-            await n.lock.acquire()
+        old_path, old_prefix, new_prefix = src.path, self.ctx.dkey(src.path), self.ctx.dkey(new_path)
+        held = await self._lock_tree(src)
+        busy = [n for n in held if n.dirty or n.open_count]
         try:
+            # listed only now: no upload or marker write under the old name is in flight
+            objects = [o async for o in self.ctx.store.iter_objects(old_prefix, "")]
+            keys = [o.key for o in objects]
             for n in busy:                 # their old objects go away: fetch what they need
                 if n.dirty and n.staging is not None and not n.staging.complete:
                     await n.staging.materialize()
@@ -191,9 +191,33 @@ class Renamer:
                 if n.dirty and st.committed:
                     await st.save_manifest(durable=True)
             src.marker = True
+            self.names.moved(old_path, new_path)
         finally:
-            for n in busy:
+            for n in held:
                 n.lock.release()
+
+    async def _lock_tree(self, src: Node) -> list[Node]:
+        """Hold the locks of ``src`` and of every node known below it, so that nothing writes
+        under the old name while its objects are listed, copied and deleted: an upload of a
+        file (write-back, or a close) and the write of a directory's times to its marker
+        (``Namespace.touch_dir``) hold the node's lock while their request is in flight, and
+        one landing after the deletes would bring the old name back. Taken in inode order,
+        then again for any node that appeared while waiting."""
+        held: list[Node] = []
+        try:
+            while True:
+                taken = set(held)
+                want = sorted((n for n in [src, *self.ctx.inodes.under(src.path)]
+                               if n not in taken), key=lambda n: n.ino)
+                if not want:
+                    return held
+                for n in want:
+                    await n.lock.acquire()
+                    held.append(n)
+        except BaseException:
+            for n in held:
+                n.lock.release()
+            raise
 
     async def _copy_object(self, src: str, dst: str, info: ObjectInfo) -> str:
         """One object of a rename, copied with its headers (``EncryptedObjects.copy``); a

@@ -138,3 +138,41 @@ def test_plan_part_size_rules():
     assert plan_part_size(10 << 20, 8 << 20) == 8 << 20
     p = plan_part_size(200 * 1024 * 10001, 100 * 1024 + 1)
     assert p % 16 == 0 and (200 * 1024 * 10001 + p - 1) // p <= 10000
+
+
+def test_multipart_from_a_file_sends_many_parts_at_once(store, oss2_bucket, emulator):
+    """With a blocking reader of the staged bytes (``read_cipher_sync``), each part is read
+    while it is sent, so more parts than ``upload_parallelism`` are in flight at once (up
+    to the store's connections), the async reader is never used, and the object is right."""
+    import threading
+    objs = objects_with(store, part_size=PART, multipart_threshold=2 * PART,
+                        upload_parallelism=2)
+    data = payload(20 * PART + 5, seed=31)
+    lock = threading.Lock()
+    started: set[int] = set()
+    state = {"done": 0, "peak": 0}
+
+    def read_sync(off: int, n: int) -> bytes:
+        with lock:
+            started.add(off // PART)
+            state["peak"] = max(state["peak"], len(started) - state["done"])
+        return data[off:off + n]
+
+    async def read_async(off: int, n: int) -> bytes:
+        raise AssertionError("a buffered part was read")
+
+    def progress(n: int) -> None:
+        with lock:
+            state["done"] += 1
+
+    async def main():
+        await objs.upload("w/streamed", len(data), read_async, {}, progress=progress,
+                          read_cipher_sync=read_sync)
+    emulator.set_faults(latency_ms=50)
+    try:
+        trio.run(main)
+    finally:
+        emulator.set_faults(latency_ms=0)
+    assert oss2_bucket.get_object("w/streamed").read() == data
+    assert store.requests["upload_part"] == 21 and state["done"] == 21
+    assert state["peak"] > 2, state

@@ -1,0 +1,103 @@
+"""What a read costs in requests: small files, files read one after the other, random reads.
+
+Counts come from the emulator (real HTTP), never from timings.
+"""
+from __future__ import annotations
+
+import os
+import random
+import time
+
+import pytest
+
+from tests.mount.conftest import eventually
+
+pytestmark = pytest.mark.mount
+
+
+def _small(i: int) -> bytes:
+    return (f"file {i} ".encode() * 400)[: 1000 + 37 * i]
+
+
+def _seed(crypto_bucket, n: int, prefix: str = "d/") -> None:
+    for i in range(n):
+        crypto_bucket.put_object(f"{prefix}f{i:03d}", _small(i))
+
+
+def _ops(emulator, prefix: str) -> list[tuple[str, str]]:
+    time.sleep(0.2)                      # the stats of the last responses follow them
+    return [(e[1], e[4]) for e in emulator.request_log if e[4].startswith(prefix)]
+
+
+def test_small_file_open_and_read_is_one_get(make_mount, crypto_bucket, emulator):
+    """With attributes known from the listing, opening and reading a small file sends one
+    GET (it brings the headers too), not a HEAD and then a GET."""
+    _seed(crypto_bucket, 3)
+    m = make_mount("la", extra=["-o", "listing_attrs"])
+    assert sorted(os.listdir(m.path / "d")) == ["f000", "f001", "f002"]
+    emulator.reset_stats()
+    assert (m.path / "d" / "f001").read_bytes() == _small(1)
+    ops = _ops(emulator, "d/f001")
+    assert ops == [("GetObject", "d/f001")], ops
+
+
+def test_files_read_in_order_are_fetched_ahead(make_mount, crypto_bucket, emulator):
+    """Once a few files of a directory were opened in readdir order, the small ones that
+    follow are fetched before they are opened (several GETs at once), each exactly once."""
+    n = 40
+    _seed(crypto_bucket, n)
+    m = make_mount()
+    names = sorted(os.listdir(m.path / "d"))
+    emulator.reset_stats()
+    for name in names[:3]:
+        assert (m.path / "d" / name).read_bytes() == _small(int(name[1:]))
+    ahead = {f"d/{name}" for name in names[3:10]}
+    eventually(lambda: ahead <= {k for op, k in _ops(emulator, "d/") if op == "GetObject"})
+    for name in names:
+        assert (m.path / "d" / name).read_bytes() == _small(int(name[1:]))
+    gets = [k for op, k in _ops(emulator, "d/") if op == "GetObject"]
+    assert sorted(gets) == sorted(f"d/{name}" for name in names), gets
+
+
+def test_files_opened_out_of_order_are_not_fetched_ahead(make_mount, crypto_bucket, emulator):
+    _seed(crypto_bucket, 30)
+    m = make_mount()
+    names = sorted(os.listdir(m.path / "d"))
+    emulator.reset_stats()
+    for name in (names[20], names[3], names[11]):
+        assert (m.path / "d" / name).read_bytes() == _small(int(name[1:]))
+    gets = [k for op, k in _ops(emulator, "d/") if op == "GetObject"]
+    assert sorted(gets) == sorted(f"d/{n}" for n in (names[20], names[3], names[11])), gets
+
+
+def test_random_small_reads_fetch_little(make_mount, crypto_bucket, emulator):
+    """4 KiB reads at random offsets of a large object fetch a small aligned range each,
+    not a whole 256 KiB cache block; a sequential read still streams in large GETs."""
+    size = 8 << 20
+    data = random.Random(7).randbytes(size)
+    crypto_bucket.put_object("big.bin", data)
+    m = make_mount()
+    rnd = random.Random(1)
+    offsets = [rnd.randrange(size // 4096) * 4096 + rnd.randrange(3) * 1000 for _ in range(40)]
+    os.stat(m.path / "big.bin")
+    emulator.reset_stats()
+    fd = os.open(m.path / "big.bin", os.O_RDONLY)
+    try:
+        for off in offsets:
+            assert os.pread(fd, 4096, off) == data[off:off + 4096]
+        time.sleep(0.2)
+        sent = emulator.stats["bytes_sent"]
+        gets = emulator.request_counts["GetObject"]
+        assert gets <= len(offsets), gets
+        assert sent <= len(offsets) * 64 * 1024, sent / len(offsets)
+        # then a sequential read of the whole file: right bytes, few large GETs
+        emulator.reset_stats()
+        got = bytearray()
+        while len(got) < size:
+            chunk = os.pread(fd, 1 << 20, len(got))
+            assert chunk
+            got += chunk
+        assert bytes(got) == data
+        assert emulator.request_counts["GetObject"] <= 16, emulator.request_counts
+    finally:
+        os.close(fd)
