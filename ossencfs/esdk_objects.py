@@ -68,6 +68,8 @@ class EsdkReader:
         self._verified = self._version in self._verdicts and self._verdicts[self._version] is None
         self._failed: IntegrityError | None = self._verdicts.get(self._version)
         self._lock = trio.Lock()
+        #: the encrypted data key (its CMK ARN) KMS opened (set by ``EsdkObjects.open``)
+        self.opened_by: esdk.DataKey | None = None
 
     def read_started(self, offset: int) -> None:
         """A read at ``offset`` begins: one at 0 starts the GCM check (before it awaits, so a
@@ -275,10 +277,11 @@ class EsdkObjects:
             raise WrongKeyError(f"{name} is an Encryption SDK object and no KMS access is "
                                 f"configured")
         try:
-            data_key = await trio.to_thread.run_sync(
-                functools.partial(self.keys.open, layout.header))
+            data_key, opened_by = await trio.to_thread.run_sync(
+                functools.partial(self.keys.open_with, layout.header))
         except (FormatError, WrongKeyError, KeyUnavailableError) as exc:
             raise type(exc)(f"{name}: {exc}") from None
         reader = EsdkReader(self.store, info, layout, data_key, name, self._verdicts)
+        reader.opened_by = opened_by
         await reader.fix_cbc_size()
         return reader

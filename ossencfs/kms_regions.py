@@ -104,27 +104,27 @@ class EsdkKeyring:
         self._entries = max(0, cache_entries)
         self._ttl = cache_ttl
         self._clock = clock
-        self._cache: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
+        self._cache: OrderedDict[bytes, tuple[bytes, esdk.DataKey, float]] = OrderedDict()
         self._lock = threading.Lock()
 
     @staticmethod
     def cache_key(header: esdk.Header) -> bytes:
         return hashlib.sha256(header.auth_fields() + header.header_iv + header.header_tag).digest()
 
-    def _get(self, ck: bytes) -> bytes | None:
+    def _get(self, ck: bytes) -> tuple[bytes, esdk.DataKey] | None:
         with self._lock:
             hit = self._cache.get(ck)
-            if hit is None or hit[1] < self._clock():
+            if hit is None or hit[2] < self._clock():
                 self._cache.pop(ck, None)
                 return None
             self._cache.move_to_end(ck)
-            return hit[0]
+            return hit[0], hit[1]
 
-    def _put(self, ck: bytes, key: bytes) -> None:
+    def _put(self, ck: bytes, key: bytes, opened_by: esdk.DataKey) -> None:
         if self._entries <= 0 or self._ttl <= 0:
             return
         with self._lock:
-            self._cache[ck] = (key, self._clock() + self._ttl)
+            self._cache[ck] = (key, opened_by, self._clock() + self._ttl)
             self._cache.move_to_end(ck)
             while len(self._cache) > self._entries:
                 self._cache.popitem(last=False)
@@ -133,6 +133,10 @@ class EsdkKeyring:
         """The verified data key of ``header``: each encrypted data key is tried in turn
         (KMS of its ARN's region) until one decrypts; the last error is raised if none does
         (KeyUnavailableError / WrongKeyError); IntegrityError for a wrong header tag."""
+        return self.open_with(header)[0]
+
+    def open_with(self, header: esdk.Header) -> tuple[bytes, esdk.DataKey]:
+        """Like ``open``, also naming the encrypted data key (its CMK ARN) that KMS opened."""
         ck = self.cache_key(header)
         hit = self._get(ck)
         if hit is not None:
@@ -152,7 +156,7 @@ class EsdkKeyring:
                 raise FormatError(f"CMK {dk.key_arn}: the data key KMS returned is not "
                                   f"base64") from None
             header.verify(key)
-            self._put(ck, key)
-            return key
+            self._put(ck, key, dk)
+            return key, dk
         assert last is not None
         raise last

@@ -1,8 +1,9 @@
 """What one object is, and whether the configured keys open it (``ossencfs verify``).
 
-Each object kind is a ``Kind`` in ``KINDS``: the first whose ``detect`` accepts the object's
-headers inspects it. A new object format (e.g. the Encryption SDK's) is one more entry in
-``KINDS``, placed before ``PlainKind``, which accepts everything.
+Each object kind is a ``Kind`` in ``KINDS``: the first whose ``detect`` accepts the object
+(HEAD headers and size) inspects it. A new object format is one more entry in ``KINDS``,
+placed before ``PlainKind``, which accepts everything. ``EsdkKind`` (Encryption SDK objects,
+docs/esdk.md) needs the run's ``EsdkObjects``: without one it claims nothing.
 
 A ``Record`` never holds key material: the data key an inspection unwraps is handed back
 separately (``Inspection.material``) for a ``--deep`` check or a rotation, never printed.
@@ -14,14 +15,17 @@ import functools
 import hashlib
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Protocol
+from typing import Any, AsyncIterator, Protocol
 
 import trio
 
 from ..aio import first_error
 from ..envelope import format as fmt
 from ..envelope.keys import ContentMaterial, KeyRing, MasterKey
-from ..errors import FormatError, KeyUnavailableError, OssEncError, WrongKeyError
+from ..envelope import esdk as esdk_format
+from ..errors import (FormatError, IntegrityError, KeyUnavailableError, OssEncError,
+                      WrongKeyError)
+from ..esdk_objects import EsdkObjects, EsdkReader
 from ..kms import blob_key_id, looks_oss2_flavour
 from ..objects import ObjectReader
 from ..store import ObjectInfo, ObjectStore
@@ -33,10 +37,11 @@ KEY_UNAVAILABLE = "key unavailable"
 SIZE_MISMATCH = "size mismatch"
 MD5_MISMATCH = "md5 mismatch"
 READ_FAILED = "read failed"
+INTEGRITY = "integrity check failed"     # --deep: an Encryption SDK object's GCM tag
 #: problems that mean the object does not open (verify's exit status is 1 with any of them);
 #: a size mismatch is one: ossencfs refuses to serve a torn body (``objects.check_length``)
 UNREADABLE = frozenset({NO_KEY, DAMAGED, KEY_UNAVAILABLE, SIZE_MISMATCH, MD5_MISMATCH,
-                        READ_FAILED})
+                        READ_FAILED, INTEGRITY})
 
 _HEX_MD5 = re.compile(r"^[0-9A-Fa-f]{32}$")
 DEEP_CHUNK = 4 << 20        # bytes per ranged GET of ``--deep`` (memory: 2 x parallel x this)
@@ -49,13 +54,19 @@ class Record:
     key: str
     size: int
     etag: str
-    kind: str                               # "plain" | "cse" | "cse-legacy" | a new kind's name
+    kind: str                               # "plain" | "cse" | "cse-legacy" | "esdk"
     wrap_alg: str | None = None             # as stored
     kms_flavour: str | None = None          # "oss2" | "java" | "legacy" for KMS-wrapped objects
     master: str | None = None               # "rsa:<fp>" / "kms:<cmk id>" that opens it
     problems: list[str] = field(default_factory=list)
     detail: str = ""                        # why, for the first problem
     md5_checked: bool = False               # --deep compared the content with a stored MD5
+    # Encryption SDK objects ("esdk") only:
+    layout: str | None = None               # "python" (DER message body) | "java" (metadata)
+    algorithm: str | None = None            # e.g. "AES_GCM_NOPADDING_256"
+    cmk_arn: str | None = None              # the CMK that opened it, else the header's first
+    kms_region: str | None = None           # the region whose KMS decrypts its data key
+    plain_size: int | None = None           # plaintext bytes
 
     @property
     def opens(self) -> bool:
@@ -79,6 +90,8 @@ class Inspection:
     headers: fmt.CryptoHeaders | None = None
     material: ContentMaterial | None = None
     opener: MasterKey | None = None
+    esdk_layout: esdk_format.Layout | None = None
+    reader: EsdkReader | None = None        # an opened Encryption SDK object (holds its key)
 
 
 class Kind(Protocol):
@@ -86,12 +99,13 @@ class Kind(Protocol):
 
     name: str
 
-    def detect(self, headers: Mapping[str, str]) -> bool:
-        """Cheap, local: does this kind claim an object with these (HEAD) headers?"""
+    def detect(self, info: ObjectInfo, esdk: EsdkObjects | None) -> bool:
+        """Cheap, local (no request): does this kind claim the object (its HEAD headers,
+        size)? ``esdk``: the run's Encryption SDK readers, None when it has none."""
         ...
 
     async def inspect(self, info: ObjectInfo, keyring: KeyRing | None, *,
-                      unwrap: bool = True) -> Inspection:
+                      unwrap: bool = True, esdk: EsdkObjects | None = None) -> Inspection:
         """Classify the object; with ``unwrap``, open its data key when a configured key can
         (else ``Record.master`` is only what the headers name, e.g. a KMS blob's CMK)."""
         ...
@@ -102,11 +116,11 @@ class CseKind:
 
     name = "cse"
 
-    def detect(self, headers: Mapping[str, str]) -> bool:
-        return fmt.is_encrypted(headers)
+    def detect(self, info: ObjectInfo, esdk: EsdkObjects | None) -> bool:
+        return fmt.is_encrypted(info.headers)
 
     async def inspect(self, info: ObjectInfo, keyring: KeyRing | None, *,
-                      unwrap: bool = True) -> Inspection:
+                      unwrap: bool = True, esdk: EsdkObjects | None = None) -> Inspection:
         rec = Record(info.key, info.size, info.etag, "cse")
         try:
             h = fmt.parse_headers(info.headers)
@@ -153,16 +167,80 @@ class PlainKind:
 
     name = "plain"
 
-    def detect(self, headers: Mapping[str, str]) -> bool:
+    def detect(self, info: ObjectInfo, esdk: EsdkObjects | None) -> bool:
         return True
 
     async def inspect(self, info: ObjectInfo, keyring: KeyRing | None, *,
-                      unwrap: bool = True) -> Inspection:
+                      unwrap: bool = True, esdk: EsdkObjects | None = None) -> Inspection:
         return Inspection(Record(info.key, info.size, info.etag, "plain"), info)
 
 
+class EsdkKind:
+    """Alibaba Cloud Encryption SDK objects (docs/esdk.md): the Java layout by its three
+    metadata headers, the Python layout by the DER message at the start of the body (one
+    ranged GET of ``esdk.PROBE_SIZE`` bytes; an object that is no such message is plain).
+
+    The layout's parse checks the sizes that can be checked: a Python-layout message's DER
+    lengths must span the object exactly, CBC ciphertext must be whole blocks; a failure is
+    "header damaged", as are an unknown algorithm id and (when opened) a wrong header auth
+    tag. Unwrapping asks the KMS of the region each data key's CMK ARN names."""
+
+    name = "esdk"
+
+    def detect(self, info: ObjectInfo, esdk: EsdkObjects | None) -> bool:
+        return esdk is not None and (esdk_format.has_java_headers(info.headers)
+                                     or esdk.may_be_python(info.size, info.headers))
+
+    async def inspect(self, info: ObjectInfo, keyring: KeyRing | None, *,
+                      unwrap: bool = True, esdk: EsdkObjects | None = None) -> Inspection:
+        assert esdk is not None
+        java = esdk_format.has_java_headers(info.headers)
+        rec = Record(info.key, info.size, info.etag, "esdk", layout="java" if java else "python")
+        try:
+            layout = await esdk.layout(info)
+        except FormatError as exc:
+            rec.problem(DAMAGED, _strip(str(exc), esdk.where(info.key)))
+            return Inspection(rec, info)
+        if layout is None:
+            return await PlainKind().inspect(info, keyring, unwrap=unwrap)
+        rec.algorithm = layout.algorithm.name
+        _name_cmk(rec, layout.header.data_keys[0], esdk)
+        rec.plain_size = layout.ct_len
+        ins = Inspection(rec, info, esdk_layout=layout)
+        if unwrap:
+            await open_esdk(ins, esdk)
+        return ins
+
+
+async def open_esdk(ins: Inspection, esdk: EsdkObjects) -> None:
+    """Open an Encryption SDK object's data key (KMS of its CMK's region, header tag
+    checked); records the CMK that opened it (``Record.master``) or why none did."""
+    rec, info, layout = ins.record, ins.info, ins.esdk_layout
+    assert info is not None and layout is not None
+    what = esdk.where(info.key)
+    try:
+        reader = await esdk.open(info, layout)
+    except WrongKeyError as exc:
+        rec.problem(NO_KEY, _strip(str(exc), what))
+    except FormatError as exc:                  # IntegrityError: the header auth tag
+        rec.problem(DAMAGED, _strip(str(exc), what))
+    except OssEncError as exc:                  # refused by KMS, KMS unreachable
+        rec.problem(KEY_UNAVAILABLE, _strip(str(exc), what))
+    else:
+        ins.reader = reader
+        rec.plain_size = reader.size
+        if reader.opened_by is not None:
+            _name_cmk(rec, reader.opened_by, esdk)
+            rec.master = f"kms:{reader.opened_by.key_arn}"
+
+
+def _name_cmk(rec: Record, key: esdk_format.DataKey, esdk: EsdkObjects) -> None:
+    rec.cmk_arn = key.key_arn
+    rec.kms_region = key.region or (esdk.keys.regions.default_region if esdk.keys else None)
+
+
 #: tried in order; the first whose ``detect`` is true inspects the object
-KINDS: tuple[Kind, ...] = (CseKind(), PlainKind())
+KINDS: tuple[Kind, ...] = (CseKind(), EsdkKind(), PlainKind())
 
 
 def kms_flavour(h: fmt.CryptoHeaders) -> str | None:
@@ -203,13 +281,14 @@ def _strip(msg: str, what: str) -> str:
     return msg[len(what) + 2:] if msg.startswith(what + ": ") else msg
 
 
-def kind_of(headers: Mapping[str, str]) -> Kind:
-    return next(k for k in KINDS if k.detect(headers))
+def kind_of(info: ObjectInfo, esdk: EsdkObjects | None = None) -> Kind:
+    return next(k for k in KINDS if k.detect(info, esdk))
 
 
 async def inspect(store: ObjectStore, info: ObjectInfo, keyring: KeyRing | None, *,
-                  unwrap: bool = True) -> Inspection:
-    """HEAD the object when ``info`` came from a listing, then let its kind classify it."""
+                  unwrap: bool = True, esdk: EsdkObjects | None = None) -> Inspection:
+    """HEAD the object when ``info`` came from a listing, then let its kind classify it
+    (``esdk``: the Encryption SDK readers; without them such objects count as plain)."""
     if not info.headers:
         headed = await store.head(info.key)
         if headed is None:
@@ -217,7 +296,7 @@ async def inspect(store: ObjectStore, info: ObjectInfo, keyring: KeyRing | None,
             rec.problem(READ_FAILED, "deleted since it was listed")
             return Inspection(rec)
         info = headed
-    return await kind_of(info.headers).inspect(info, keyring, unwrap=unwrap)
+    return await kind_of(info, esdk).inspect(info, keyring, unwrap=unwrap, esdk=esdk)
 
 
 def expected_md5(ins: Inspection) -> bytes | None:
@@ -238,24 +317,40 @@ def expected_md5(ins: Inspection) -> bytes | None:
     return None
 
 
+def _content(store: ObjectStore, ins: Inspection, parallel: int) -> AsyncIterator[bytes] | None:
+    """The plaintext of an object that opens, in ``DEEP_CHUNK`` pieces; None if it does not.
+    An Encryption SDK object's reader checks the GCM tag before its last piece (CTR/CBC:
+    decrypted whole, nothing to check)."""
+    if ins.info is None or not ins.record.opens:
+        return None
+    if ins.esdk_layout is not None:
+        if ins.reader is None:
+            return None
+        return ins.reader.chunks(chunk_size=DEEP_CHUNK, parallelism=parallel)
+    if ins.headers is not None and ins.material is None:
+        return None
+    reader = ObjectReader(store, ins.info, ins.material)
+    return reader.chunks(chunk_size=DEEP_CHUNK, parallelism=parallel)
+
+
 async def deep_check(store: ObjectStore, ins: Inspection, *,
                      parallel: int = 4, progress: Any = None) -> None:
     """Read the whole content of an object that opens (parallel ranged GETs of
     ``DEEP_CHUNK`` = 4 MiB, pinned to the ETag, decrypted in order and hashed while the next
     ranges download; memory about 2 x ``parallel`` x ``DEEP_CHUNK``) and compare its MD5
-    with ``expected_md5`` where there is one. Adds MD5_MISMATCH or READ_FAILED to the record."""
+    with ``expected_md5`` where there is one. Adds MD5_MISMATCH, INTEGRITY (an Encryption
+    SDK object's GCM tag) or READ_FAILED to the record."""
     rec = ins.record
-    if (ins.info is None or not rec.opens
-            or (ins.headers is not None and ins.material is None)):
+    content = _content(store, ins, parallel)
+    if content is None:
         return
     want = expected_md5(ins)
-    reader = ObjectReader(store, ins.info, ins.material)
     digest = hashlib.md5()
     send, recv = trio.open_memory_channel[bytes](parallel)
 
     async def fetch() -> None:      # the next ranges download while this task hashes
         async with send:
-            async for piece in reader.chunks(chunk_size=DEEP_CHUNK, parallelism=parallel):
+            async for piece in content:
                 await send.send(piece)
 
     try:
@@ -270,7 +365,8 @@ async def deep_check(store: ObjectStore, ins: Inspection, *,
         exc = first_error(eg)
         if not isinstance(exc, OssEncError):
             raise
-        rec.problem(READ_FAILED, str(exc))
+        rec.problem(INTEGRITY if isinstance(exc, IntegrityError) else READ_FAILED,
+                    _strip(str(exc), f"oss://{store.name}/{rec.key}"))
         return
     if want is None:
         return

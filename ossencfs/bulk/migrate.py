@@ -1,7 +1,8 @@
 """``ossencfs migrate``: encrypt plain objects in place into the SDK format.
 
 Per object: HEAD; an object with any CSE header is skipped (already encrypted, or damaged:
-``verify`` reports those), as are directory markers (keys ending in ``/``) and symlinks, which
+``verify`` reports those), as is an Encryption SDK object (Java layout: its metadata; Python
+layout: one ranged GET finds its DER message, unless ``esdk`` is None), and directory markers (keys ending in ``/``) and symlinks, which
 other clients read as they are. A plain object is read with ranged GETs pinned to its ETag,
 encrypted under a fresh data key of the first configured master key and uploaded over
 itself (single PUT or multipart) with its user metadata (POSIX metadata included) and
@@ -16,7 +17,9 @@ import re
 from dataclasses import dataclass
 
 from ..envelope import format as fmt
-from ..errors import ConflictError, NotFoundError
+from ..envelope import esdk as esdk_format
+from ..errors import ConflictError, FormatError, NotFoundError
+from ..esdk_objects import EsdkObjects
 from ..objects import EncryptedObjects, kept_headers
 from ..store import ObjectInfo
 from .walk import DONE, SKIPPED, WOULD, Outcome
@@ -26,6 +29,7 @@ MARKER = "directory marker"
 SYMLINK = "symlink"
 CHANGED = "changed since it was read"
 GONE = "deleted since it was listed"
+ESDK = "esdk object (not rewritten)"
 _HEX_MD5 = re.compile(r"^[0-9A-Fa-f]{32}$")
 
 
@@ -34,6 +38,7 @@ class Migration:
     objects: EncryptedObjects       # its keyring's first key wraps the new data keys
     dry_run: bool = False
     parallel: int = 4               # ranged GETs in flight per object
+    esdk: EsdkObjects | None = None     # finds Python-layout Encryption SDK objects
 
     async def __call__(self, listed: ObjectInfo) -> Outcome:
         if listed.key.endswith("/"):
@@ -45,6 +50,8 @@ class Migration:
             return Outcome(listed.key, SKIPPED, GONE)
         if fmt.is_encrypted(info.headers):
             return Outcome(info.key, SKIPPED, ENCRYPTED)
+        if await self._is_esdk(info):
+            return Outcome(info.key, SKIPPED, ESDK)
         if self.dry_run:
             return Outcome(info.key, WOULD, "encrypt", nbytes=info.size)
         reader = await self.objects.open_reader(info.key, info)
@@ -57,6 +64,17 @@ class Migration:
         except NotFoundError:
             return Outcome(info.key, SKIPPED, GONE)
         return Outcome(info.key, DONE, "encrypted", nbytes=info.size)
+
+    async def _is_esdk(self, info: ObjectInfo) -> bool:
+        """An Encryption SDK object, or one that starts like its message (never rewritten)."""
+        if esdk_format.has_java_headers(info.headers):
+            return True
+        if self.esdk is None:
+            return False
+        try:
+            return await self.esdk.layout(info) is not None
+        except FormatError:
+            return True
 
 
 def plaintext_facts(info: ObjectInfo) -> dict[str, str]:

@@ -18,6 +18,7 @@ import trio
 from ..envelope import format as fmt
 from ..envelope.keys import KeyRing, MasterKey
 from ..errors import ConflictError, NotFoundError
+from ..esdk_objects import EsdkObjects
 from ..objects import EncryptedObjects, keep_layout
 from ..store import ObjectInfo
 from .classify import DAMAGED, NO_KEY, Inspection, inspect, open_data_key
@@ -35,6 +36,7 @@ class Rotation:
     objects: EncryptedObjects       # its keyring: the source keys
     target: MasterKey
     dry_run: bool = False
+    esdk: EsdkObjects | None = None     # finds Encryption SDK objects, which are skipped
 
     @property
     def keyring(self) -> KeyRing:
@@ -42,7 +44,8 @@ class Rotation:
         return self.objects.keyring
 
     async def __call__(self, listed: ObjectInfo) -> Outcome:
-        ins = await inspect(self.objects.store, listed, self.keyring, unwrap=False)
+        ins = await inspect(self.objects.store, listed, self.keyring, unwrap=False,
+                            esdk=self.esdk)
         rec, info = ins.record, ins.info
         if info is None:
             return Outcome(listed.key, SKIPPED, GONE)

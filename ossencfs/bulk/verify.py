@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..envelope.keys import KeyRing
+from ..esdk_objects import EsdkObjects
 from ..store import ObjectInfo, ObjectStore
 from .classify import Record, deep_check, inspect
 from .progress import human_bytes
@@ -23,9 +24,10 @@ class Verification:
     deep: bool = False
     parallel: int = 4
     on_bytes: Callable[[int], None] | None = None
+    esdk: EsdkObjects | None = None     # Encryption SDK objects: found and opened with these
 
     async def __call__(self, listed: ObjectInfo) -> Outcome:
-        ins = await inspect(self.store, listed, self.keyring)
+        ins = await inspect(self.store, listed, self.keyring, esdk=self.esdk)
         if self.deep:
             await deep_check(self.store, ins, parallel=self.parallel, progress=self.on_bytes)
         rec = ins.record

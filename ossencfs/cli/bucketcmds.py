@@ -14,19 +14,22 @@ import json
 import sys
 from typing import Any
 
-from .options import (add_connection_options, add_key_options, build_keyring, build_masters,
-                      build_store, optional_keyring, parse_oss_url)
+from .options import (add_connection_options, add_key_options, build_esdk, build_keyring,
+                      build_masters, build_store, optional_keyring, parse_oss_url)
 from .transfer import _run, _size
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     v = subparsers.add_parser(
         "verify", help="classify every object of a bucket and check that it opens",
         description="For every object under oss://BUCKET[/PREFIX]: its kind (plain, CSE "
-                    "current or legacy, wrap algorithm, KMS flavour), which configured key "
-                    "opens it, whether its sizes agree, and with --deep whether its content "
-                    "matches the stored MD5. Exit status 0 only when every object opens.")
+                    "current or legacy, wrap algorithm, KMS flavour; Encryption SDK: layout, "
+                    "algorithm, CMK ARN and region), which configured key or KMS opens it, "
+                    "whether its sizes agree, and with --deep whether its content matches the "
+                    "stored MD5 (Encryption SDK: its GCM tag). Exit status 0 only when every "
+                    "object opens.")
     v.add_argument("--deep", action="store_true",
-                   help="read and decrypt every object and compare with unencrypted-content-md5")
+                   help="read and decrypt every object and compare with unencrypted-content-md5 "
+                        "(Encryption SDK objects: a whole decryption, GCM tag checked)")
     v.add_argument("--json", action="store_true", help="one JSON record per object on stdout")
     _common(v, writes=False)
     v.set_defaults(func=run_verify)
@@ -136,7 +139,7 @@ async def _verify(args: argparse.Namespace) -> int:
     bucket = objects.store.name
     tally = Tally()
     action = Verification(objects.store, objects.keyring, deep=args.deep,
-                          parallel=args.parallel)
+                          parallel=args.parallel, esdk=build_esdk(args, objects.store))
 
     def report(out) -> None:
         rec = out.record
@@ -174,7 +177,8 @@ async def _rotate(args: argparse.Namespace) -> int:
     from ..bulk.rotate import Rotation, target_identity
     target = _target(args)
     objects = _objects(args, build_keyring(args))
-    action = Rotation(objects, target, dry_run=args.dry_run)
+    action = Rotation(objects, target, dry_run=args.dry_run,
+                      esdk=build_esdk(args, objects.store))
     return await _write_run(args, objects, action, "rotate",
                             {"target": target_identity(target)})
 
@@ -182,7 +186,8 @@ async def _rotate(args: argparse.Namespace) -> int:
 async def _migrate(args: argparse.Namespace) -> int:
     from ..bulk.migrate import Migration
     objects = _objects(args, build_keyring(args))
-    action = Migration(objects, dry_run=args.dry_run, parallel=args.parallel)
+    action = Migration(objects, dry_run=args.dry_run, parallel=args.parallel,
+                       esdk=build_esdk(args, objects.store))
     return await _write_run(args, objects, action, "migrate",
                             {"writer": objects.keyring.writer.name})
 
