@@ -17,12 +17,14 @@ next mount with the same cache directory.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import logging
 import os
 import re
 import signal
+import stat as stat_module
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -34,6 +36,7 @@ import trio
 from ..errors import OssEncError
 from . import keymap, posix
 from .privatedir import check_private_dir, open_private, private_dir
+from .readahead import mountinfo
 
 if TYPE_CHECKING:
     from ..envelope.keys import KeyRing
@@ -192,13 +195,35 @@ class Connectors:
     esdk: Callable[[ObjectStore], Any] | None = None
 
 
+def check_mountpoint(path: str) -> None:
+    """OssEncError, in words a user can act on, unless ``path`` can take a new mount: missing,
+    not a directory, a dead FUSE mount (ENOTCONN: its process ended without unmounting), or
+    a live FUSE mount (a second one would hide the first, and ``status`` would lose it)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise OssEncError(f"mount point {path} does not exist") from None
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            raise OssEncError(f"mount point {path} is a dead mount (its process ended without "
+                              f"unmounting): run `ossencfs umount {path}` first") from None
+        raise OssEncError(f"mount point {path}: {exc.strerror}") from None
+    if not stat_module.S_ISDIR(st.st_mode):
+        raise OssEncError(f"mount point {path} is not a directory")
+    try:
+        fuse = any(kind.startswith("fuse") for _, kind in mountinfo(path))
+    except OSError:
+        fuse = False
+    if fuse:
+        raise OssEncError(f"{path} is already a FUSE mount point: unmount it first")
+
+
 class Mount:
     def __init__(self, config: MountConfig, connect: Connectors) -> None:
         self.config = config
         self.bucket, self.prefix = config.bucket, config.prefix
         self.mountpoint = config.mountpoint
-        if not os.path.isdir(self.mountpoint):
-            raise OssEncError(f"mount point {self.mountpoint} is not a directory")
+        check_mountpoint(self.mountpoint)
         self.opts = parse_mount_options(list(config.options))
         self.keyring = connect.keyring()
         self.store = connect.store(config.bucket)

@@ -288,6 +288,21 @@ def _runs(indices: list[int], longest: int) -> list[tuple[int, int]]:
 KERNEL_READAHEAD_KB = 4096
 
 
+def mountinfo(path: str) -> list[tuple[str, str]]:
+    """(major:minor, file-system type) of every mount at ``path``, oldest first, from
+    /proc/self/mountinfo (proc(5): field 5 is the mount point with space, tab, newline and
+    backslash octal-escaped; the type follows the " - " separator). OSError if unreadable."""
+    escaped = (path.replace("\\", "\\134").replace(" ", "\\040")
+               .replace("\t", "\\011").replace("\n", "\\012"))
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 4 and fields[4] == escaped and "-" in fields:
+                out.append((fields[2], fields[fields.index("-", 5) + 1]))
+    return out
+
+
 def raise_kernel_readahead(mountpoint: str, kb: int = KERNEL_READAHEAD_KB) -> bool:
     """Let the kernel read ahead ``kb`` KiB on this mount (best effort; needs root).
 
@@ -297,15 +312,9 @@ def raise_kernel_readahead(mountpoint: str, kb: int = KERNEL_READAHEAD_KB) -> bo
     Call right after mounting; the mount is found through /proc/self/mountinfo, never by
     touching the mount point (this very process serves it, so a stat would deadlock).
     """
-    dev = None
-    escaped = (mountpoint.replace("\\", "\\134").replace(" ", "\\040")
-               .replace("\t", "\\011").replace("\n", "\\012"))
     try:
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) > 4 and fields[4] == escaped:
-                    dev = fields[2]          # major:minor; the last match is the newest mount
+        found = mountinfo(mountpoint)
+        dev = found[-1][0] if found else None    # major:minor; the last is the newest mount
         if dev is None:
             return False
         with open(f"/sys/class/bdi/{dev}/read_ahead_kb", "w") as f:

@@ -466,3 +466,20 @@ def test_bad_posix_metadata_of_other_clients_is_ignored_field_by_field(make_moun
         assert (m.path / "odd" / "a.txt").read_bytes() == b"aaa"
         m.remount()
     assert m.log().count("unusable POSIX metadata ignored") >= 1
+
+
+def test_ctime_does_not_go_back_once_attributes_expire(make_mount, tmp_path):
+    """``tar`` compares ctime before and after reading a file ("file changed as we read it"):
+    the ctime a file shows right after ``rsync -a`` must be the one stored with it, not
+    replaced by an older stored value once the cached attributes expire (found by a new user)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        (src / f"f{i}").write_bytes(os.urandom(3000))
+    m = make_mount("ct", extra=["-o", "attr_timeout=0.5"])
+    subprocess.run(["rsync", "-a", f"{src}/", f"{m.path}/rs/"], check=True)
+    before = {n: os.stat(m.path / "rs" / n).st_ctime_ns for n in os.listdir(m.path / "rs")}
+    m.settle()
+    time.sleep(3)                # metadata uploads done, every attribute and listing expired
+    after = {n: os.stat(m.path / "rs" / n).st_ctime_ns for n in os.listdir(m.path / "rs")}
+    assert after == before
