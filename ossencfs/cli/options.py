@@ -217,8 +217,15 @@ def _kms_master(args: argparse.Namespace, value: str, matdesc: str | None = None
 
 
 def kms_endpoints(args: argparse.Namespace) -> tuple[str | None, dict[str, str]]:
+    """``--kms-endpoint`` values: (URL of ``--kms-region``, {region: URL}). A bare URL without
+    ``--kms-region`` would silently go unused (every region would use its public endpoint):
+    OssEncError instead."""
     from ..kms_regions import parse_kms_endpoints
-    return parse_kms_endpoints(getattr(args, "kms_endpoint", None) or [])
+    default, per_region = parse_kms_endpoints(getattr(args, "kms_endpoint", None) or [])
+    if default is not None and not getattr(args, "kms_region", None):
+        raise OssEncError(f"--kms-endpoint {default} is the endpoint of --kms-region, which is "
+                          f"not given: add --kms-region REGION, or write REGION={default}")
+    return default, per_region
 
 
 def build_esdk(args: argparse.Namespace, store):

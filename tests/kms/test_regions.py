@@ -63,3 +63,17 @@ def test_esdk_keys_by_region_cached(tmp_path) -> None:
         two.disable_key(other.header.data_keys[0].key_arn.rsplit("/", 1)[1])
         with pytest.raises(KeyUnavailableError, match="disabled"):
             EsdkKeyring(regions).open(other.header)
+
+
+def test_bare_kms_endpoint_needs_its_region() -> None:
+    """A bare ``--kms-endpoint URL`` without ``--kms-region`` used to be ignored silently (the
+    public endpoint was called instead; found by a new user)."""
+    import argparse
+
+    from ossencfs.cli.options import kms_endpoints
+    with pytest.raises(OssEncError, match="--kms-region"):
+        kms_endpoints(argparse.Namespace(kms_endpoint=["http://127.0.0.1:9"], kms_region=None))
+    assert kms_endpoints(argparse.Namespace(kms_endpoint=["http://127.0.0.1:9"],
+                                            kms_region="cn-x")) == ("http://127.0.0.1:9", {})
+    assert kms_endpoints(argparse.Namespace(kms_endpoint=["cn-y=http://h"], kms_region=None)) \
+        == (None, {"cn-y": "http://h"})
