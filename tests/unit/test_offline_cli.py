@@ -341,3 +341,20 @@ def test_pipes_stdin_stdout(keys, tmp_path):
     assert bad.returncode == 1 and bad.stdout == b""
     assert len(bad.stderr.decode().strip().splitlines()) == 1
     assert bad.stderr.startswith(b"ossencfs: error: ")
+
+
+def test_a_closed_pipe_is_no_traceback(tmp_path):
+    """``ossencfs status --json | head -c 10``: the reader may go away first (found by a new
+    user: a BrokenPipeError traceback)."""
+    import subprocess
+    import sys
+    r, w = os.pipe()
+    os.close(r)                                   # every write to stdout fails with EPIPE
+    try:
+        p = subprocess.run([sys.executable, "-m", "ossencfs", "status", "--json",
+                            "--cache-dir", str(tmp_path)], stdout=w, stderr=subprocess.PIPE,
+                           timeout=60)
+    finally:
+        os.close(w)
+    assert b"Traceback" not in p.stderr, p.stderr.decode()
+    assert p.returncode == 1
