@@ -43,8 +43,8 @@ ENV_ECS_METADATA_ENDPOINT = "OSSENCFS_ECS_METADATA_ENDPOINT"
 ENV_STS_ENDPOINT = "OSSENCFS_STS_ENDPOINT"
 
 CHAIN_ORDER = (
-    "explicit options (keys, --config keys, -o passwd_file, --profile, --ram-role, "
-    "--credentials-uri, --credential-process)",
+    "explicit options (keys; for mount also the --config keys or -o passwd_file; --profile, "
+    "--ram-role, --credentials-uri, --credential-process)",
     "OSS_ACCESS_KEY_ID/OSS_ACCESS_KEY_SECRET[/OSS_SESSION_TOKEN]",
     "ALIBABA_CLOUD_ACCESS_KEY_ID/ALIBABA_CLOUD_ACCESS_KEY_SECRET[/ALIBABA_CLOUD_SECURITY_TOKEN]",
     "OIDC/RRSA (ALIBABA_CLOUD_ROLE_ARN, ALIBABA_CLOUD_OIDC_PROVIDER_ARN, "
