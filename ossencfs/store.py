@@ -223,6 +223,8 @@ class ObjectStore:
             try:
                 limiter = self.meta_limiter if op in _META_OPS else self.limiter
                 return await trio.to_thread.run_sync(fn, limiter=limiter)
+            except _LocalSourceError as exc:    # ours, not the network's: no retry here
+                raise exc.error from None
             except Exception as exc:  # noqa: BLE001 - every failure is classified below
                 if not renewed and await self._renewed_after(exc, signed_with):
                     renewed = True            # raced an expiry: once more, fresh credentials
@@ -551,7 +553,12 @@ class ObjectStore:
         def run() -> str:
             if isinstance(data, tuple):
                 body = PartBody(*data)
-                result = self.bucket.upload_part(key, upload_id, part_number, body, headers=h)
+                try:
+                    result = self.bucket.upload_part(key, upload_id, part_number, body, headers=h)
+                except oss2.exceptions.RequestError:
+                    if body.local_error is not None:
+                        raise _LocalSourceError(body.local_error) from None
+                    raise
                 if body.left:
                     raise _Transient(f"part {part_number}: {body.left} bytes not sent")
                 server = getattr(result, "crc", None)
@@ -591,6 +598,15 @@ class ObjectStore:
                                 lambda: self.bucket.get_symlink(key).target_key)
 
 
+class _LocalSourceError(Exception):
+    """A request body's local source failed (``PartBody.local_error``); ``_call`` raises
+    ``error`` itself, unclassified and unretried (the caller decides: fs.lifecycle.for_good)."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class PartBody:
     """A request body of ``size`` bytes read from ``read(offset, n)`` (blocking) a ``PIECE`` at
     a time as the HTTP client asks for it, with its CRC-64 computed on the way (``crc``).
@@ -602,13 +618,20 @@ class PartBody:
         self._read, self._next, self.left = read, offset, size
         self._buf = memoryview(b"")
         self.crc = 0
+        #: a local read failure: the HTTP client reports it as a network error, which would be
+        #: retried; ``upload_part`` raises this instead (a staging file cut short is for good)
+        self.local_error: OSError | None = None
 
     def __len__(self) -> int:           # requests takes it as the Content-Length
         return self.left + len(self._buf)
 
     def read(self, n: int = -1) -> bytes:
         if not self._buf and self.left:
-            piece = self._read(self._next, min(self.PIECE, self.left))
+            try:
+                piece = self._read(self._next, min(self.PIECE, self.left))
+            except OSError as exc:
+                self.local_error = exc
+                raise
             if not piece:
                 return b""
             self._next += len(piece)

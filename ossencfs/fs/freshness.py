@@ -322,9 +322,9 @@ class Freshness:
             if node.is_dir:
                 continue
             if content and self._block0_wanted(node):
-                job = functools.partial(self._get_ahead, node)
+                job = functools.partial(self._get_ahead, node, path)
             elif self._needs_head(node):
-                job = functools.partial(self._head_ahead, node)
+                job = functools.partial(self._head_ahead, node, path)
             else:
                 continue
             self._resolving[path] = trio.Event()
@@ -393,7 +393,15 @@ class Freshness:
             cache.settle(key, info.etag, 0, data)
         return info
 
-    async def _get_ahead(self, node: Node) -> None:
+    def _done_resolving(self, path: str) -> None:
+        """A HEAD or GET ahead registered under ``path`` ended. Keyed by the path it was
+        started for: the node may have been renamed meanwhile (a KeyError here once ended a
+        mount under a parallel rename workload)."""
+        done = self._resolving.pop(path, None)
+        if done is not None:
+            done.set()
+
+    async def _get_ahead(self, node: Node, path: str) -> None:
         try:
             with trio.move_on_after(max(30.0, self.ctx.ttl)):
                 info = await self._fetch_small(node)
@@ -404,16 +412,16 @@ class Freshness:
         except Exception as exc:        # the open itself retries and reports
             log.debug("read-ahead of %s: %s", self.ctx.where(node), exc)
         finally:
-            self._resolving.pop(node.path).set()
+            self._done_resolving(path)
 
-    async def _head_ahead(self, node: Node) -> None:
+    async def _head_ahead(self, node: Node, path: str) -> None:
         try:
             with trio.move_on_after(max(30.0, self.ctx.ttl)):
                 await self._resolve_remote(node)
         except Exception as exc:        # the stat itself will retry and report
             log.debug("stat-ahead %s: %s", self.ctx.where(node), exc)
         finally:
-            self._resolving.pop(node.path).set()
+            self._done_resolving(path)
 
     async def lookup(self, parent_ino: int, name: str) -> pyfuse3.EntryAttributes:
         parent = self.ctx.node(parent_ino)
