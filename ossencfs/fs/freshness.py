@@ -197,8 +197,11 @@ class Freshness:
             return node
 
     async def _resolve_remote(self, node: Node) -> Node:
+        path = node.path
         if node.is_dir:
-            info = await self.ctx.store.head(self.ctx.dkey(node.path))
+            info = await self.ctx.store.head(self.ctx.dkey(path))
+            if node.path != path:       # renamed meanwhile: the answer is of the old name
+                return node
             node.marker = info is not None
             headers = info.headers if info is not None else {}
             node.headers = dict(headers)
@@ -212,7 +215,9 @@ class Freshness:
             return node
         if node.object_type == "Symlink":
             return await self._resolve_native_link(node)
-        info = await self.ctx.store.head(self.ctx.okey(node.path))
+        info = await self.ctx.store.head(self.ctx.okey(path))
+        if self.moved_meanwhile(node, path):
+            return node
         if info is None:
             self.gone(node)
         kind = self.attr.file_kind(info)
@@ -223,6 +228,14 @@ class Freshness:
             node.meta.mode = stat.S_IFLNK | stat.S_IMODE(node.meta.mode or 0o777)
         await self.probe_size(node)       # part of its attributes (also for stat-ahead)
         return node
+
+    @staticmethod
+    def moved_meanwhile(node: Node, path: str) -> bool:
+        """Whether ``node`` was renamed (or written) while a request about ``path``
+        was out: its answer is then about an old name or version and must not be applied;
+        a HEAD of the old key of a file renamed meanwhile answers 404, and taking that as
+        "gone" once dropped the file under its new name (tests/mount/test_stress.py)."""
+        return node.path != path or node.dirty
 
     def gone(self, node: Node) -> NoReturn:
         """The object behind ``node`` is gone: forget it and answer ENOENT."""
@@ -237,10 +250,13 @@ class Freshness:
         with the *target's* size, ETag and type but the link's *own* user metadata, so only
         its metadata is taken from the HEAD; a dangling link (HEAD 404) is confirmed by
         GetObjectMeta, which describes the link itself."""
-        key = self.ctx.okey(node.path)
+        path = node.path
+        key = self.ctx.okey(path)
         info = await self.ctx.store.head(key)
         if info is None:
             own = await self.ctx.store.get_object_meta(key)
+            if self.moved_meanwhile(node, path):
+                return node
             if own is None or own.object_type != "Symlink":
                 self.gone(node)
             headers: dict[str, str] = {}
@@ -374,10 +390,11 @@ class Freshness:
         """One GET of a small file's first block: its headers are applied to ``node`` and
         the block goes to the block cache. None when that did not settle it (gone, empty,
         a symlink or directory now): the caller HEADs as before."""
-        key = self.ctx.okey(node.path)
+        path = node.path
+        key = self.ctx.okey(path)
         got = await self.ctx.store.get_head(key, self.ctx.cache.block_size)
-        if got is None or node.dirty:
-            return None
+        if got is None or self.moved_meanwhile(node, path):
+            return None                 # the caller resolves it again under its name now
         info, data = got
         if self.attr.file_kind(info) != node.kind or info.object_type == "Symlink":
             return None

@@ -197,3 +197,34 @@ def test_failed_upload_is_journaled_and_retried(model_rig, emulator, crypto_buck
             assert rig.journal_entries() == []
             assert _get(crypto_bucket, "retry.txt") == b"eventually"
     trio.run(main)
+
+
+def test_a_head_answered_after_a_rename_does_not_drop_the_new_name(model_rig, crypto_bucket,
+                                                                    emulator):
+    """A stat's HEAD of ``old`` is out when ``old`` is renamed to ``new``; it is answered (404)
+    after the rename deleted ``old``. That answer is about the old name: taking it as "gone"
+    dropped the file under its new name (seen in tests/mount/test_stress.py on CI)."""
+    crypto_bucket.put_object("old", b"still here")
+
+    async def main():
+        async with model_rig(ttl=0.2) as rig:
+            ino = await rig.ino("old")
+            await trio.sleep(0.5)                    # attributes expired: getattr HEADs
+            got: dict[str, object] = {}
+
+            async def stat() -> None:
+                try:
+                    got["size"] = (await rig.model.getattr(ino)).st_size
+                except pyfuse3.FUSEError as exc:
+                    got["errno"] = exc.errno
+
+            emulator.set_faults(latency_ms=1500)     # this HEAD is answered late
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(stat)
+                await trio.sleep(0.5)
+                emulator.set_faults(latency_ms=0)
+                await rig.model.rename(ROOT_INO, "old", ROOT_INO, "new", 0)
+            assert "errno" not in got, got
+            assert (await rig.model.lookup(ROOT_INO, "new")).st_ino == ino
+            assert await rig.read_all("new") == b"still here"
+    trio.run(main)
