@@ -80,12 +80,14 @@ def no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def emulator(tmp_path: Path, no_proxy_env: None) -> Iterator[object]:
     """A fresh local OSS (with its KMS when that module exists) holding bucket ``test-bucket``."""
+    yield from running_emulator(tmp_path / "oss", **({"kms_port": 0} if HAVE_KMS else {}))
+
+
+def running_emulator(path: Path, **kw: object) -> Iterator[object]:
+    """An emulator at ``path`` (AK/SK, bucket ``test-bucket``; ``kw`` to ``Emulator``),
+    started, yielded, stopped: the generator behind every emulator fixture here."""
     from ossencfs.emulator.server import Emulator
-    kw: dict[str, object] = {"kms_port": 0} if HAVE_KMS else {}
-    try:
-        emu = Emulator(str(tmp_path / "oss"), credentials={AK: SK}, buckets=[BUCKET], **kw)
-    except TypeError:
-        emu = Emulator(str(tmp_path / "oss"), credentials={AK: SK}, buckets=[BUCKET])
+    emu = Emulator(str(path), credentials={AK: SK}, buckets=[BUCKET], **kw)  # type: ignore[arg-type]
     emu.start()
     try:
         yield emu
@@ -97,14 +99,7 @@ def sts_emulator_at(path: Path, lifetime: float) -> Iterator[object]:
     """An emulator (OSS + KMS, bucket ``test-bucket``) that also issues STS credentials of
     ``lifetime`` seconds and serves them on 127.0.0.1 (credentials URI, ECS metadata paths);
     the generator behind the STS tests' fixtures."""
-    from ossencfs.emulator.server import Emulator
-    emu = Emulator(str(path), credentials={AK: SK}, buckets=[BUCKET], kms_port=0,
-                   sts_lifetime=lifetime, credentials_port=0)
-    emu.start()
-    try:
-        yield emu
-    finally:
-        emu.stop()
+    yield from running_emulator(path, kms_port=0, sts_lifetime=lifetime, credentials_port=0)
 
 
 @pytest.fixture
@@ -113,15 +108,9 @@ def esdk_emulator(tmp_path: Path, no_proxy_env: None) -> Iterator[object]:
     loaded into its KMS before it starts, as the vectors' README.md says."""
     if not HAVE_KMS:
         pytest.skip("KMS modules not available")
-    from ossencfs.emulator.server import Emulator
     from tests.esdk_build import install_key
     install_key(tmp_path / "oss" / "kms")
-    emu = Emulator(str(tmp_path / "oss"), credentials={AK: SK}, buckets=[BUCKET], kms_port=0)
-    emu.start()
-    try:
-        yield emu
-    finally:
-        emu.stop()
+    yield from running_emulator(tmp_path / "oss", kms_port=0)
 
 
 @pytest.fixture
