@@ -118,14 +118,16 @@ def tmpfs(path: Path, size: str) -> Iterator[Path]:
 def fill_disk(path: Path) -> None:
     """Another process takes every free byte of the file system: writes ``path`` until
     ENOSPC (the caller removes it)."""
-    with open(path, "wb") as f:
-        try:
-            while True:
-                f.write(b"\xff" * (64 * 1024))
-                f.flush()
-        except OSError as exc:
-            if exc.errno != errno.ENOSPC:
-                raise
+    # unbuffered: a buffered file's close() would retry the unwritten tail and raise ENOSPC
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\xff" * (64 * 1024))
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+    finally:
+        os.close(fd)
 
 
 def _fuse_ok() -> bool:
