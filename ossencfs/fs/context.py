@@ -30,7 +30,7 @@ from . import keymap, posix
 from .attrcache import AttrCache
 from .cache import BlockCache
 from .inodes import ROOT_INO, InodeTable, Node
-from .staging import StagingArea
+from .stagingarea import StagingArea
 from .uploader import Uploader
 from .writeback import WriteBack
 

@@ -45,7 +45,7 @@ from .metadata import Metadata
 from .namespace import Namespace
 from .rename import Renamer
 from .replay import Replay
-from .staging import StagingArea
+from .stagingarea import StagingArea
 from .uploader import Uploader
 
 __all__ = ["FsModel", "Handle", "META_DELAY", "MAX_KEY_BYTES", "NAME_MAX", "STAT_AHEAD"]

@@ -264,7 +264,7 @@ class Mount:
         from .journal import Journal, MountIdentity
         from .model import FsModel
         from .operations import Operations
-        from .staging import StagingArea
+        from .stagingarea import StagingArea
         from .uploader import Uploader
         from .writeback import WriteBack
         staging_dir = os.path.join(self.base_dir, "staging")
