@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 
 def mount_config(args: argparse.Namespace) -> MountConfig:
     """``ossencfs mount``'s arguments as the typed ``fs.mounter.MountConfig``."""
-    from ..fs.mounter import MountConfig, parse_size
+    from ..fs.mounter import MountConfig
+    from ..fs.mountoptions import parse_size
     from .options import parse_oss_url
     bucket, prefix = parse_oss_url(args.url)
     prefix = prefix.lstrip("/")
@@ -66,7 +67,8 @@ def _hide_secret_from_ps() -> None:
 
 
 def _mount(args: argparse.Namespace) -> int:
-    from ..fs.mounter import Connectors, run_mount
+    from ..fs.daemon import run_mount
+    from ..fs.mounter import Connectors
     from .configfile import apply_config
     from .options import build_esdk, build_keyring, build_store
     if args.access_key_secret:
@@ -144,7 +146,7 @@ class _Progress:
 
 
 def _umount(args: argparse.Namespace) -> int:
-    from ..fs.mounter import pidfile_for
+    from ..fs.mountpaths import pidfile_for
     from ..fs.state import state_path_for
     if args.mountpoint is None:
         from .configfile import load_config

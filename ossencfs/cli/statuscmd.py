@@ -133,7 +133,7 @@ def _print_quarantine(items: list[dict[str, Any]], out: Any) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from ..fs.mounter import pidfile_for
+    from ..fs.mountpaths import pidfile_for
     from ..fs.state import state_path_for
     states: list[dict[str, Any]] = []
     if args.mountpoint:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from ossencfs.errors import OssEncError
 from ossencfs.fs import dirtystate, posix
 from ossencfs.fs.cache import BlockCache
-from ossencfs.fs.mounter import parse_mount_options, parse_size
+from ossencfs.fs.mountoptions import parse_mount_options, parse_size
 from ossencfs.fs.journal import Journal
 from ossencfs.fs.extents import Extents
 from ossencfs.fs.stagingarea import StagingArea
