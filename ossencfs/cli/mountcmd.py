@@ -16,13 +16,13 @@ import signal
 import subprocess
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
 from ..errors import OssEncError
 from ..objects import COPY_LIMIT
 
 from .options import add_connection_options, add_key_options
-from .procs import pid_alive, read_state
+from .procs import StateDoc, pid_alive, read_state
 
 if TYPE_CHECKING:
     from ..fs.mounter import MountConfig
@@ -102,15 +102,25 @@ def _take_passwd_file(args: argparse.Namespace) -> None:
     args.options = kept
 
 
+class _Bar(Protocol):
+    """What ``_Progress`` uses of a ``tqdm.tqdm`` (tqdm ships no type information)."""
+    total: float
+    n: float
+
+    def set_postfix(self, **kwargs: object) -> None: ...
+    def refresh(self) -> None: ...
+    def close(self) -> None: ...
+
+
 class _Progress:
     """One line per second (or a tqdm bar on a terminal) while pending uploads finish."""
 
     def __init__(self) -> None:
-        self.bar: Any = None
+        self.bar: _Bar | None = None
         self.last = 0.0
         self.tty = sys.stderr.isatty()
 
-    def show(self, state: dict[str, Any] | None) -> None:
+    def show(self, state: StateDoc | None) -> None:
         if not state:
             return
         pending = state.get("pending") or []
@@ -204,7 +214,7 @@ def _umount(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     p = subparsers.add_parser(
         "mount", help="mount a bucket (or a prefix of it) as an encrypted folder",
         description="Mount oss://BUCKET[/PREFIX] on MOUNTPOINT. Files are stored as OSS "
