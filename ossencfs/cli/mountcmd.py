@@ -167,12 +167,7 @@ def _umount(args: argparse.Namespace) -> int:
     mountpoint = os.path.abspath(args.mountpoint)
     pidfile = pidfile_for(mountpoint)
     state_path = state_path_for(pidfile)
-    pid = None
-    try:
-        with open(pidfile) as f:
-            pid = int(f.read().strip())
-    except (OSError, ValueError):
-        pass
+    pid = _read_pid(pidfile)
     before = read_state(state_path) if args.lazy else None
     if args.lazy and pid is not None:
         try:
@@ -202,14 +197,29 @@ def _umount(args: argparse.Namespace) -> int:
                   f"{(state or {}).get('cache_dir', 'the cache directory')}; they go up at the "
                   f"next mount with the same --cache-dir", file=sys.stderr)
         return 0
-    deadline = time.monotonic() + args.timeout
+    return _wait_for_exit(pid, mountpoint, state_path, args.timeout)
+
+
+def _read_pid(pidfile: str) -> int | None:
+    """The mount process's pid from its pid file (None: no such file, or not a number)."""
+    try:
+        with open(pidfile) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _wait_for_exit(pid: int, mountpoint: str, state_path: str, timeout: float) -> int:
+    """Wait (``timeout`` seconds at most) for the unmounted mount's process to finish its
+    uploads and exit, showing progress from its state file; the exit status of umount."""
+    deadline = time.monotonic() + timeout
     progress = _Progress()
     started = time.monotonic()
     try:
         while pid_alive(pid):
             if time.monotonic() > deadline:
                 print(f"ossencfs: error: mount process {pid} still uploading after "
-                      f"{args.timeout:.0f} s; it keeps running in the background "
+                      f"{timeout:.0f} s; it keeps running in the background "
                       f"(`ossencfs status {mountpoint}` shows what is left)", file=sys.stderr)
                 return 1
             if time.monotonic() - started > 0.5:
@@ -221,6 +231,11 @@ def _umount(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    _register_mount(subparsers)
+    _register_umount(subparsers)
+
+
+def _register_mount(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     p = subparsers.add_parser(
         "mount", help="mount a bucket (or a prefix of it) as an encrypted folder",
         description="Mount oss://BUCKET[/PREFIX] on MOUNTPOINT. Files are stored as OSS "
@@ -273,6 +288,8 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     fields.update(passwd_file=None, security_token=None)       # config-file-only fields
     p.set_defaults(config_defaults=fields)
 
+
+def _register_umount(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     u = subparsers.add_parser("umount", help="unmount after pending uploads are done")
     u.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?")
     u.add_argument("--config", metavar="FILE", help="take MOUNTPOINT from this mount config file")
