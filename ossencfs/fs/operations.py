@@ -158,7 +158,8 @@ class Operations(pyfuse3.Operations):
 
     # -- names ------------------------------------------------------------------------------
     @_guard(META_TIMEOUT)
-    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
+    async def lookup(self, parent_inode: int, name: bytes,
+                     ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
         return await self.model.lookup(parent_inode, _name(name, lookup=True))
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
@@ -169,7 +170,8 @@ class Operations(pyfuse3.Operations):
                 log.exception("forget %d", ino)
 
     @_guard(META_TIMEOUT)
-    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
+    async def getattr(self, inode: int,
+                      ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
         return await self.model.getattr(inode)
 
     @_guard(LONG_TIMEOUT)
@@ -187,7 +189,8 @@ class Operations(pyfuse3.Operations):
         return await self.model.mknod(parent_inode, _name(name), mode, rdev, ctx)
 
     @_guard(META_TIMEOUT)
-    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         return await self.model.mkdir(parent_inode, _name(name), mode, ctx)
 
     @_guard(LONG_TIMEOUT)
@@ -199,7 +202,8 @@ class Operations(pyfuse3.Operations):
         await self.model.rmdir(parent_inode, _name(name, lookup=True))
 
     @_guard(META_TIMEOUT)
-    async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         return await self.model.symlink(parent_inode, _name(name), keymap.from_bytes(target), ctx)
 
     @_guard(LONG_TIMEOUT)

@@ -88,7 +88,8 @@ class Staging:
 
     def __init__(self, area: "StagingArea", ident: str, key: str,
                  material: ContentMaterial | None, crypto_headers: Mapping[str, str],
-                 size: int, base: PlainSource | None, base_len: int, base_etag: str | None, *, restore: bool = False) -> None:
+                 size: int, base: PlainSource | None, base_len: int, base_etag: str | None,
+                 *, restore: bool = False) -> None:
         self.area = area
         self.ident = ident
         self.key = key

@@ -147,7 +147,8 @@ class StagingArea:
         self.active.add(st)
         return st
 
-    def restore(self, entry: JournalEntry, material: ContentMaterial, base: PlainSource | None) -> Staging:
+    def restore(self, entry: JournalEntry, material: ContentMaterial,
+                base: PlainSource | None) -> Staging:
         """A staging from a replayed journal entry (its data file is kept as it is)."""
         st = Staging(self, entry.id, entry.key, material, entry.crypto_headers,
                      entry.size, base, entry.base_len, entry.base_etag, restore=True)
