@@ -74,6 +74,10 @@ class StoreBase:
 
     async def _call(self, op: str, key: str, fn: Callable[[], T],
                     attempts: list[int] | None = None) -> T:
+        """``fn()`` (blocking oss2 work for ``op`` on ``key``) in a worker thread, retried while
+        ``failures.classify`` calls its failure transient, ``retries`` times at most; every
+        other failure raised as its ``ossencfs.errors`` type. ``attempts`` collects the attempt
+        numbers made (0 first)."""
         attempt = 0
         renewed = False
         while True:

@@ -27,6 +27,9 @@ class ObjectInfo:
 
 @dataclass
 class Listing:
+    """One ListObjectsV2 page: objects, common prefixes, and the continuation token of the next
+    page (None on the last one)."""
+
     objects: list[ObjectInfo]
     prefixes: list[str]
     next_token: str | None
