@@ -3,6 +3,9 @@ type each one becomes, so the layers above never see an oss2 or requests excepti
 """
 from __future__ import annotations
 
+import http.client
+import socket
+
 import oss2
 import oss2.exceptions
 import requests
@@ -60,10 +63,10 @@ def classify(op: str, bucket: str, key: str, exc: Exception) -> tuple[bool, OssE
     if isinstance(exc, Transient):
         return True, NetworkError(f"{what}: {exc}")
     if isinstance(exc, oss2.exceptions.RequestError):
-        return True, NetworkError(f"{what}: network error: {_short(exc)}")
+        return True, NetworkError(f"{what}: network error: {network_reason(exc)}")
     if isinstance(exc, (requests.RequestException, urllib3.exceptions.HTTPError,
                         ConnectionError, TimeoutError)):
-        return True, NetworkError(f"{what}: network error: {type(exc).__name__}")
+        return True, NetworkError(f"{what}: network error: {network_reason(exc)}")
     if isinstance(exc, oss2.exceptions.InconsistentError):
         return True, NetworkError(f"{what}: CRC-64 mismatch in transfer")
     if isinstance(exc, oss2.exceptions.ServerError):
@@ -103,6 +106,41 @@ def _server_error(what: str, key: str, exc: oss2.exceptions.ServerError) -> tupl
         # a refusal retrying cannot change (NotImplemented, InvalidObjectName, ...)
         return False, RejectedError(detail, code, len(key.encode("utf-8", "replace")))
     return False, StoreError(detail)
+
+
+def network_reason(exc: BaseException) -> str:
+    """What went wrong on the way to OSS, in a few words: the innermost socket-level cause of
+    an oss2 ``RequestError`` (which wraps requests' and urllib3's exceptions and prints as a
+    dict of several hundred characters), e.g. "connection refused", "cannot resolve host"."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    causes: list[BaseException] = []
+    while todo:
+        e = todo.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        causes.append(e)
+        todo += [c for c in (getattr(e, "exception", None), getattr(e, "reason", None),
+                             e.__cause__, e.__context__, *e.args)
+                 if isinstance(c, BaseException)]
+    for e in reversed(causes):          # innermost first
+        if isinstance(e, socket.gaierror):
+            return "cannot resolve host"
+        if isinstance(e, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(e, ConnectionResetError):
+            return "connection reset"
+        if isinstance(e, (TimeoutError, socket.timeout, requests.Timeout,
+                          urllib3.exceptions.TimeoutError)):
+            return "timed out"
+        if isinstance(e, OSError) and e.strerror:
+            return e.strerror.lower()
+    for e in reversed(causes):
+        if isinstance(e, (urllib3.exceptions.ProtocolError, requests.exceptions.ChunkedEncodingError,
+                          http.client.HTTPException)):
+            return f"connection broken ({type(e).__name__})"
+    return type(causes[-1]).__name__
 
 
 def _short(exc: Exception) -> str:
