@@ -231,11 +231,7 @@ def _wait_for_exit(pid: int, mountpoint: str, state_path: str, timeout: float) -
 
 
 def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    _register_mount(subparsers)
-    _register_umount(subparsers)
-
-
-def _register_mount(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """The mount and umount commands."""
     p = subparsers.add_parser(
         "mount", help="mount a bucket (or a prefix of it) as an encrypted folder",
         description="Mount oss://BUCKET[/PREFIX] on MOUNTPOINT. Files are stored as OSS "
@@ -260,6 +256,19 @@ def _register_mount(subparsers: "argparse._SubParsersAction[argparse.ArgumentPar
                    help="cap of the cache directory: clean blocks (evicted LRU) plus staged "
                         "data not yet uploaded (never evicted; writes get ENOSPC at the cap); "
                         "default 1G")
+    _add_upload_options(p)
+    add_connection_options(p)
+    add_key_options(p)
+    p.set_defaults(func=_mount, passwd_file=None, security_token=None)
+    fields = {a.dest: a.default for a in p._actions
+              if a.dest not in ("help", "config", "key_order")}
+    fields.update(passwd_file=None, security_token=None)       # config-file-only fields
+    p.set_defaults(config_defaults=fields)
+    _register_umount(subparsers)
+
+
+def _add_upload_options(p: argparse.ArgumentParser) -> None:
+    """Part size, multipart threshold, copy limit, upload queue widths, write-back."""
     p.add_argument("--part-size", type=int, default=8 << 20, metavar="BYTES",
                    help="multipart part size (multiple of 16, >= 102400; default 8 MiB)")
     p.add_argument("--multipart-threshold", type=int, default=16 << 20, metavar="BYTES",
@@ -280,16 +289,10 @@ def _register_mount(subparsers: "argparse._SubParsersAction[argparse.ArgumentPar
                         "close returns once the file is staged and journaled on local disk; "
                         "the upload follows N seconds later in the background. fsync always "
                         "waits for the bucket")
-    add_connection_options(p)
-    add_key_options(p)
-    p.set_defaults(func=_mount, passwd_file=None, security_token=None)
-    fields = {a.dest: a.default for a in p._actions
-              if a.dest not in ("help", "config", "key_order")}
-    fields.update(passwd_file=None, security_token=None)       # config-file-only fields
-    p.set_defaults(config_defaults=fields)
 
 
 def _register_umount(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """The umount command: waits for pending uploads unless --lazy."""
     u = subparsers.add_parser("umount", help="unmount after pending uploads are done")
     u.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?")
     u.add_argument("--config", metavar="FILE", help="take MOUNTPOINT from this mount config file")
