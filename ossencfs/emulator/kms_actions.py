@@ -97,17 +97,17 @@ class KmsActions:
                 "TotalCount": len(recs), "PageNumber": page, "PageSize": size}
 
     def _enable_key(self, p: dict[str, str]) -> JsonDoc:
-        rec = self.store.get(self._key_id(p))
-        if rec["KeyState"] == PENDING_DELETION:
-            usable(rec)
-        self.store.set_state(rec["KeyId"], ENABLED)
-        return {}
+        return self._switch(p, ENABLED)
 
     def _disable_key(self, p: dict[str, str]) -> JsonDoc:
+        return self._switch(p, DISABLED)
+
+    def _switch(self, p: dict[str, str], state: str) -> JsonDoc:
+        """EnableKey/DisableKey: a key pending deletion is refused as ``usable`` refuses it."""
         rec = self.store.get(self._key_id(p))
         if rec["KeyState"] == PENDING_DELETION:
             usable(rec)
-        self.store.set_state(rec["KeyId"], DISABLED)
+        self.store.set_state(rec["KeyId"], state)
         return {}
 
     def _schedule_key_deletion(self, p: dict[str, str]) -> JsonDoc:
