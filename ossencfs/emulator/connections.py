@@ -52,7 +52,7 @@ class CappedHTTPServer(ThreadingHTTPServer):
                 time.sleep(0.05)
             raise
 
-    def verify_request(self, request: Any, client_address: Any) -> bool:
+    def verify_request(self, request: Any, client_address: object) -> bool:
         """At the connection cap, evict the connection waiting longest for a request; refuse
         (503, then close) when every connection is busy with a request."""
         with self._conns_lock:
@@ -82,7 +82,7 @@ class CappedHTTPServer(ThreadingHTTPServer):
             if conn in self._conns:
                 self._conns[conn] = (state, time.monotonic())
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
+    def handle_error(self, request: object, client_address: object) -> None:
         """Clients closing or resetting idle keep-alive connections is normal, not an error."""
         exc = sys.exc_info()[1]
         if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
