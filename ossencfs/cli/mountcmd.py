@@ -145,6 +145,7 @@ class _Progress:
 
 def _umount(args: argparse.Namespace) -> int:
     from ..fs.mounter import pidfile_for
+    from ..fs.readahead import mountinfo
     from ..fs.state import state_path_for
     if args.mountpoint is None:
         from .configfile import load_config
@@ -166,14 +167,19 @@ def _umount(args: argparse.Namespace) -> int:
             os.kill(pid, signal.SIGUSR1)       # do not wait for pending uploads at exit
         except OSError:
             pass
-    tool = shutil.which("fusermount3") or shutil.which("fusermount")
-    cmd = [tool, "-u"] + (["-z"] if args.lazy else []) + [mountpoint] if tool else \
-        ["umount"] + (["-l"] if args.lazy else []) + [mountpoint]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        msg = (r.stderr or r.stdout).strip() or f"{cmd[0]} failed"
-        print(f"ossencfs: error: {msg}", file=sys.stderr)
+    if mountinfo(mountpoint):
+        tool = shutil.which("fusermount3") or shutil.which("fusermount")
+        cmd = [tool, "-u"] + (["-z"] if args.lazy else []) + [mountpoint] if tool else \
+            ["umount"] + (["-l"] if args.lazy else []) + [mountpoint]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            msg = (r.stderr or r.stdout).strip() or f"{cmd[0]} failed"
+            print(f"ossencfs: error: {msg}", file=sys.stderr)
+            return 1
+    elif pid is None or not pid_alive(pid):
+        print(f"ossencfs: error: {mountpoint}: not mounted", file=sys.stderr)
         return 1
+    # else: unmounted already, its process still uploading: wait for it as after fusermount
     if pid is None:
         return 0
     if args.lazy:
