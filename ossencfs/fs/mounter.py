@@ -36,6 +36,7 @@ from .mountoptions import parse_mount_options
 from .mountpaths import OtherJournal, check_mountpoint, default_cache_dir, mount_id, \
     other_journals, pidfile_for
 from .privatedir import open_private, private_dir
+from .readahead import mountinfo
 
 if TYPE_CHECKING:
     from ..envelope.keys import KeyRing
@@ -339,7 +340,11 @@ class Mount:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
                                        signal.SIGUSR1) as sigs:
             async for signum in sigs:
-                if signum == signal.SIGUSR1 or terminated or not self._serving:
+                # after `fusermount3 -u` the kernel mount is gone at once, but pyfuse3.main()
+                # returns only when it next reads /dev/fuse: the signal is then already one
+                # "while draining", not a request to unmount
+                if signum == signal.SIGUSR1 or terminated or not self._serving \
+                        or not self._still_mounted():
                     log.warning("not waiting for pending uploads: they stay journaled")
                     self.no_wait = True
                     if self._drain_scope is not None:
@@ -348,6 +353,14 @@ class Mount:
                 log.info("signal received: unmounting %s", self.mountpoint)
                 terminated = True
                 pyfuse3.terminate()
+
+
+    def _still_mounted(self) -> bool:
+        """Whether a FUSE file system is still mounted on the mount point (mountinfo)."""
+        try:
+            return any(kind.startswith("fuse") for _, kind in mountinfo(self.mountpoint))
+        except OSError:
+            return True
 
 
 def _no_kernel(parent_ino: int, name: str) -> None:

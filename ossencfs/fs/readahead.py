@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from typing import Awaitable, Callable, Protocol
 
 import trio
@@ -292,6 +293,7 @@ def mountinfo(path: str) -> list[tuple[str, str]]:
     """(major:minor, file-system type) of every mount at ``path``, oldest first, from
     /proc/self/mountinfo (proc(5): field 5 is the mount point with space, tab, newline and
     backslash octal-escaped; the type follows the " - " separator). OSError if unreadable."""
+    path = os.path.realpath(path)       # the kernel records the resolved mount point
     escaped = (path.replace("\\", "\\134").replace(" ", "\\040")
                .replace("\t", "\\011").replace("\n", "\\012"))
     out = []

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from tests.mount.conftest import eventually
+from tests.mount.conftest import _is_mounted, eventually
 
 pytestmark = pytest.mark.mount
 
@@ -66,3 +66,23 @@ def test_signals_while_mounted_then_while_draining(make_mount, emulator, crypto_
     m.proc.send_signal(signal.SIGTERM)
     _exited_cleanly(m)
     _uploaded_by_next_mount(m, emulator, crypto_bucket, files)
+
+
+def test_sigterm_unmounts_a_mount_point_named_through_a_symlink(make_mount, tmp_path):
+    """The mount point given as a symlink: the kernel records the resolved path, so a check
+    by the given name must resolve it too, or a SIGTERM while mounted would be taken for one
+    after an unmount (only "stop waiting") and leave the file system mounted."""
+    m = make_mount("real", start=False)
+    real = m.path
+    link = tmp_path / "via-link"
+    link.symlink_to(real)
+    m.path = link
+    try:
+        m.start()
+        (link / "f.txt").write_bytes(b"data")
+        m.proc.send_signal(signal.SIGTERM)
+        eventually(lambda: "signal received: unmounting" in m.log(), timeout=30)
+        _exited_cleanly(m, 0)
+        assert not _is_mounted(str(real))
+    finally:
+        m.path = real
