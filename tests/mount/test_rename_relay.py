@@ -1,0 +1,54 @@
+"""mv of a file above the CopyObject size limit: its ciphertext relayed through the mount.
+
+Real OSS copies no object above its size limit with CopyObject and no CSE object with
+UploadPartCopy (SPEC D.13), so the mount fetches the stored bytes and uploads them again
+(``objects.EncryptedObjects.relay``). The fetch is sized for the network, not for the parts:
+a 1 GiB object with 200 KiB parts used to cost one GET per part (5,243; ``mv`` took 1,296 s).
+The emulator's request counters tell what was sent; oss2's CryptoBucket is the oracle.
+"""
+from __future__ import annotations
+
+import os
+
+import oss2
+
+from ossencfs.envelope import format as fmt
+from ossencfs.relay import RELAY_PIECE
+
+PART = 102400
+
+
+def _requests(emulator) -> dict[str, int]:
+    return dict(emulator.stats["requests"])
+
+
+def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)}
+
+
+def test_mv_above_the_copy_limit_fetches_large_ranges_and_keeps_the_ciphertext(
+        make_mount, crypto_bucket, oss2_bucket, emulator):
+    size = 2 * RELAY_PIECE + 12345          # three GETs; 83 parts of 100 KiB
+    data = os.urandom(size)
+    crypto_bucket.put_object("big.bin", data)
+    stored = oss2_bucket.get_object("big.bin")
+    body, wrapped = stored.read(), stored.headers[fmt.H_KEY]
+    emulator.set_faults(copy_limit=200_000)
+    m = make_mount(extra=["--part-size", str(PART), "--multipart-threshold", str(1 << 20),
+                          "--copy-limit", "200000"])
+    before = _requests(emulator)
+    os.rename(m.path / "big.bin", m.path / "moved.bin")
+    sent = _delta(before, _requests(emulator))
+    parts = -(-size // PART)
+    # ranged GETs of RELAY_PIECE bytes (it was one GET per 100 KiB part: 83), every part sent,
+    # no CopyObject tried (the mount knows the limit), the source deleted after Complete
+    assert sent.get("GetObject") == -(-size // RELAY_PIECE)
+    assert sent.get("UploadPart") == parts and sent.get("CompleteMultipartUpload") == 1
+    assert "CopyObject" not in sent and "AbortMultipartUpload" not in sent
+    assert sent.get("DeleteObject") == 1
+    assert {o.key for o in oss2.ObjectIterator(oss2_bucket)} == {"moved.bin"}
+    moved = oss2_bucket.get_object("moved.bin")
+    assert moved.read() == body and moved.headers[fmt.H_KEY] == wrapped   # relayed, not re-encrypted
+    assert moved.headers["x-oss-object-type"] == "Multipart"
+    assert crypto_bucket.get_object("moved.bin").read() == data
+    assert (m.path / "moved.bin").read_bytes() == data
