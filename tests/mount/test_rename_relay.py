@@ -52,3 +52,28 @@ def test_mv_above_the_copy_limit_fetches_large_ranges_and_keeps_the_ciphertext(
     assert moved.headers["x-oss-object-type"] == "Multipart"
     assert crypto_bucket.get_object("moved.bin").read() == data
     assert (m.path / "moved.bin").read_bytes() == data
+
+
+def test_mv_of_a_plain_object_above_the_copy_limit_copies_in_parts_on_the_server(
+        make_mount, oss2_bucket, emulator):
+    size = 3 * (1 << 20) + 7
+    data = os.urandom(size)
+    oss2_bucket.put_object("plain.bin", data, headers={"Content-Type": "application/x-test",
+                                                       "x-oss-meta-note": "kept"})
+    emulator.set_faults(copy_limit=200_000)
+    m = make_mount(extra=["--copy-limit", "200000"])
+    before, served = _requests(emulator), emulator.stats["bytes_sent"]
+    os.rename(m.path / "plain.bin", m.path / "moved.bin")
+    sent = _delta(before, _requests(emulator))
+    # OSS allows UploadPartCopy from a plain source (it refuses it only for CSE and
+    # appendable ones): the object's bytes do not pass through the mount (at most a small
+    # GET: a plain object's first bytes tell whether it is an Encryption SDK object)
+    assert sent.get("UploadPartCopy", 0) >= 1 and sent.get("CompleteMultipartUpload") == 1
+    assert "UploadPart" not in sent and "CopyObject" not in sent
+    assert emulator.stats["bytes_sent"] - served < 64 << 10
+    assert {o.key for o in oss2.ObjectIterator(oss2_bucket)} == {"moved.bin"}
+    moved = oss2_bucket.get_object("moved.bin")
+    assert moved.read() == data
+    assert moved.headers["Content-Type"] == "application/x-test"
+    assert moved.headers["x-oss-meta-note"] == "kept"
+    assert (m.path / "moved.bin").read_bytes() == data
