@@ -22,12 +22,15 @@ from .envelope.keys import ContentMaterial, KeyRing, MasterKey
 from .errors import (FormatError, NotFoundError, OssEncError, RejectedError,
                      WrongKeyError)
 from .esdk_objects import EsdkObjects, EsdkReader
-from .multipart import (BLOCK, MAX_PARTS, MIN_PART_SIZE, MultipartSender,  # noqa: F401
-                        check_unchanged, copy_in_parts, is_own_upload, plan_part_size)
+from .multipart import (BLOCK, MultipartSender, check_unchanged, copy_in_parts,
+                        is_own_upload, plan_part_size)
 from .relay import RELAY_PIECE, RelaySource, relay_window
 from .store import ObjectInfo, ObjectStore
 
 log = logging.getLogger(__name__)
+
+__all__ = ["COPY_LIMIT", "EncryptedObjects", "ObjectReader", "check_length", "crypt_async",
+           "is_own_upload", "keep_layout", "kept_headers", "plan_part_size"]
 
 #: The largest source CopyObject takes: 1 GB in the older API pages and SDK guides, 5 GB in
 #: the current ones (SPEC D.13); the conservative reading (10^9 bytes) is the default.

@@ -77,3 +77,27 @@ def test_mv_of_a_plain_object_above_the_copy_limit_copies_in_parts_on_the_server
     assert moved.headers["Content-Type"] == "application/x-test"
     assert moved.headers["x-oss-meta-note"] == "kept"
     assert (m.path / "moved.bin").read_bytes() == data
+
+
+def test_a_failed_relay_leaves_the_source_whole_and_no_upload_behind(
+        make_mount, crypto_bucket, oss2_bucket, emulator):
+    data = os.urandom(3 * PART + 5)
+    crypto_bucket.put_object("big.bin", data)
+    emulator.set_faults(copy_limit=200_000)
+    m = make_mount(extra=["--part-size", str(PART), "--multipart-threshold", str(PART),
+                          "--copy-limit", "200000"])
+    emulator.set_faults(deny_writes=True)       # every write refused: 403 AccessDenied
+    try:
+        os.rename(m.path / "big.bin", m.path / "moved.bin")
+    except OSError as exc:
+        refused = exc
+    else:
+        refused = None
+    emulator.set_faults(deny_writes=False)
+    assert refused is not None
+    # copy before delete: the old name keeps its object, the new one has none
+    assert {o.key for o in oss2.ObjectIterator(oss2_bucket)} == {"big.bin"}
+    assert crypto_bucket.get_object("big.bin").read() == data
+    assert not list(oss2.MultipartUploadIterator(oss2_bucket))
+    assert (m.path / "big.bin").read_bytes() == data
+    assert not (m.path / "moved.bin").exists()
