@@ -16,7 +16,8 @@ from typing import Any
 
 from .options import (add_connection_options, add_key_options, build_esdk, build_keyring,
                       build_masters, build_store, optional_keyring, parse_oss_url)
-from .transfer import _run, _size
+from ..logsafe import printable
+from .runner import run_command, size_argument
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     v = subparsers.add_parser(
@@ -71,8 +72,8 @@ def _common(p: argparse.ArgumentParser, *, writes: bool) -> None:
         b.add_argument("--dry-run", action="store_true", help="show what would change")
         b.add_argument("--checkpoint", metavar="FILE",
                        help="record finished objects here; a second run continues from it")
-    b.add_argument("--part-size", type=_size, default=8 << 20, help=argparse.SUPPRESS)
-    b.add_argument("--multipart-threshold", type=_size, default=16 << 20, help=argparse.SUPPRESS)
+    b.add_argument("--part-size", type=size_argument, default=8 << 20, help=argparse.SUPPRESS)
+    b.add_argument("--multipart-threshold", type=size_argument, default=16 << 20, help=argparse.SUPPRESS)
 
 
 def _positive(text: str) -> int:
@@ -83,15 +84,15 @@ def _positive(text: str) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    return _run(_verify, args)
+    return run_command(_verify, args)
 
 
 def run_rotate(args: argparse.Namespace) -> int:
-    return _run(_rotate, args)
+    return run_command(_rotate, args)
 
 
 def run_migrate(args: argparse.Namespace) -> int:
-    return _run(_migrate, args)
+    return run_command(_migrate, args)
 
 
 def _objects(args: argparse.Namespace, keyring):
@@ -130,7 +131,8 @@ async def _walk(args: argparse.Namespace, objects, action, desc: str, report, pr
 
 def _failure_line(cmd: str, bucket: str, out) -> None:
     why = f"{out.reason}: {out.detail}" if out.detail else out.reason
-    print(f"ossencfs: {cmd}: oss://{bucket}/{out.key}: {why}", file=sys.stderr, flush=True)
+    print(printable(f"ossencfs: {cmd}: oss://{bucket}/{out.key}: {why}"), file=sys.stderr,
+          flush=True)
 
 
 async def _verify(args: argparse.Namespace) -> int:
@@ -153,7 +155,7 @@ async def _verify(args: argparse.Namespace) -> int:
             print(json.dumps(rec.as_json(), ensure_ascii=False), flush=True)
         elif rec.problems:
             why = ", ".join(rec.problems) + (f" ({rec.detail})" if rec.detail else "")
-            print(f"oss://{bucket}/{rec.key}: {why}", flush=True)
+            print(printable(f"oss://{bucket}/{rec.key}: {why}"), flush=True)
 
     progress = _progress(args, "verify")
     action.on_bytes = progress.add_bytes
@@ -200,7 +202,7 @@ async def _write_run(args: argparse.Namespace, objects, action, cmd: str,
         if out.status == "failed":
             _failure_line(cmd, bucket, out)
         elif out.status == "would":
-            print(f"would {cmd}: oss://{bucket}/{out.key}: {out.reason}", flush=True)
+            print(printable(f"would {cmd}: oss://{bucket}/{out.key}: {out.reason}"), flush=True)
 
     totals = await _walk(args, objects, action, cmd, report, _progress(args, cmd), run_id)
     _summary(cmd, totals, args.dry_run)
@@ -212,7 +214,8 @@ def _summary(cmd: str, totals, dry_run: bool) -> None:
     counts = ", ".join(f"{n} {s}" for s, n in sorted(totals.statuses.items())) or "nothing to do"
     resumed = ""
     if totals.resumed or totals.resumed_after:
-        resumed = (f"; continued after {totals.resumed_after!r} and {totals.resumed} other objects"
+        after = printable(totals.resumed_after)
+        resumed = (f"; continued after {after!r} and {totals.resumed} other objects"
                    " finished earlier (checkpoint)")
     verb = "would be re-uploaded" if dry_run else "re-uploaded"
     print(f"ossencfs: {cmd}: {totals.objects} objects ({counts}){resumed}; "

@@ -145,6 +145,7 @@ class _Progress:
 
 def _umount(args: argparse.Namespace) -> int:
     from ..fs.mounter import pidfile_for
+    from ..fs.readahead import mountinfo
     from ..fs.state import state_path_for
     if args.mountpoint is None:
         from .configfile import load_config
@@ -166,14 +167,19 @@ def _umount(args: argparse.Namespace) -> int:
             os.kill(pid, signal.SIGUSR1)       # do not wait for pending uploads at exit
         except OSError:
             pass
-    tool = shutil.which("fusermount3") or shutil.which("fusermount")
-    cmd = [tool, "-u"] + (["-z"] if args.lazy else []) + [mountpoint] if tool else \
-        ["umount"] + (["-l"] if args.lazy else []) + [mountpoint]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        msg = (r.stderr or r.stdout).strip() or f"{cmd[0]} failed"
-        print(f"ossencfs: error: {msg}", file=sys.stderr)
+    if mountinfo(mountpoint):
+        tool = shutil.which("fusermount3") or shutil.which("fusermount")
+        cmd = [tool, "-u"] + (["-z"] if args.lazy else []) + [mountpoint] if tool else \
+            ["umount"] + (["-l"] if args.lazy else []) + [mountpoint]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            msg = (r.stderr or r.stdout).strip() or f"{cmd[0]} failed"
+            print(f"ossencfs: error: {msg}", file=sys.stderr)
+            return 1
+    elif pid is None or not pid_alive(pid):
+        print(f"ossencfs: error: {mountpoint}: not mounted", file=sys.stderr)
         return 1
+    # else: unmounted already, its process still uploading: wait for it as after fusermount
     if pid is None:
         return 0
     if args.lazy:
@@ -203,6 +209,7 @@ def _umount(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
+    """The mount and umount commands."""
     p = subparsers.add_parser(
         "mount", help="mount a bucket (or a prefix of it) as an encrypted folder",
         description="Mount oss://BUCKET[/PREFIX] on MOUNTPOINT. Files are stored as OSS "
@@ -227,6 +234,19 @@ def register(subparsers: Any) -> None:
                    help="cap of the cache directory: clean blocks (evicted LRU) plus staged "
                         "data not yet uploaded (never evicted; writes get ENOSPC at the cap); "
                         "default 1G")
+    _add_upload_options(p)
+    add_connection_options(p)
+    add_key_options(p)
+    p.set_defaults(func=_mount, passwd_file=None, security_token=None)
+    fields = {a.dest: a.default for a in p._actions
+              if a.dest not in ("help", "config", "key_order")}
+    fields.update(passwd_file=None, security_token=None)       # config-file-only fields
+    p.set_defaults(config_defaults=fields)
+    _register_umount(subparsers)
+
+
+def _add_upload_options(p: argparse.ArgumentParser) -> None:
+    """Part size, multipart threshold, copy limit, upload queue widths, write-back."""
     p.add_argument("--part-size", type=int, default=8 << 20, metavar="BYTES",
                    help="multipart part size (multiple of 16, >= 102400; default 8 MiB)")
     p.add_argument("--multipart-threshold", type=int, default=16 << 20, metavar="BYTES",
@@ -247,14 +267,10 @@ def register(subparsers: Any) -> None:
                         "close returns once the file is staged and journaled on local disk; "
                         "the upload follows N seconds later in the background. fsync always "
                         "waits for the bucket")
-    add_connection_options(p)
-    add_key_options(p)
-    p.set_defaults(func=_mount, passwd_file=None, security_token=None)
-    fields = {a.dest: a.default for a in p._actions
-              if a.dest not in ("help", "config", "key_order")}
-    fields.update(passwd_file=None, security_token=None)       # config-file-only fields
-    p.set_defaults(config_defaults=fields)
 
+
+def _register_umount(subparsers: Any) -> None:
+    """The umount command: waits for pending uploads unless --lazy."""
     u = subparsers.add_parser("umount", help="unmount after pending uploads are done")
     u.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?")
     u.add_argument("--config", metavar="FILE", help="take MOUNTPOINT from this mount config file")

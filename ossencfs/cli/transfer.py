@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import logging
 import os
-import re
 import stat
 import sys
 import tempfile
@@ -20,6 +18,7 @@ from typing import AsyncIterator, Callable
 import trio
 
 from ..errors import OssEncError
+from .runner import run_command, size_argument
 from .options import (add_connection_options, add_key_options, build_esdk, build_keyring,
                       build_store, is_oss_url, optional_keyring, parse_oss_url)
 
@@ -64,52 +63,18 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="parts or ranges in flight per file (default 4)")
     t.add_argument("--no-progress", action="store_true", help="never show a progress bar")
     # For tests and tuning: small values make multipart paths cheap to exercise.
-    t.add_argument("--part-size", type=_size, default=8 << 20, help=argparse.SUPPRESS)
-    t.add_argument("--multipart-threshold", type=_size, default=16 << 20, help=argparse.SUPPRESS)
-
-
-def _size(text: str) -> int:
-    m = re.fullmatch(r"(\d+)\s*([kmg]?)(?:i?b)?", text.strip().lower())
-    if not m:
-        raise argparse.ArgumentTypeError(f"not a size: {text}")
-    return int(m.group(1)) << {"": 0, "k": 10, "m": 20, "g": 30}[m.group(2)]
+    t.add_argument("--part-size", type=size_argument, default=8 << 20, help=argparse.SUPPRESS)
+    t.add_argument("--multipart-threshold", type=size_argument, default=16 << 20, help=argparse.SUPPRESS)
 
 
 # ------------------------------------------------------------------ entry points
 
 def run_cp(args: argparse.Namespace) -> int:
-    return _run(_cp, args)
+    return run_command(_cp, args)
 
 
 def run_cat(args: argparse.Namespace) -> int:
-    return _run(_cat, args)
-
-
-def _run(fn: Callable, args: argparse.Namespace) -> int:
-    from ..aio import first_error
-    try:
-        return int(trio.run(fn, args) or 0)
-    except BaseExceptionGroup as eg:
-        exc = first_error(eg)
-        if isinstance(exc, (OssEncError, OSError, KeyboardInterrupt)):
-            return _report(exc)
-        raise
-    except (OssEncError, OSError) as exc:
-        return _report(exc)
-
-
-def _report(exc: BaseException) -> int:
-    if isinstance(exc, KeyboardInterrupt):
-        raise exc
-    if isinstance(exc, BrokenPipeError) or getattr(exc, "errno", None) == errno.EPIPE:
-        return 141  # reader went away (e.g. `| head`): not an error worth a message
-    if isinstance(exc, OSError) and not isinstance(exc, OssEncError):
-        where = f": {exc.filename}" if exc.filename else ""
-        msg = f"{exc.strerror or exc}{where}"
-    else:
-        msg = str(exc)
-    print(f"ossencfs: error: {msg}", file=sys.stderr)
-    return 1
+    return run_command(_cat, args)
 
 
 def _objects(args: argparse.Namespace, bucket: str, *, writing: bool):

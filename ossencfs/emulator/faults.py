@@ -10,7 +10,7 @@ import collections
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable, TypedDict
 
 
 # What an injected failure answers (status, Code, Message). Messages: help.aliyun.com/zh/oss/support/
@@ -41,6 +41,14 @@ class Faults:
     deny_writes: bool = False               # every write is 403 AccessDenied (a read-only RAM policy)
 
 
+class StatsSnapshot(TypedDict):
+    """Counters at one moment: requests per operation, their total, body bytes each way."""
+    requests: dict[str, int]
+    total_requests: int
+    bytes_sent: int
+    bytes_received: int
+
+
 class Stats:
     """Per-operation request counters and byte counts (thread-safe)."""
 
@@ -61,7 +69,7 @@ class Stats:
             self.bytes_received += received
             self.log.append((time.time(), op, method, bucket, key, status))
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> StatsSnapshot:
         with self._lock:
             return {"requests": dict(self.requests), "total_requests": sum(self.requests.values()),
                     "bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received}

@@ -104,46 +104,30 @@ class TempObject:
         the GIL; the benchmark runs the mount on the same cores, so CPU is what counts.)
         """
         if self._md5 is None or (expected is not None and expected <= chunk):
-            buf = memoryview(bytearray(max(1, min(chunk, expected if expected is not None else chunk))))
-            while True:
-                n = readinto(buf)
-                if not n:
-                    break
-                self.write(buf[:n])
-                if self.size > limit:
-                    raise OverflowError(self.size)
-            return
-        md5_update, crc_update = self._md5.update, self._crc.update if self._crc is not None else None
+            self._stream_direct(readinto, limit, max(1, min(chunk, expected if expected is not None else chunk)))
+        else:
+            self._stream_pipelined(readinto, limit, chunk)
 
-        def main_hash(view: memoryview) -> None:
-            md5_update(view)
-            if crc_update is not None:
-                crc_update(view)
-        worker_hash = None
+    def _stream_direct(self, readinto: Callable[[memoryview], int], limit: int, size: int) -> None:
+        """Receive, hash and write in this thread, ``size`` bytes at a time."""
+        buf = memoryview(bytearray(size))
+        while True:
+            n = readinto(buf)
+            if not n:
+                break
+            self.write(buf[:n])
+            if self.size > limit:
+                raise OverflowError(self.size)
+
+    def _stream_pipelined(self, readinto: Callable[[memoryview], int], limit: int, chunk: int) -> None:
+        """Receive and hash in this thread while a helper writes the other of two buffers."""
+        assert self._md5 is not None
+        md5_update, crc_update = self._md5.update, self._crc.update if self._crc is not None else None
         q: queue.Queue[tuple[memoryview, threading.Semaphore] | None] = queue.Queue()
         errors: list[BaseException] = []
-
-        def worker() -> None:
-            while True:
-                item = q.get()
-                if item is None:
-                    return
-                view, done = item
-                try:
-                    if not errors:
-                        if worker_hash is not None:
-                            worker_hash(view)
-                        while view:
-                            k = os.write(self.fd, view)
-                            view = view[k:]
-                except BaseException as e:  # reported by the caller
-                    errors.append(e)
-                finally:
-                    done.release()
-
         bufs = [memoryview(bytearray(chunk)), memoryview(bytearray(chunk))]
         free = [threading.Semaphore(1), threading.Semaphore(1)]
-        t = threading.Thread(target=worker, name="emu-put-writer", daemon=True)
+        t = threading.Thread(target=self._write_queued, args=(q, errors), name="emu-put-writer", daemon=True)
         t.start()
         i = 0
         try:
@@ -155,7 +139,9 @@ class TempObject:
                     break
                 view = bufs[i][:n]
                 q.put((view, free[i]))
-                main_hash(view)
+                md5_update(view)
+                if crc_update is not None:
+                    crc_update(view)
                 self.size += n
                 if self.size > limit:
                     raise OverflowError(self.size)
@@ -165,6 +151,25 @@ class TempObject:
             t.join()
         if errors:
             raise errors[0]
+
+    def _write_queued(self, q: queue.Queue[tuple[memoryview, threading.Semaphore] | None],
+                      errors: list[BaseException]) -> None:
+        """The helper thread of ``_stream_pipelined``: write each queued buffer (nothing more after
+        an error, which the caller raises), then hand the buffer back; None ends it."""
+        while True:
+            item = q.get()
+            if item is None:
+                return
+            view, done = item
+            try:
+                if not errors:
+                    while view:
+                        k = os.write(self.fd, view)
+                        view = view[k:]
+            except BaseException as e:  # reported by the caller
+                errors.append(e)
+            finally:
+                done.release()
 
     def copy_from(self, src_fd: int, offset: int, length: int) -> None:
         """Append bytes of another file without passing them through Python (no hashing)."""

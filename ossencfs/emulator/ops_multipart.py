@@ -8,9 +8,9 @@ import base64
 import hashlib
 import re
 import time
-from typing import Any, Callable
+from typing import Callable
 
-from .storage import Entry, BucketState, TempObject, crc64_combine
+from .storage import Entry, BucketState, TempObject, Upload, crc64_combine
 from .xmlout import OssError, XML_HEAD, el, iso8601, url_enc
 from .ops_base import (MIN_PART, _CHUNK, _CSE, Ctx, Resp, OpsBase, _crc_header, _strip_etag,
                        _meta_headers, _check_key, _copy_source, _check_conditions, _write_guard, _forbid_overwrite,
@@ -145,30 +145,7 @@ class MultipartOps(OpsBase):
         body = ctx.body.read(8 << 20)
         with b.lock:
             have = dict(up.parts)
-        if ctx.headers.get("x-oss-complete-all", "").lower() == "yes":
-            if body.strip():
-                raise OssError(400, "InvalidArgument", "Body must be empty with x-oss-complete-all.")
-            chosen = sorted(have)
-        else:
-            root = parse_xml_body(body)
-            chosen = []
-            prev = 0
-            for p in root.findall("Part"):
-                try:
-                    num = int((p.findtext("PartNumber") or "").strip())
-                except ValueError:
-                    raise OssError(400, "MalformedXML", "PartNumber is not an integer.") from None
-                etag = _strip_etag(p.findtext("ETag") or "")
-                if num <= prev:
-                    raise OssError(400, "InvalidPartOrder",
-                                   "The list of parts was not in ascending order. Parts must be ordered by part number.")
-                prev = num
-                part = have.get(num)
-                if part is None or part.etag != etag:
-                    raise OssError(400, "InvalidPart", "One or more of the specified parts could not be found or "
-                                   "the specified entity tag might not have matched the part's entity tag.",
-                                   PartNumber=str(num), ETag=etag)
-                chosen.append(num)
+        chosen = _chosen_parts(ctx.headers, body, have)
         if not chosen:
             raise OssError(400, "MalformedXML", "The XML you provided was not well-formed.")
         self._cse_check_complete(up.headers, [(num, have[num].size) for num in chosen])
@@ -183,14 +160,7 @@ class MultipartOps(OpsBase):
             forbid = _forbid_overwrite(ctx.headers)
         else:
             forbid = stored_forbid == "true"
-        crc: int | None = 0
-        size, digests = 0, b""
-        for num in chosen:
-            part = have[num]
-            crc = crc64_combine(crc, part.crc64, part.size) if size else part.crc64
-            size += part.size
-            digests += bytes.fromhex(part.etag)
-        etag = hashlib.md5(digests).hexdigest().upper() + f"-{len(chosen)}"
+        size, crc, etag = _combined([have[num] for num in chosen])
         e = Entry(ctx.key, size, etag, crc, time.time(), "Multipart", headers, storage_class=sclass)
         with self.st.key_lock(b.name, ctx.key):
             if self.st.get_upload(b, up.upload_id) is None:
@@ -204,14 +174,7 @@ class MultipartOps(OpsBase):
             _write_guard(forbid)(self.st.lookup(b, ctx.key))
             e.segments = self.st.adopt_upload(b, up, chosen)
             self.st.commit(b, self.st.temp(hashing=False), e)
-        url = ctx.params.get("encoding-type", "") == "url"
-        k = url_enc(ctx.key) if url else ctx.key
-        out = [XML_HEAD, "<CompleteMultipartUploadResult>"]
-        if url:
-            out.append(el("EncodingType", "url"))
-        out += [el("Location", f"http://{ctx.host}/{b.name}/{k}"), el("Bucket", b.name), el("Key", k),
-                el("ETag", f'"{etag}"'), "</CompleteMultipartUploadResult>"]
-        return self._xml(out, headers=[("ETag", f'"{etag}"'), *_crc_header(crc)])
+        return self._xml(_complete_result(ctx, b.name, etag), headers=[("ETag", f'"{etag}"'), *_crc_header(crc)])
 
     def abort_multipart(self, ctx: Ctx) -> Resp:
         b = self.bucket(ctx)
@@ -255,31 +218,12 @@ class MultipartOps(OpsBase):
         enc: Callable[[str], str] = url_enc if url else (lambda s: s)
         with b.lock:
             ups = sorted(b.uploads.values(), key=lambda u: (u.key, u.upload_id))
-        items: list[tuple[str, Any]] = []   # ("u", upload) or ("p", common prefix)
-        seen_prefixes: set[str] = set()
-        for u in ups:
-            if not u.key.startswith(prefix):
-                continue
-            if key_marker:
-                if u.key < key_marker:
-                    continue
-                if u.key == key_marker and (not id_marker or u.upload_id <= id_marker):
-                    continue
-            if delimiter:
-                i = u.key.find(delimiter, len(prefix))
-                if i >= 0:
-                    cp = u.key[:i + len(delimiter)]
-                    if cp in seen_prefixes or (key_marker and cp <= key_marker):
-                        continue
-                    seen_prefixes.add(cp)
-                    items.append(("p", cp))
-                    continue
-            items.append(("u", u))
+        items = _upload_items(ups, prefix, delimiter, key_marker, id_marker)
         page, truncated = items[:max_up], len(items) > max_up
         next_key = next_id = ""
         if truncated and page:
-            kind, last = page[-1]
-            if kind == "u":
+            last = page[-1]
+            if isinstance(last, Upload):
                 next_key, next_id = last.key, last.upload_id
             else:
                 next_key = last
@@ -289,8 +233,8 @@ class MultipartOps(OpsBase):
                el("MaxUploads", max_up), el("IsTruncated", "true" if truncated else "false")]
         if url:
             out.append(el("EncodingType", "url"))
-        for kind, it in page:
-            if kind == "u":
+        for it in page:
+            if isinstance(it, Upload):
                 out.append("<Upload>" + el("Key", enc(it.key)) + el("UploadId", it.upload_id) +
                            el("StorageClass", "Standard") + el("Initiated", iso8601(it.initiated)) + "</Upload>")
             else:
@@ -349,3 +293,83 @@ class MultipartOps(OpsBase):
             if size != part:
                 raise _cse_error("0005-00000419", "The part size of a client-side encrypted multipart upload "
                                  "does not match the part size given at InitiateMultipartUpload.")
+
+
+def _chosen_parts(headers: dict[str, str], body: bytes, have: dict[int, Entry]) -> list[int]:
+    """The part numbers a CompleteMultipartUpload names: every uploaded part with
+    ``x-oss-complete-all: yes`` (body must be empty), else the body's <Part> list, which must be
+    in ascending order and name uploaded parts by their ETags."""
+    if headers.get("x-oss-complete-all", "").lower() == "yes":
+        if body.strip():
+            raise OssError(400, "InvalidArgument", "Body must be empty with x-oss-complete-all.")
+        return sorted(have)
+    root = parse_xml_body(body)
+    chosen: list[int] = []
+    prev = 0
+    for p in root.findall("Part"):
+        try:
+            num = int((p.findtext("PartNumber") or "").strip())
+        except ValueError:
+            raise OssError(400, "MalformedXML", "PartNumber is not an integer.") from None
+        etag = _strip_etag(p.findtext("ETag") or "")
+        if num <= prev:
+            raise OssError(400, "InvalidPartOrder",
+                           "The list of parts was not in ascending order. Parts must be ordered by part number.")
+        prev = num
+        part = have.get(num)
+        if part is None or part.etag != etag:
+            raise OssError(400, "InvalidPart", "One or more of the specified parts could not be found or "
+                           "the specified entity tag might not have matched the part's entity tag.",
+                           PartNumber=str(num), ETag=etag)
+        chosen.append(num)
+    return chosen
+
+
+def _combined(parts: list[Entry]) -> tuple[int, int | None, str]:
+    """(size, CRC-64 (None when a part's is unknown), multipart ETag) of the object made of ``parts``."""
+    crc: int | None = 0
+    size, digests = 0, b""
+    for part in parts:
+        crc = crc64_combine(crc, part.crc64, part.size) if size else part.crc64
+        size += part.size
+        digests += bytes.fromhex(part.etag)
+    return size, crc, hashlib.md5(digests).hexdigest().upper() + f"-{len(parts)}"
+
+
+def _complete_result(ctx: Ctx, bucket: str, etag: str) -> list[str]:
+    """The CompleteMultipartUploadResult document, as XML pieces."""
+    url = ctx.params.get("encoding-type", "") == "url"
+    k = url_enc(ctx.key) if url else ctx.key
+    out = [XML_HEAD, "<CompleteMultipartUploadResult>"]
+    if url:
+        out.append(el("EncodingType", "url"))
+    out += [el("Location", f"http://{ctx.host}/{bucket}/{k}"), el("Bucket", bucket), el("Key", k),
+            el("ETag", f'"{etag}"'), "</CompleteMultipartUploadResult>"]
+    return out
+
+
+def _upload_items(ups: list[Upload], prefix: str, delimiter: str, key_marker: str, id_marker: str
+                  ) -> list[Upload | str]:
+    """ListMultipartUploads' entries after the markers, in order: an upload, or a common prefix
+    (a str) standing for the uploads whose keys share it up to the delimiter."""
+    items: list[Upload | str] = []
+    seen_prefixes: set[str] = set()
+    for u in ups:
+        if not u.key.startswith(prefix):
+            continue
+        if key_marker:
+            if u.key < key_marker:
+                continue
+            if u.key == key_marker and (not id_marker or u.upload_id <= id_marker):
+                continue
+        if delimiter:
+            i = u.key.find(delimiter, len(prefix))
+            if i >= 0:
+                cp = u.key[:i + len(delimiter)]
+                if cp in seen_prefixes or (key_marker and cp <= key_marker):
+                    continue
+                seen_prefixes.add(cp)
+                items.append(cp)
+                continue
+        items.append(u)
+    return items

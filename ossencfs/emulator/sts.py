@@ -43,7 +43,7 @@ import secrets
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Mapping
+from typing import Mapping
 
 from .xmlout import OssError
 
@@ -111,7 +111,7 @@ class StsIssuer:
 class _Handler(BaseHTTPRequestHandler):
     server: "_Server"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet by design
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - quiet by design
         pass
 
     def _reply(self, status: int, body: bytes, ctype: str = "application/json") -> None:

@@ -1,8 +1,9 @@
 """Clients that send malformed or unfinished requests (issue 13 items 9 and 10).
 
 Each malformed request gets the 4xx answer OSS gives (or the answer OSS documents, see the
-comments in ossencfs/emulator/server.py and ops_base.py) and never a 500, a hang or a silent close;
-connections that hold the server with unfinished headers cannot stop other clients from being served.
+comments in ossencfs/emulator/request_body.py, connections.py and ops_base.py) and never a 500,
+a hang or a silent close; connections that hold the server with unfinished headers cannot stop
+other clients from being served.
 """
 from __future__ import annotations
 

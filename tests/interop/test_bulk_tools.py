@@ -191,6 +191,30 @@ def test_verify_classifies_every_object(run_cli, mixed, kms_server, rsa_key_path
     assert rsa_fp(rsa_key_path).encode() in proc.stderr
 
 
+def test_names_with_newlines_stay_one_line(run_cli, oss2_bucket, rsa_key_path):
+    """An object key may hold a newline or a terminal escape; every reported name is one line."""
+    oss2_bucket.put_object("nl/evil\nossencfs: forged\x1b[2J", b"plain text, no key")
+    oss2_bucket.put_object("nl/bad", b"x" * 16, headers={
+        "x-oss-meta-client-side-encryption-key": "AAAA",
+        "x-oss-meta-client-side-encryption-start": "AAAA",
+        "x-oss-meta-client-side-encryption-cek-alg": "AES/CTR/NoPadding",
+        "x-oss-meta-client-side-encryption-wrap-alg": "RSA/NONE/PKCS1Padding"})
+    oss2_bucket.put_object("nl/bad\nsecond", b"x" * 16, headers={
+        "x-oss-meta-client-side-encryption-key": "AAAA",
+        "x-oss-meta-client-side-encryption-start": "AAAA",
+        "x-oss-meta-client-side-encryption-cek-alg": "AES/CTR/NoPadding",
+        "x-oss-meta-client-side-encryption-wrap-alg": "RSA/NONE/PKCS1Padding"})
+    proc = run_cli("verify", URL + "nl/", "--rsa-key", rsa_key_path, "--no-progress")
+    out = proc.stdout.decode()
+    assert f"{URL}nl/bad\\nsecond:" in out, out
+    assert not any(line.startswith("second") for line in out.splitlines()), out
+    proc = run_cli("migrate", URL + "nl/", "--rsa-key", rsa_key_path, "--dry-run",
+                   "--no-progress")
+    out = proc.stdout.decode()
+    assert "\x1b" not in out and "nl/evil\\nossencfs: forged\\x1b[2J" in out, out
+    assert not any(line.startswith("ossencfs: forged") for line in out.splitlines()), out
+
+
 def test_verify_shards_split_the_bucket(run_cli, mixed, rsa_key_path):
     seen: list[str] = []
     for i in (1, 2, 3):

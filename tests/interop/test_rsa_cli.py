@@ -153,7 +153,7 @@ def test_network_down_is_one_line_error(run_cli, rsa_key_path):
     proc = run_cli("cat", URL + "x", *keys(rsa_key_path), "--retries", "1",
                    endpoint=f"http://127.0.0.1:{port}")
     msg = one_line_error(proc)
-    assert "network" in msg.lower()
+    assert msg == f"ossencfs: error: head {URL}x: network error: connection refused", msg
 
 
 def test_mixed_bucket_recursive_both_ways(run_cli, crypto_bucket, rsa_provider, rsa_key_path,

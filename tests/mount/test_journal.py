@@ -197,6 +197,10 @@ def test_umount_waits_for_pending_uploads_and_no_wait_keeps_them_journaled(
     assert (m.path / "two.txt").read_bytes() == b"second"
     m.wait_uploaded()
     assert crypto_bucket.get_object("two.txt").read() == b"second"
+    m.stop()
+    r = m.cli("umount", str(m.path))                    # nothing mounted there any more
+    assert r.returncode == 1 and r.stderr.strip() == f"ossencfs: error: {m.path}: not mounted", \
+        r.stderr
 
 
 def test_corrupt_and_foreign_entries_are_quarantined_and_reported(make_mount, crypto_bucket):

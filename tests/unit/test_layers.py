@@ -7,7 +7,8 @@ Product layers, top to bottom (``docs/layers.md``)::
     -> kms -> envelope | store -> aio -> errors | atomicfile | logsafe
 
 ``envelope`` and ``store`` are side by side and do not import each other; nor do ``errors``
-and ``atomicfile``. The ``emulator`` is a separate program: it imports nothing of the product
+and ``atomicfile``. ``oss2`` is imported only inside ``store``, the Alibaba Cloud SDK
+(``aliyunsdkcore``, ``aliyunsdkkms``) only inside ``kms``. The ``emulator`` is a separate program: it imports nothing of the product
 but ``atomicfile``, and only ``cli`` (the ``emulator`` command) imports it.
 
 Inside ``fs``, the rooms of the model import only the rooms below them (``fs/model.py``).
@@ -97,6 +98,29 @@ def test_no_module_imports_a_layer_above_it() -> None:
                 ok = RANK[dst] < RANK[src]
             if not ok:
                 bad.append(f"{mod} imports {target}")
+    assert bad == []
+
+
+#: third-party SDK -> the one product package that may import it (the emulator is not counted)
+SDK_HOME = {"oss2": "store", "aliyunsdkcore": "kms", "aliyunsdkkms": "kms"}
+
+
+def test_sdks_are_imported_only_in_their_package() -> None:
+    bad = []
+    for mod, path in _modules():
+        if _group(mod) == "emulator":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                home = SDK_HOME.get(name.split(".")[0])
+                if home is not None and _group(mod) != home:
+                    bad.append(f"{mod} imports {name}")
     assert bad == []
 
 

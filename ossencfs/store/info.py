@@ -1,0 +1,61 @@
+"""What OSS says about objects: ``ObjectInfo`` (a HEAD's headers or a listing's entry) and a
+``Listing`` page, parsed from oss2's answers. No requests are made here.
+"""
+from __future__ import annotations
+
+import email.utils
+from dataclasses import dataclass, field
+from typing import Mapping
+
+
+#: storage classes whose objects must be restored (RestoreObject) before a GET (SPEC D.13)
+ARCHIVE_CLASSES = ("Archive", "ColdArchive", "DeepColdArchive")
+
+
+@dataclass
+class ObjectInfo:
+    """What OSS says about one object; ``headers`` is empty when it came from a listing."""
+
+    key: str
+    size: int
+    etag: str
+    mtime: float
+    object_type: str
+    headers: dict[str, str] = field(default_factory=dict)
+    storage_class: str = ""      # Standard, IA, Archive, ColdArchive, DeepColdArchive
+
+
+@dataclass
+class Listing:
+    """One ListObjectsV2 page: objects, common prefixes, and the continuation token of the next
+    page (None on the last one)."""
+
+    objects: list[ObjectInfo]
+    prefixes: list[str]
+    next_token: str | None
+
+
+def lower_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    return {str(k).lower(): str(v) for k, v in headers.items()}
+
+
+def http_time(value: str | None) -> float:
+    if not value:
+        return 0.0
+    try:
+        return email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def info_from_headers(key: str, headers: Mapping[str, str]) -> ObjectInfo:
+    h = lower_headers(headers)
+    return ObjectInfo(
+        key=key,
+        size=int(h.get("content-length", "0") or 0),
+        etag=h.get("etag", "").strip('"'),
+        mtime=http_time(h.get("last-modified")),
+        object_type=h.get("x-oss-object-type", "Normal"),
+        headers=h,
+        storage_class=h.get("x-oss-storage-class", ""),
+    )
