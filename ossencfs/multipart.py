@@ -177,23 +177,16 @@ async def copy_in_parts(store: ObjectStore, src: ObjectInfo, dst: str,
     documents above the CopyObject size limit (doc-detail/31979: "call UploadPartCopy to copy
     an object larger than 1 GB"). Each part is pinned to ``src.etag``
     (``x-oss-copy-source-if-match``): a source changed meanwhile is a ConflictError. Returns
-    the new ETag; a failure aborts the upload.
-
-    The request is made here through ``ObjectStore._call`` (its retries, limits and error
-    classes) rather than by a ``store.upload_part_copy``: ``store.py`` is being split by
-    another change, which should take this request over."""
+    the new ETag; a failure aborts the upload."""
     part_size = plan_part_size(src.size, PART_COPY_SIZE)
     upload_id = await store.init_multipart(dst, headers)
     etags: dict[int, str] = {}
     limiter = trio.CapacityLimiter(max(1, parallelism))
-    condition = {"x-oss-copy-source-if-match": f'"{src.etag}"'} if src.etag else {}
 
     async def one(number: int, start: int, end: int) -> None:
         async with limiter:
-            etags[number] = await store._call(   # noqa: SLF001 - see the docstring
-                "upload_part_copy", dst,
-                lambda: store.bucket.upload_part_copy(store.name, src.key, (start, end), dst,
-                                                      upload_id, number, headers=condition).etag)
+            etags[number] = await store.upload_part_copy(src.key, dst, upload_id, number,
+                                                         start, end, if_match=src.etag or None)
 
     try:
         try:
