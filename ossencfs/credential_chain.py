@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping, NoReturn, Protocol
 
 from .credentials import CredentialSource, Credentials, from_library, quiet_library_logger, scrub
 from .errors import CredentialsError
@@ -70,7 +70,16 @@ class CredentialOptions:
     credential_process: str | None = None
 
 
-Candidate = tuple[str, Callable[[], Any]]     # (name, make a library provider or None)
+class Provider(Protocol):
+    """What we use of an alibabacloud-credentials provider (its ``ICredentialsProvider``; the
+    library ships no type information): ``get_credentials`` returns a library
+    ``Credentials``, which ``credentials.from_library`` reads."""
+
+    def get_credentials(self) -> object: ...
+
+
+#: (name, make a library provider, a ready source, or None: not configured)
+Candidate = tuple[str, Callable[[], Provider | CredentialSource | None]]
 
 
 def build_source(opts: CredentialOptions,
@@ -116,7 +125,7 @@ def _first(candidates: list[Candidate], *, only: bool) -> CredentialSource:
                            "of sources")
 
 
-def _fetch_from(provider: Any) -> Callable[[], Credentials]:
+def _fetch_from(provider: Provider) -> Callable[[], Credentials]:
     def fetch() -> Credentials:
         return from_library(provider.get_credentials())
     return fetch
@@ -126,7 +135,7 @@ def _static(name: str, ak: str | None, sk: str | None, token: str | None) -> Can
     if not ak and not sk:
         return None
     if not ak or not sk:
-        def incomplete() -> Any:
+        def incomplete() -> NoReturn:
             raise CredentialsError("an AccessKey id needs its secret and the other way round")
         return name, incomplete
     return name, lambda: CredentialSource.static(ak, sk, token, name)
@@ -178,7 +187,7 @@ def _automatic(env: Mapping[str, str]) -> list[Candidate]:
 
 
 # ---- library providers -----------------------------------------------------------------------
-def ecs_provider(role_name: str | None, env: Mapping[str, str]) -> Any:
+def ecs_provider(role_name: str | None, env: Mapping[str, str]) -> Provider:
     """The library's ECS RAM role provider (IMDSv2 token first, then v1), refreshed by us (its
     own APScheduler thread off), talking to ``OSSENCFS_ECS_METADATA_ENDPOINT`` when set."""
     from alibabacloud_credentials.provider import EcsRamRoleCredentialsProvider
@@ -191,19 +200,19 @@ def ecs_provider(role_name: str | None, env: Mapping[str, str]) -> Any:
     return provider
 
 
-def _uri_provider(uri: str) -> Any:
+def _uri_provider(uri: str) -> Provider:
     from alibabacloud_credentials.provider import URLCredentialsProvider
     return URLCredentialsProvider(uri=uri)
 
 
-def _process_provider(command: str) -> Any:
+def _process_provider(command: str) -> Provider:
     """ossfs 2.0's ``credential_process``: the command prints the aliyun CLI's external-mode
     JSON (``mode``, ``access_key_id``, ``access_key_secret``, ``sts_token``, ``expiration``)."""
     from alibabacloud_credentials.provider import ExternalCredentialsProvider
     return ExternalCredentialsProvider(process_command=command)
 
 
-def _oidc_provider(env: Mapping[str, str]) -> Any:
+def _oidc_provider(env: Mapping[str, str]) -> Provider:
     from alibabacloud_credentials.provider import OIDCRoleArnCredentialsProvider
     return OIDCRoleArnCredentialsProvider(
         role_arn=env["ALIBABA_CLOUD_ROLE_ARN"],
@@ -214,12 +223,12 @@ def _oidc_provider(env: Mapping[str, str]) -> Any:
         sts_endpoint=env.get(ENV_STS_ENDPOINT) or None)
 
 
-def _cli_profile(path: str, name: str | None) -> Any:
+def _cli_profile(path: str, name: str | None) -> Provider:
     from alibabacloud_credentials.provider import CLIProfileCredentialsProvider
     return CLIProfileCredentialsProvider(profile_file=path, profile_name=name or None)
 
 
-def _profile_file(path: str, name: str | None) -> Any:
+def _profile_file(path: str, name: str | None) -> Provider:
     from alibabacloud_credentials.provider import ProfileCredentialsProvider
     return ProfileCredentialsProvider(profile_file=path, profile_name=name or "default")
 
@@ -229,7 +238,7 @@ class _ProfileProvider:
 
     def __init__(self, name: str, env: Mapping[str, str]) -> None:
         home = os.path.expanduser("~")
-        self.options: list[tuple[str, Any]] = []
+        self.options: list[tuple[str, Provider]] = []
         cli_config = os.path.join(home, ".aliyun", "config.json")
         if os.path.isfile(cli_config):
             self.options.append((cli_config, _cli_profile(cli_config, name)))
@@ -239,9 +248,9 @@ class _ProfileProvider:
             self.options.append((cred_file, _profile_file(cred_file, name)))
         if not self.options:
             raise CredentialsError(f"no {cli_config} and no {cred_file}")
-        self._chosen: Any = None
+        self._chosen: Provider | None = None
 
-    def get_credentials(self) -> Any:
+    def get_credentials(self) -> object:
         if self._chosen is not None:
             return self._chosen.get_credentials()
         errors = []

@@ -12,14 +12,14 @@ import argparse
 import copy
 import json
 import sys
-from typing import Any
 
 from .options import (add_connection_options, add_key_options, build_esdk, build_keyring,
                       build_masters, build_store, optional_keyring, parse_oss_url)
 from ..logsafe import printable
 from .runner import run_command, size_argument
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+
+def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     v = subparsers.add_parser(
         "verify", help="classify every object of a bucket and check that it opens",
         description="For every object under oss://BUCKET[/PREFIX]: its kind (plain, CSE "
@@ -109,7 +109,7 @@ def _progress(args: argparse.Namespace, desc: str):
 
 
 async def _walk(args: argparse.Namespace, objects, action, desc: str, report, progress,
-                run_id: dict[str, Any] | None = None):
+                run_id: dict[str, str] | None = None):
     from ..bulk.checkpoint import Checkpoint
     from ..bulk.shard import parse_shard
     from ..bulk.walk import walk
@@ -195,7 +195,7 @@ async def _migrate(args: argparse.Namespace) -> int:
 
 
 async def _write_run(args: argparse.Namespace, objects, action, cmd: str,
-                     run_id: dict[str, Any]) -> int:
+                     run_id: dict[str, str]) -> int:
     bucket = objects.store.name
 
     def report(out) -> None:

@@ -91,7 +91,8 @@ def read_passwd_file(path: str, bucket: str) -> tuple[str, str]:
 
 
 def load_config(path: str) -> dict[str, Any]:
-    """The TOML table of a ``--config`` file (checked private when it holds a secret)."""
+    """The TOML table of a ``--config`` file (checked private when it holds a secret); its
+    values are whatever the file says (``Any``), checked field by field by ``apply_config``."""
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
@@ -104,7 +105,7 @@ def load_config(path: str) -> dict[str, Any]:
     return data
 
 
-def apply_config(args: argparse.Namespace, defaults: dict[str, Any]) -> None:
+def apply_config(args: argparse.Namespace, defaults: dict[str, object]) -> None:
     """Fill ``args`` from ``args.config`` where the command line left the default."""
     path = getattr(args, "config", None)
     if not path:
@@ -137,6 +138,7 @@ def apply_config(args: argparse.Namespace, defaults: dict[str, Any]) -> None:
 
 
 def _key_entry(path: str, k: dict[str, Any]) -> tuple[str, str, str | None]:
+    """A ``[[key]]`` table of the config file (TOML as written: ``Any`` until checked here)."""
     matdesc = k.get("matdesc")
     if "rsa" in k:
         return "rsa_key", str(k["rsa"]), matdesc

@@ -9,10 +9,10 @@ import argparse
 import signal
 import sys
 import threading
-from typing import Any
+from types import FrameType
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     p = subparsers.add_parser(
         "emulator", help="run a local OSS emulator (for tests and benchmarks)",
         description="Local OSS server with real V1/V4 signatures and on-disk data. Faults can be changed "
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
                    sts_lifetime=args.sts_lifetime, credentials_port=args.credentials_port)
     stop = threading.Event()
 
-    def on_signal(signum: int, frame: Any) -> None:
+    def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)

@@ -16,13 +16,13 @@ import signal
 import subprocess
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
 from ..errors import OssEncError
 from ..objects import COPY_LIMIT
 
 from .options import add_connection_options, add_key_options
-from .procs import pid_alive, read_state
+from .procs import StateDoc, pid_alive, read_state
 
 if TYPE_CHECKING:
     from ..fs.mounter import MountConfig
@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 
 def mount_config(args: argparse.Namespace) -> MountConfig:
     """``ossencfs mount``'s arguments as the typed ``fs.mounter.MountConfig``."""
-    from ..fs.mounter import MountConfig, parse_size
+    from ..fs.mounter import MountConfig
+    from ..fs.mountoptions import parse_size
     from .options import parse_oss_url
     bucket, prefix = parse_oss_url(args.url)
     prefix = prefix.lstrip("/")
@@ -66,7 +67,8 @@ def _hide_secret_from_ps() -> None:
 
 
 def _mount(args: argparse.Namespace) -> int:
-    from ..fs.mounter import Connectors, run_mount
+    from ..fs.daemon import run_mount
+    from ..fs.mounter import Connectors
     from .configfile import apply_config
     from .options import build_esdk, build_keyring, build_store
     if args.access_key_secret:
@@ -100,15 +102,25 @@ def _take_passwd_file(args: argparse.Namespace) -> None:
     args.options = kept
 
 
+class _Bar(Protocol):
+    """What ``_Progress`` uses of a ``tqdm.tqdm`` (tqdm ships no type information)."""
+    total: float
+    n: float
+
+    def set_postfix(self, **kwargs: object) -> None: ...
+    def refresh(self) -> None: ...
+    def close(self) -> None: ...
+
+
 class _Progress:
     """One line per second (or a tqdm bar on a terminal) while pending uploads finish."""
 
     def __init__(self) -> None:
-        self.bar: Any = None
+        self.bar: _Bar | None = None
         self.last = 0.0
         self.tty = sys.stderr.isatty()
 
-    def show(self, state: dict[str, Any] | None) -> None:
+    def show(self, state: StateDoc | None) -> None:
         if not state:
             return
         pending = state.get("pending") or []
@@ -144,7 +156,7 @@ class _Progress:
 
 
 def _umount(args: argparse.Namespace) -> int:
-    from ..fs.mounter import pidfile_for
+    from ..fs.mountpaths import pidfile_for
     from ..fs.readahead import mountinfo
     from ..fs.state import state_path_for
     if args.mountpoint is None:
@@ -155,12 +167,7 @@ def _umount(args: argparse.Namespace) -> int:
     mountpoint = os.path.abspath(args.mountpoint)
     pidfile = pidfile_for(mountpoint)
     state_path = state_path_for(pidfile)
-    pid = None
-    try:
-        with open(pidfile) as f:
-            pid = int(f.read().strip())
-    except (OSError, ValueError):
-        pass
+    pid = _read_pid(pidfile)
     before = read_state(state_path) if args.lazy else None
     if args.lazy and pid is not None:
         try:
@@ -190,14 +197,29 @@ def _umount(args: argparse.Namespace) -> int:
                   f"{(state or {}).get('cache_dir', 'the cache directory')}; they go up at the "
                   f"next mount with the same --cache-dir", file=sys.stderr)
         return 0
-    deadline = time.monotonic() + args.timeout
+    return _wait_for_exit(pid, mountpoint, state_path, args.timeout)
+
+
+def _read_pid(pidfile: str) -> int | None:
+    """The mount process's pid from its pid file (None: no such file, or not a number)."""
+    try:
+        with open(pidfile) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _wait_for_exit(pid: int, mountpoint: str, state_path: str, timeout: float) -> int:
+    """Wait (``timeout`` seconds at most) for the unmounted mount's process to finish its
+    uploads and exit, showing progress from its state file; the exit status of umount."""
+    deadline = time.monotonic() + timeout
     progress = _Progress()
     started = time.monotonic()
     try:
         while pid_alive(pid):
             if time.monotonic() > deadline:
                 print(f"ossencfs: error: mount process {pid} still uploading after "
-                      f"{args.timeout:.0f} s; it keeps running in the background "
+                      f"{timeout:.0f} s; it keeps running in the background "
                       f"(`ossencfs status {mountpoint}` shows what is left)", file=sys.stderr)
                 return 1
             if time.monotonic() - started > 0.5:
@@ -208,7 +230,7 @@ def _umount(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """The mount and umount commands."""
     p = subparsers.add_parser(
         "mount", help="mount a bucket (or a prefix of it) as an encrypted folder",
@@ -269,7 +291,7 @@ def _add_upload_options(p: argparse.ArgumentParser) -> None:
                         "waits for the bucket")
 
 
-def _register_umount(subparsers: Any) -> None:
+def _register_umount(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     """The umount command: waits for pending uploads unless --lazy."""
     u = subparsers.add_parser("umount", help="unmount after pending uploads are done")
     u.add_argument("mountpoint", metavar="MOUNTPOINT", nargs="?")

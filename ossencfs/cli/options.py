@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..credential_chain import CHAIN_ORDER, CredentialOptions
 from ..errors import KeyFileError, OssEncError
@@ -31,8 +31,9 @@ class _OrderedKeyAction(argparse.Action):
     """Appends to its own list and to ``key_order`` ((kind, value, matdesc) triples) so that
     "the first key writes" holds across --rsa-key and --kms-key given in any mix."""
 
+    # ``values``: the option's one argument (a str); argparse's signature is broader
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: Any, option_string: str | None = None) -> None:
+                 values: object, option_string: str | None = None) -> None:
         items = list(getattr(namespace, self.dest, None) or [])
         items.append(values)
         setattr(namespace, self.dest, items)
@@ -45,7 +46,7 @@ class _MatdescAction(argparse.Action):
     """``--matdesc STRING`` describes the key given just before it."""
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: Any, option_string: str | None = None) -> None:
+                 values: object, option_string: str | None = None) -> None:
         order = list(getattr(namespace, "key_order", None) or [])
         if not order:
             parser.error("--matdesc follows the --rsa-key or --kms-key it describes")

@@ -10,6 +10,11 @@ import json
 import os
 from typing import Any
 
+#: A state file read back (``fs.state.snapshot`` as JSON): written by a mount process that may
+#: run another version, and not validated, so its fields are read with ``.get`` and defaults
+#: and their values are ``Any``.
+StateDoc = dict[str, Any]
+
 
 def pid_alive(pid: int) -> bool:
     """Whether process ``pid`` runs (a process of another user does; a zombie does not)."""
@@ -28,7 +33,7 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
-def read_state(path: str) -> dict[str, Any] | None:
+def read_state(path: str) -> StateDoc | None:
     """The state file a mount publishes (``fs.state``), or None if missing or unreadable."""
     try:
         with open(path) as f:

@@ -14,15 +14,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any
 
 import trio
 
 from ..errors import OssEncError
-from ..store import ARCHIVE_CLASSES
+from ..store import ARCHIVE_CLASSES, ObjectInfo, ObjectStore
 from .options import add_connection_options, build_store, is_oss_url, parse_oss_url
 
-def register(subparsers: Any) -> None:
+def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     p = subparsers.add_parser(
         "restore", help="restore archived (Archive / Cold Archive) objects so they can be read",
         description="Send RestoreObject for every archived object named: oss://BUCKET/KEY, "
@@ -89,7 +88,7 @@ async def _restore_all(args: argparse.Namespace, targets: list[tuple[str, str, b
     return 1 if failed else 0
 
 
-async def _restore_one(store: Any, info: Any, args: argparse.Namespace) -> int:
+async def _restore_one(store: ObjectStore, info: ObjectInfo, args: argparse.Namespace) -> int:
     where = f"oss://{store.name}/{info.key}"
     if info.storage_class not in ARCHIVE_CLASSES:
         if not info.key.endswith("/"):

@@ -14,9 +14,9 @@ import json
 import os
 import sys
 import time
-from typing import Any
+from typing import TextIO
 
-from .procs import pid_alive, read_state
+from .procs import StateDoc, pid_alive, read_state
 
 
 def _size(n: float) -> str:
@@ -27,7 +27,7 @@ def _size(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-def _load(path: str) -> dict[str, Any] | None:
+def _load(path: str) -> StateDoc | None:
     """The state of a running mount (None: no state file, or its process is gone)."""
     state = read_state(path)
     if state is None or not pid_alive(int(state.get("pid", 0) or 0)):
@@ -44,7 +44,7 @@ def _run_dirs() -> list[str]:
             if os.path.isdir(d)]
 
 
-def running_mounts() -> list[dict[str, Any]]:
+def running_mounts() -> list[StateDoc]:
     """The state (``fs.state.snapshot``) of every running mount this user can see."""
     states = []
     for d in _run_dirs():
@@ -55,7 +55,7 @@ def running_mounts() -> list[dict[str, Any]]:
     return states
 
 
-def _offline_dir(base: str) -> dict[str, Any]:
+def _offline_dir(base: str) -> dict[str, object]:
     """What a cache directory of a mount that is not running holds."""
     from ..fs.journal import list_quarantine
     staging = os.path.join(base, "staging")
@@ -74,7 +74,7 @@ def _offline_dir(base: str) -> dict[str, Any]:
             "quarantine": list_quarantine(os.path.join(base, "quarantine"))}
 
 
-def _print_state(s: dict[str, Any], out: Any) -> None:
+def _print_state(s: StateDoc, out: TextIO) -> None:
     wb = s.get("write_back") or 0
     mode = f"write-back {wb:g} s" if wb else "upload on close"
     age = time.time() - s.get("updated", time.time())
@@ -123,7 +123,7 @@ def _print_state(s: dict[str, Any], out: Any) -> None:
     print(line + f"  [{s.get('cache_dir')}]", file=out)
 
 
-def _print_quarantine(items: list[dict[str, Any]], out: Any) -> None:
+def _print_quarantine(items: list[StateDoc], out: TextIO) -> None:
     if not items:
         return
     print(f"  quarantined journal entries: {len(items)}", file=out)
@@ -133,9 +133,9 @@ def _print_quarantine(items: list[dict[str, Any]], out: Any) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from ..fs.mounter import pidfile_for
+    from ..fs.mountpaths import pidfile_for
     from ..fs.state import state_path_for
-    states: list[dict[str, Any]] = []
+    states: list[StateDoc] = []
     if args.mountpoint:
         mp = os.path.abspath(args.mountpoint)
         state = _load(state_path_for(pidfile_for(mp)))
@@ -146,7 +146,7 @@ def _status(args: argparse.Namespace) -> int:
             states.append(state)
     else:
         states = running_mounts()
-    offline: list[dict[str, Any]] = []
+    offline: list[StateDoc] = []
     if args.cache_dir:
         live = {os.path.realpath(s["cache_dir"]) for s in states}
         root = os.path.abspath(args.cache_dir)
@@ -175,7 +175,7 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     p = subparsers.add_parser(
         "status", help="pending uploads, failures, quarantined journals and cache use",
         description="Show what a running mount (or every running mount) is doing: pending "

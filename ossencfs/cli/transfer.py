@@ -28,7 +28,7 @@ _IO_CHUNK = 4 << 20
 _PROGRESS_MIN = 4 << 20
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     cp = subparsers.add_parser(
         "cp", help="copy a file or folder to or from an encrypted bucket",
         description="Copy between a local path (or - for stdin/stdout) and oss://BUCKET/KEY. "

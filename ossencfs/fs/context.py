@@ -18,7 +18,7 @@ from __future__ import annotations
 import errno
 import logging
 import time
-from typing import Any, Awaitable, Callable
+from typing import Awaitable, Callable
 
 import pyfuse3
 
@@ -30,7 +30,7 @@ from . import keymap, posix
 from .attrcache import AttrCache
 from .cache import BlockCache
 from .inodes import ROOT_INO, InodeTable, Node
-from .staging import StagingArea
+from .stagingarea import StagingArea
 from .uploader import Uploader
 from .writeback import WriteBack
 
@@ -53,7 +53,7 @@ _err = fuse_err
 class FsContext:
     def __init__(self, store: ObjectStore, objects: EncryptedObjects, cache: BlockCache, staging: StagingArea,
                  uploader: Uploader, *, prefix: str, policy: posix.MountPolicy, ttl: float,
-                 read_only: bool, spawn: Callable[[Callable[[], Awaitable[Any]]], bool],
+                 read_only: bool, spawn: Callable[[Callable[[], Awaitable[object]]], bool],
                  write_back: float = 0.0, attr_cache: AttrCache | None = None,
                  listing_attrs: bool = False) -> None:
         self.store = store

@@ -37,7 +37,7 @@ import shutil
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, NotRequired, TypedDict
+from typing import Mapping, NotRequired, TypedDict
 
 from ..atomicfile import fsync_dir, replace_file
 
@@ -112,12 +112,12 @@ class MountIdentity:
         return f"oss://{self.bucket}/{self.prefix}"
 
 
-def _digest(entry: dict[str, Any]) -> str:
+def _digest(entry: Mapping[str, object]) -> str:
     body = {k: v for k, v in entry.items() if k != "sha256"}
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def seal_entry(entry: dict[str, Any]) -> bytes:
+def seal_entry(entry: Mapping[str, object]) -> bytes:
     entry = dict(entry)
     entry["sha256"] = _digest(entry)
     return json.dumps(entry, sort_keys=True).encode()
@@ -413,15 +413,15 @@ class Journal:
         return dest
 
 
-def list_quarantine(quarantine_dir: str) -> list[dict[str, Any]]:
+def list_quarantine(quarantine_dir: str) -> list[dict[str, object]]:
     """What ``ossencfs status`` shows: every quarantined entry with its reason."""
-    out: list[dict[str, Any]] = []
+    out: list[dict[str, object]] = []
     try:
         names = sorted(os.listdir(quarantine_dir))
     except OSError:
         return out
     for name in names:
-        info: dict[str, Any] = {"dir": os.path.join(quarantine_dir, name)}
+        info: dict[str, object] = {"dir": os.path.join(quarantine_dir, name)}
         try:
             with open(os.path.join(quarantine_dir, name, "reason.json"), "rb") as f:
                 info.update(json.loads(f.read()))

@@ -18,7 +18,6 @@ import logging
 import stat
 import time
 import uuid
-from typing import Any
 
 import trio
 
@@ -65,7 +64,9 @@ class Lifecycle:
         self.attr = attr
         self.fresh = fresh
 
-    async def ensure_staging(self, node: Node) -> Any:
+    async def ensure_staging(self, node: Node) -> Staging:
+        """The staging a write goes into (``node.staging``; a new one, or a successor of a
+        sealed or relayed one)."""
         st = node.staging
         if st is not None and st.relay:
             # new content replaces a pending metadata change: an ordinary staging on the

@@ -27,7 +27,7 @@ attribute/entry timeouts and resolved with one HEAD when something stats them.
 from __future__ import annotations
 
 import logging
-from typing import Any, Awaitable, Callable
+from typing import Awaitable, Callable
 
 import pyfuse3
 
@@ -45,7 +45,7 @@ from .metadata import Metadata
 from .namespace import Namespace
 from .rename import Renamer
 from .replay import Replay
-from .staging import StagingArea
+from .stagingarea import StagingArea
 from .uploader import Uploader
 
 __all__ = ["FsModel", "Handle", "META_DELAY", "MAX_KEY_BYTES", "NAME_MAX", "STAT_AHEAD"]
@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 class FsModel(FsContext):
     def __init__(self, store: ObjectStore, objects: EncryptedObjects, cache: BlockCache, staging: StagingArea,
                  uploader: Uploader, *, prefix: str, policy: posix.MountPolicy, ttl: float,
-                 read_only: bool, spawn: Callable[[Callable[[], Awaitable[Any]]], bool],
+                 read_only: bool, spawn: Callable[[Callable[[], Awaitable[object]]], bool],
                  write_back: float = 0.0, attr_cache: AttrCache | None = None,
                  listing_attrs: bool = False) -> None:
         super().__init__(store, objects, cache, staging, uploader, prefix=prefix, policy=policy,

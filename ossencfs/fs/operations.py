@@ -55,7 +55,8 @@ def _first(exc: BaseException) -> BaseException:
 def _guard(timeout: float) -> Callable[[Callable[Concatenate["Operations", P], Awaitable[T]]],
                                        Callable[Concatenate["Operations", P], Coroutine[Any, Any, T]]]:
     """The handler's own signature is kept (``ParamSpec``): mypy checks each against
-    ``pyfuse3.Operations``."""
+    ``pyfuse3.Operations``. (``Coroutine[Any, Any, T]`` is what mypy makes of ``async def``:
+    its send and yield types are trio's business.)"""
     def deco(fn: Callable[Concatenate["Operations", P], Awaitable[T]]
              ) -> Callable[Concatenate["Operations", P], Coroutine[Any, Any, T]]:
         @functools.wraps(fn)
@@ -94,7 +95,9 @@ class Operations(pyfuse3.Operations):
         # e.g. a remembered KMS outage) is named once per REPEAT_QUIET seconds per object
         self._repeats_mono: OrderedDict[str, float] = OrderedDict()
 
-    def _errno_for(self, op: str, args: Sequence[Any], exc: BaseException) -> int:
+    # ``args``: a handler's positional arguments (inodes, handles, names, attributes, a
+    # request context, ...): heterogeneous, so ``object``, narrowed by ``isinstance`` where read
+    def _errno_for(self, op: str, args: Sequence[object], exc: BaseException) -> int:
         what = self._describe(op, args)
         if isinstance(exc, trio.TooSlowError):
             log.error("%s %s: timed out", op, what)
@@ -127,7 +130,7 @@ class Operations(pyfuse3.Operations):
             self._repeats_mono.popitem(last=False)
         return False
 
-    def _describe(self, op: str, args: Sequence[Any]) -> str:
+    def _describe(self, op: str, args: Sequence[object]) -> str:
         """Name the object a failing call was about. The first int argument is a file handle
         (read, write, ...), a directory handle (readdir, ...) or an inode (everything else):
         each is looked up in its own table, never one as another."""
@@ -155,7 +158,8 @@ class Operations(pyfuse3.Operations):
 
     # -- names ------------------------------------------------------------------------------
     @_guard(META_TIMEOUT)
-    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+    async def lookup(self, parent_inode: int, name: bytes,
+                     ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
         return await self.model.lookup(parent_inode, _name(name, lookup=True))
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
@@ -166,55 +170,60 @@ class Operations(pyfuse3.Operations):
                 log.exception("forget %d", ino)
 
     @_guard(META_TIMEOUT)
-    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+    async def getattr(self, inode: int,
+                      ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
         return await self.model.getattr(inode)
 
     @_guard(LONG_TIMEOUT)
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
-                      fh: int | None, ctx: Any) -> pyfuse3.EntryAttributes:
+                      fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         return await self.model.setattr(inode, attr, fields, fh)
 
     @_guard(META_TIMEOUT)
-    async def readlink(self, inode: int, ctx: Any) -> bytes:
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         return keymap.to_bytes(await self.model.readlink(inode))
 
     @_guard(META_TIMEOUT)
-    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> Any:
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         return await self.model.mknod(parent_inode, _name(name), mode, rdev, ctx)
 
     @_guard(META_TIMEOUT)
-    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> pyfuse3.EntryAttributes:
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         return await self.model.mkdir(parent_inode, _name(name), mode, ctx)
 
     @_guard(LONG_TIMEOUT)
-    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         await self.model.unlink(parent_inode, _name(name, lookup=True))
 
     @_guard(META_TIMEOUT)
-    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         await self.model.rmdir(parent_inode, _name(name, lookup=True))
 
     @_guard(META_TIMEOUT)
-    async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         return await self.model.symlink(parent_inode, _name(name), keymap.from_bytes(target), ctx)
 
     @_guard(LONG_TIMEOUT)
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
-                     name_new: bytes, flags: int, ctx: Any) -> None:
+                     name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
         await self.model.rename(parent_inode_old, _name(name_old, lookup=True), parent_inode_new,
                                 _name(name_new), flags)
 
-    async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> Any:
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         raise pyfuse3.FUSEError(errno.EPERM)      # objects cannot share content
 
     # -- files ------------------------------------------------------------------------------
     @_guard(LONG_TIMEOUT)
-    async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         return await self.model.open(inode, flags)
 
     @_guard(LONG_TIMEOUT)
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
-                     ctx: Any) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         return await self.model.create(parent_inode, _name(name), mode, flags, ctx)
 
     @_guard(LONG_TIMEOUT)
@@ -239,7 +248,7 @@ class Operations(pyfuse3.Operations):
 
     # -- directories ------------------------------------------------------------------------
     @_guard(META_TIMEOUT)
-    async def opendir(self, inode: int, ctx: Any) -> int:
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         node = self.model.node(inode)
         if not node.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
@@ -248,7 +257,7 @@ class Operations(pyfuse3.Operations):
         return self._next_dh
 
     @_guard(META_TIMEOUT)
-    async def readdir(self, fh: int, start_id: int, token: Any) -> None:
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         inode, snapshot = self._dirs.get(fh, (None, None))
         if inode is None:
             raise pyfuse3.FUSEError(errno.EBADF)
@@ -273,7 +282,7 @@ class Operations(pyfuse3.Operations):
         return None
 
     @_guard(META_TIMEOUT)
-    async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         return self.model.statfs()
 
     # -- extended attributes: not stored (header names/values are too restricted to keep
@@ -281,14 +290,14 @@ class Operations(pyfuse3.Operations):
     # -- this file system has none and answers EOPNOTSUPP itself, so `ls -l` (which asks for
     # -- ACLs and security labels of every entry) costs no round trip per file; cp -a and
     # -- rsync -X treat EOPNOTSUPP as "no extended attributes".
-    async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         raise pyfuse3.FUSEError(errno.ENOSYS)
 
-    async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
         raise pyfuse3.FUSEError(errno.ENOSYS)
 
-    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
         raise pyfuse3.FUSEError(errno.ENOSYS)
 
-    async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         raise pyfuse3.FUSEError(errno.ENOSYS)

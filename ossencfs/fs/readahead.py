@@ -31,7 +31,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Awaitable, Callable, Protocol
 
 import trio
 
@@ -60,7 +60,7 @@ class CipherReader(Protocol):
 
 class BlockSource:
     def __init__(self, cache: BlockCache, reader: CipherReader, key: str, etag: str, size: int,
-                 spawn: Callable[[Callable[[], Awaitable[Any]]], Any], *,
+                 spawn: Callable[[Callable[[], Awaitable[object]]], bool], *,
                  max_window: int = MAX_WINDOW, fetch_size: int = FETCH_SIZE) -> None:
         self.cache = cache
         self.reader = reader

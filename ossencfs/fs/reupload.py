@@ -26,12 +26,13 @@ the PUT or CompleteMultipartUpload). What differs:
 from __future__ import annotations
 
 import errno
-from typing import Any, Mapping
+from typing import Callable, Mapping
 
 from ..store import ObjectInfo
 from . import dirtystate
 from .journal import JournalEntry, Manifest, Relay
-from .staging import Staging, StagingArea
+from .staging import Staging
+from .stagingarea import StagingArea
 
 
 class Reupload(Staging):
@@ -61,7 +62,7 @@ class Reupload(Staging):
     def sealable(self) -> bool:
         return True
 
-    async def materialize(self, alive: Any = None) -> None:
+    async def materialize(self, alive: Callable[[], None] | None = None) -> None:
         return None
 
     async def write(self, off: int, data: bytes) -> None:

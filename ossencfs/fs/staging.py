@@ -12,8 +12,8 @@ Why this shape:
   ranges are fetched into the staging (``materialize``) only where the old version may go
   away first: a write-back close when they fit under the limit, a rename.
 - Every upload needs a fresh key and IV. Once a staging has been uploaded it is *sealed*; a
-  later write starts a successor (``StagingArea.rekey``) that re-encrypts the sealed file under
-  a new key locally (no download), so no (key, IV) ever covers two different uploaded
+  later write starts a successor (``StagingArea.rekey``) that re-encrypts the sealed file
+  under a new key locally (no download), so no (key, IV) ever covers two different uploaded
   plaintexts at one offset. ``sealed`` is set (and journaled) before the bytes are sent and is
   restored from the entry after a crash; a successor started while the last attempt's fate is
   unknown remembers its wrapped key (``prior_keys``) so the uploader knows that object as ours.
@@ -37,29 +37,30 @@ Why this shape:
   alone would pass it the write fails with ENOSPC. The same on the cache file system: clean
   blocks are evicted until the write fits (``make_disk_room``); ENOSPC from the OS means
   staged data (and other programs) fill it.
+
+This module is one staging's bytes (write, truncate, read, materialize, the uploader's
+``read_cipher``) and its journal entry; ``fs.extents`` says which ranges are staged and
+``fs.stagingarea`` makes stagings, keeps the byte budget and removes or quarantines them.
 """
 from __future__ import annotations
 
-import bisect
 import errno
-import functools
-import logging
 import os
 import threading
-import uuid
-from typing import Any, Awaitable, Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Callable, Mapping, Protocol
 
 import trio
 
-from ..atomicfile import fsync_dir
 from ..envelope import format as fmt
 from ..envelope.ctr import crypt_at
 from ..errors import ConflictError, NotFoundError
-from . import dirtystate
 from .dirtystate import KeyState
-from .journal import Journal, JournalEntry, Manifest, MountIdentity
+from .extents import Extents
+from .journal import Manifest
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from ..envelope.keys import ContentMaterial
+    from .stagingarea import StagingArea
 
 CHUNK = 1 << 20
 #: A complete staging up to this size is sealed when it is committed for an upload that follows
@@ -79,67 +80,16 @@ class PlainSource(Protocol):
     async def read(self, off: int, n: int) -> bytes: ...
 
 
-class Extents:
-    """Sorted, merged, half-open byte ranges that hold staged ciphertext."""
-
-    def __init__(self) -> None:
-        self.starts: list[int] = []
-        self.ends: list[int] = []
-
-    def add(self, start: int, end: int) -> None:
-        if end <= start:
-            return
-        i = bisect.bisect_left(self.ends, start)          # first range ending at/after start
-        j = bisect.bisect_right(self.starts, end)         # ranges starting at/before end
-        if i < j:
-            start = min(start, self.starts[i])
-            end = max(end, self.ends[j - 1])
-        self.starts[i:j] = [start]
-        self.ends[i:j] = [end]
-
-    def truncate(self, size: int) -> None:
-        i = bisect.bisect_left(self.ends, size)
-        del self.starts[i + 1:], self.ends[i + 1:]
-        if i < len(self.starts):
-            if self.starts[i] >= size:
-                del self.starts[i], self.ends[i]
-            else:
-                self.ends[i] = min(self.ends[i], size)
-
-    def segments(self, start: int, end: int) -> list[tuple[int, int, bool]]:
-        """Split [start, end) into (s, e, staged?) pieces."""
-        out: list[tuple[int, int, bool]] = []
-        pos = start
-        i = bisect.bisect_right(self.ends, start)
-        while pos < end:
-            if i < len(self.starts) and self.starts[i] <= pos:
-                e = min(self.ends[i], end)
-                out.append((pos, e, True))
-                pos = e
-                i += 1
-            else:
-                nxt = self.starts[i] if i < len(self.starts) else end
-                e = min(nxt, end)
-                out.append((pos, e, False))
-                pos = e
-        return out
-
-    def as_list(self) -> list[list[int]]:
-        return [[s, e] for s, e in zip(self.starts, self.ends)]
-
-    def total(self) -> int:
-        return sum(e - s for s, e in zip(self.starts, self.ends))
-
-    def uncovered(self, start: int, end: int) -> int:
-        return sum(e - s for s, e, staged in self.segments(start, end) if not staged)
-
-
 class Staging:
+    """One dirty file's bytes, encrypted under its fresh data key (``material``; None only for
+    a ``fs.reupload.Reupload``, which encrypts nothing), and its journal entry."""
+
     relay = False                    # a ``fs.reupload.Reupload``: no data of its own
 
-    def __init__(self, area: "StagingArea", ident: str, key: str, material: Any,
-                 crypto_headers: Mapping[str, str], size: int, base: PlainSource | None,
-                 base_len: int, base_etag: str | None, *, restore: bool = False) -> None:
+    def __init__(self, area: "StagingArea", ident: str, key: str,
+                 material: ContentMaterial | None, crypto_headers: Mapping[str, str],
+                 size: int, base: PlainSource | None, base_len: int, base_etag: str | None,
+                 *, restore: bool = False) -> None:
         self.area = area
         self.ident = ident
         self.key = key
@@ -189,7 +139,9 @@ class Staging:
 
     # -- crypto helpers ----------------------------------------------------------------------
     def _enc(self, off: int, data: bytes) -> bytes:
-        return crypt_at(self.material.key, self.material.counter0, off, data)
+        material = self.material
+        assert material is not None, "a re-upload (no material) encrypts nothing"
+        return crypt_at(material.key, material.counter0, off, data)
 
     def _file(self, *, first_entry: bool = True) -> int:
         """The data file (blocking; worker thread), made on first use: with a first entry,
@@ -271,7 +223,8 @@ class Staging:
         return bytes(out)
 
     # -- file operations ---------------------------------------------------------------------
-    def _account(self) -> None:
+    def account(self) -> None:
+        """Count the staged bytes against the area's budget (after the extents changed)."""
         new = self.extents.total()
         self.area.used += new - self.usage
         self.usage = new
@@ -289,7 +242,7 @@ class Staging:
         else:
             await trio.to_thread.run_sync(self._write_sync, off, data)
         self.extents.add(off, off + len(data))
-        self._account()
+        self.account()
         if off + len(data) > self.size:
             self.size = off + len(data)
 
@@ -304,7 +257,7 @@ class Staging:
                     del self._buf[size:]
             elif self._fd >= 0:
                 await trio.to_thread.run_sync(os.ftruncate, self._fd, size)
-            self._account()
+            self.account()
         self.size = size
 
     async def read(self, off: int, n: int) -> bytes:
@@ -361,12 +314,22 @@ class Staging:
                 await self.area.reserve(n)
                 await trio.to_thread.run_sync(self._write_sync, pos, plain)
                 self.extents.add(pos, pos + n)
-                self._account()
+                self.account()
                 pos += n
                 if alive is not None:
                     alive()
         self.base = None
         self.base_len = 0
+
+    def transcode_sync(self, old: "Staging", ranges: list[list[int]], durable: bool) -> None:
+        """Re-encrypt ``old``'s staged ``ranges`` under this staging's key and write this
+        staging's first entry (blocking; worker thread; ``StagingArea.rekey``)."""
+        self._file(first_entry=False)        # its first entry is the one saved here
+        for s, e in ranges:
+            for pos in range(s, e, CHUNK):
+                n = min(CHUNK, e - pos)
+                self._write_sync(pos, old._read_plain_sync(pos, n))
+        self._save_sync(self.manifest(), durable)
 
     def sync_data(self) -> None:
         """fsync the ciphertext (blocking; call in a thread) before the entry says it is there."""
@@ -449,171 +412,3 @@ class Staging:
             return                           # never made it to disk
         with trio.CancelScope(shield=True):
             await self.area.remove(self.ident, durable=self.synced)
-
-
-async def _no_room(target: int) -> None:
-    return None
-
-
-class StagingArea:
-    """Creates stagings with fresh key material, in one directory per mounted bucket/prefix."""
-
-    def __init__(self, directory: str, keyring: Any, journal: Journal | None = None, *,
-                 limit: int = 1 << 62) -> None:
-        self.directory = directory
-        self.keyring = keyring
-        self.journal = journal or Journal(directory, os.path.join(directory, "quarantine"),
-                                          MountIdentity("", "", ""))
-        self.limit = limit
-        self.used = 0                 # staged bytes (never evicted)
-        self.make_room: Callable[[int], Awaitable[None]] = _no_room   # evicts clean blocks
-        # evicts clean blocks until the cache file system has room for n more bytes
-        self.make_disk_room: Callable[[int], Awaitable[None]] = _no_room
-        self._buffered = 0            # bytes of ciphertext kept in memory (``BUFFER_TOTAL``)
-        self._buffered_lock = threading.Lock()
-        # removals of discarded stagings, grouped into one worker call while one runs
-        self._rm_queue: list[list[Any]] = []      # [ident, durable, done event, error]
-        self._rm_busy = False
-        self._rm_idle = trio.Event()
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        self.active: set[Staging] = set()
-
-    async def remove(self, ident: str, *, durable: bool) -> None:
-        """``Journal.remove`` of a discarded staging (descriptor closed) in a worker thread.
-        Removals asked for while one is running go together in the next worker call, with
-        one directory fsync for those that need it: a stream of finished uploads would
-        otherwise cost a thread hop each."""
-        item: list[Any] = [ident, durable, trio.Event(), None]
-        self._rm_queue.append(item)
-        while not item[2].is_set():
-            if self._rm_busy:
-                await self._rm_idle.wait()
-                continue
-            self._rm_busy = True
-            batch, self._rm_queue = self._rm_queue, []
-            try:
-                await trio.to_thread.run_sync(self._remove_batch, batch)
-            finally:
-                self._rm_busy = False
-                for it in batch:
-                    it[2].set()
-                self._rm_idle.set()
-                self._rm_idle = trio.Event()
-        if item[3] is not None:
-            raise item[3]
-
-    def _remove_batch(self, batch: list[list[Any]]) -> None:
-        for it in batch:
-            try:
-                self.journal.remove(it[0], durable=False, data_closed=True)
-            except Exception as exc:             # reported to its own caller
-                it[3] = exc
-        if any(it[1] and it[3] is None for it in batch):
-            try:
-                fsync_dir(self.journal.directory)
-            except OSError as exc:
-                log.warning("journal: cannot fsync %s: %s", self.journal.directory, exc)
-
-    def buffered(self, n: int) -> bool:
-        """Count ``n`` more (or, negative, fewer) bytes kept in memory; False: over the cap."""
-        with self._buffered_lock:
-            if n > 0 and self._buffered + n > BUFFER_TOTAL:
-                return False
-            self._buffered += n
-            return True
-
-    async def reserve(self, n: int) -> None:
-        """Room for ``n`` more staged bytes, under the limit and on the disk: evict clean
-        cache blocks, else ENOSPC (from the limit here, or from the disk when written)."""
-        if n <= 0:
-            return
-        if self.used + n > self.limit:
-            raise OSError(errno.ENOSPC, f"cache limit reached: {self.used} bytes staged and not "
-                                        f"yet uploaded, limit {self.limit}")
-        await self.make_room(self.limit - self.used - n)
-        await self.make_disk_room(n)
-
-    async def _fresh(self) -> tuple[Any, dict[str, str]]:
-        material, headers = await trio.to_thread.run_sync(lambda: self.keyring.new_object())
-        return material, headers
-
-    async def new(self, key: str, size: int, base: PlainSource | None, base_len: int,
-                  base_etag: str | None) -> Staging:
-        """A staging with a fresh data key; its files are made when first needed."""
-        if getattr(self.keyring, "local_writer", False):
-            material, headers = self.keyring.new_object()      # CPU only: cheaper than a hop
-        else:
-            material, headers = await self._fresh()           # KMS: may call out
-        st = Staging(self, uuid.uuid4().hex, key, material, headers, size, base, base_len,
-                     base_etag)
-        self.active.add(st)
-        return st
-
-    def restore(self, entry: JournalEntry, material: Any, base: PlainSource | None) -> Staging:
-        """A staging from a replayed journal entry (its data file is kept as it is)."""
-        st = Staging(self, entry.id, entry.key, material, entry.crypto_headers,
-                     entry.size, base, entry.base_len, entry.base_etag, restore=True)
-        for s, e in entry.extents:
-            st.extents.add(s, e)
-        dirtystate.restored(st, sealed=entry.sealed)   # sealed: a change needs a new key
-        st.prior_keys = list(entry.prior_keys)
-        st.synced = True
-        st.entry_sealed = st.sealed
-        st.entry_committed = True
-        st.posix = dict(entry.posix)
-        st._account()
-        self.active.add(st)
-        return st
-
-    async def rekey(self, old: Staging, base_etag: str | None, *, committed: bool = False,
-                    unconfirmed: bool = False) -> Staging:
-        """A successor of a sealed (sent) staging under a fresh key: its staged ranges are
-        re-encrypted locally; its holes stay holes and its untouched old ranges still come
-        from the same old version (a caller whose upload landed builds on that instead).
-
-        ``committed``: the old content is acknowledged but not in the bucket (its upload
-        failed), so the successor takes over its journal entry durably before the old goes.
-        ``unconfirmed``: the old upload's fate is unknown (it may have landed); the successor
-        remembers its wrapped key so that such an object is recognised as ours."""
-        st = await self.new(old.key, old.size, old.base, old.base_len, base_etag)
-        self.active.discard(st)              # (added below, once it holds the content)
-        if committed:
-            dirtystate.commit(st)
-        st.posix = dict(old.posix)
-        if unconfirmed:
-            st.prior_keys = [k for k in [*old.prior_keys, old.wrapped_key] if k]
-        ranges = old.extents.as_list()
-        for s, e in ranges:                  # what transcode() writes, before its entry says so
-            st.extents.add(s, e)
-
-        def transcode() -> None:
-            st._file(first_entry=False)      # its first entry is the one saved here
-            for s, e in ranges:
-                for pos in range(s, e, CHUNK):
-                    n = min(CHUNK, e - pos)
-                    st._write_sync(pos, old._read_plain_sync(pos, n))
-            st._save_sync(st.manifest(), committed)
-        try:
-            await self.make_disk_room(old.usage)   # (old is dropped right after: same budget)
-            await trio.to_thread.run_sync(transcode)
-            st._account()
-        except BaseException:
-            await st.discard()
-            raise
-        self.active.add(st)
-        await self.drop(old)
-        return st
-
-    async def drop(self, st: Staging) -> None:
-        self.active.discard(st)
-        await st.discard()
-
-    async def quarantine(self, st: Staging, reason: str) -> str:
-        """Keep a staging that can no longer be uploaded aside (reported by status; the
-        caller logs it, naming the object)."""
-        st.close_for_good()
-        self.active.discard(st)
-        with trio.CancelScope(shield=True):
-            where: str = await trio.to_thread.run_sync(
-                functools.partial(self.journal.quarantine, st.ident, reason, report=False))
-        return where

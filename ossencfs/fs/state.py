@@ -12,12 +12,15 @@ import logging
 import os
 import shutil
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 import trio
 
 from ..atomicfile import replace_file
 from .journal import list_quarantine
+
+if TYPE_CHECKING:
+    from .mounter import Mount
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +33,15 @@ def state_path_for(pidfile: str) -> str:
     return pidfile[:-4] + ".json" if pidfile.endswith(".pid") else pidfile + ".json"
 
 
-def snapshot(mount: Any) -> dict[str, Any]:
+def snapshot(mount: Mount) -> dict[str, object]:
+    """The state file's JSON document (read back by ``cli.statuscmd``): names, sizes,
+    progress, errors; no keys, no content."""
     model = mount.model
     wb = model.writeback
     now_trio = trio.current_time()
     uploader = model.uploader
     inflight = {p.key: p for p in uploader.pending.values()}
-    pending: list[dict[str, Any]] = []
+    pending: list[dict[str, object]] = []
     seen: set[int] = set()
     for job in list(wb.jobs.values()) if wb is not None else []:
         node = job.node
@@ -79,16 +84,17 @@ def snapshot(mount: Any) -> dict[str, Any]:
     }
 
 
-def write_state(path: str, state: dict[str, Any]) -> None:
+def write_state(path: str, state: dict[str, object]) -> None:
     try:
         replace_file(path, json.dumps(state).encode(), mode=0o600)
     except OSError as exc:
         log.debug("cannot write %s: %s", path, exc)
 
 
-async def publish(mount: Any, path: str) -> None:
+async def publish(mount: Mount, path: str) -> None:
     """Every second, and soon after the upload queue changes, until cancelled."""
     wb = mount.model.writeback
+    assert wb is not None                # (set by ``Mount._build`` before this runs)
     while True:
         started = time.perf_counter()
         try:

@@ -31,7 +31,7 @@ import re
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Mapping, TypedDict
 
 import trio
 
@@ -87,12 +87,20 @@ class UploadResult:
     superseded: bool = False            # a re-upload dropped: another client changed it first
 
 
+class Conflict(TypedDict):
+    """One conflict as ``ossencfs status`` shows it (``Uploader.conflicts``)."""
+    time: float                         # wall clock, seconds since the epoch
+    key: str                            # the object another client changed
+    copy: str | None                    # where the local version went (None: a dropped
+                                        # metadata change, ``_superseded``)
+
+
 @dataclass
 class Uploader:
     objects: EncryptedObjects
     pending: dict[int, Pending] = field(default_factory=dict)
     failures: list[tuple[float, str, str]] = field(default_factory=list)
-    conflicts: list[dict[str, Any]] = field(default_factory=list)
+    conflicts: list[Conflict] = field(default_factory=list)
     uploads: int = 0
 
     async def _send(self, key: str, staging: Staging, extra: Mapping[str, str], *,

@@ -26,7 +26,7 @@ from ossencfs.fs.cache import BlockCache
 from ossencfs.fs.inodes import ROOT_INO
 from ossencfs.fs.journal import Journal, MountIdentity
 from ossencfs.fs.model import FsModel
-from ossencfs.fs.staging import StagingArea
+from ossencfs.fs.stagingarea import StagingArea
 from ossencfs.fs.uploader import Uploader
 from ossencfs.fs.writeback import WriteBack
 from ossencfs.objects import EncryptedObjects

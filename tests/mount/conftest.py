@@ -216,7 +216,7 @@ class Mounted:
 
     @property
     def state_path(self) -> str:
-        from ossencfs.fs.mounter import pidfile_for
+        from ossencfs.fs.mountpaths import pidfile_for
         from ossencfs.fs.state import state_path_for
         return state_path_for(pidfile_for(str(self.path)))
 

@@ -16,9 +16,10 @@ from hypothesis import strategies as st
 from ossencfs.errors import OssEncError
 from ossencfs.fs import dirtystate, posix
 from ossencfs.fs.cache import BlockCache
-from ossencfs.fs.mounter import parse_mount_options, parse_size
+from ossencfs.fs.mountoptions import parse_mount_options, parse_size
 from ossencfs.fs.journal import Journal
-from ossencfs.fs.staging import Extents, StagingArea
+from ossencfs.fs.extents import Extents
+from ossencfs.fs.stagingarea import StagingArea
 
 
 @settings(max_examples=200, deadline=None)
