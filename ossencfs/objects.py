@@ -19,17 +19,19 @@ from .aio import raise_first, read_in_order
 from .envelope import format as fmt
 from .envelope.ctr import crypt_at, in_thread
 from .envelope.keys import ContentMaterial, KeyRing, MasterKey
-from .errors import (ConflictError, FormatError, NotFoundError, OssEncError, RejectedError,
+from .errors import (FormatError, NotFoundError, OssEncError, RejectedError,
                      WrongKeyError)
 from .esdk_objects import EsdkObjects, EsdkReader
+from .multipart import (BLOCK, MultipartSender, check_unchanged, copy_in_parts,
+                        is_own_upload, plan_part_size)
+from .relay import RELAY_PIECE, RelaySource, relay_window
 from .store import ObjectInfo, ObjectStore
 
 log = logging.getLogger(__name__)
 
-MIN_PART_SIZE = 100 * 1024          # oss2 CryptoBucket minimum (SPEC A.4)
-MAX_PARTS = 10000
-STREAMED_PARTS = 16                 # parts sent at once when read from a file as they go
-BLOCK = 16
+__all__ = ["COPY_LIMIT", "EncryptedObjects", "ObjectReader", "check_length", "crypt_async",
+           "is_own_upload", "keep_layout", "kept_headers", "plan_part_size"]
+
 #: The largest source CopyObject takes: 1 GB in the older API pages and SDK guides, 5 GB in
 #: the current ones (SPEC D.13); the conservative reading (10^9 bytes) is the default.
 COPY_LIMIT = 1_000_000_000
@@ -52,31 +54,6 @@ def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
         if n.startswith("x-oss-meta-") or n in _KEPT_STANDARD:
             out[n] = value
     return out
-
-
-def is_own_upload(info: ObjectInfo | None, wrapped_key: str | None, size: int,
-                  headers: Mapping[str, str] | None = None) -> bool:
-    """Did our own earlier upload land (its reply lost, a crash, a retried request)? The one
-    criterion for every caller: the object carries the wrapped data key of that upload and
-    has its size (and, when given, these headers: a re-upload keeps the object's own key,
-    so only its new headers tell it apart). A wrapped key is made for one upload only
-    (``KeyRing.new_object``), so another client's object never carries it."""
-    return (info is not None and bool(wrapped_key) and info.size == size
-            and info.headers.get(fmt.H_KEY) == wrapped_key
-            and all(info.headers.get(k) == v for k, v in (headers or {}).items()))
-
-
-def plan_part_size(size: int, part_size: int) -> int:
-    """The part size to use for ``size`` bytes: a multiple of 16, >= 100 KiB, <= 10000 parts.
-
-    Starts from the configured size (rounded up to 16) and doubles, like oss2, until the
-    object fits in 10000 parts.
-    """
-    p = max(MIN_PART_SIZE, part_size)
-    p = (p + BLOCK - 1) // BLOCK * BLOCK
-    while (size + p - 1) // p > MAX_PARTS:
-        p *= 2
-    return p
 
 
 async def crypt_async(key: bytes, counter0: int, offset: int, data: bytes) -> bytes:
@@ -229,7 +206,7 @@ class EncryptedObjects:
         decides; ``record_length=False`` keeps the caller's length header as it is, for a relay).
         ``read_cipher_sync`` (blocking, same bytes, any order): for a single PUT the body is
         then read in the request's worker thread, and for a multipart upload each part while
-        it is sent (``_multipart``).
+        it is sent (``multipart.MultipartSender``).
         """
         base = {k.lower(): v for k, v in (extra_headers or {}).items()}
         crypto = {k.lower(): v for k, v in crypto_headers.items()
@@ -254,7 +231,7 @@ class EncryptedObjects:
             if if_match:
                 # PutObject takes no If-Match on real OSS (SPEC D.13): a HEAD right before
                 # the PUT is the check; README "Conflicts" says how wide its window is.
-                await self._check_unchanged(key, if_match)
+                await check_unchanged(self.store, key, if_match)
             etag = await self.store.put(key, source, {**base, **crypto},
                                         forbid_overwrite=forbid_overwrite)
             if progress:
@@ -263,78 +240,10 @@ class EncryptedObjects:
         if fmt.H_KEY in crypto:
             crypto[fmt.H_DATA_SIZE] = str(size)
             crypto[fmt.H_PART_SIZE] = str(part_size)
-        return await self._multipart(key, size, part_size, read_cipher, base, crypto,
-                                     forbid_overwrite, if_match, progress, read_cipher_sync)
-
-    async def _check_unchanged(self, key: str, etag: str) -> None:
-        current = await self.store.head(key)
-        if current is None or current.etag != etag:
-            raise ConflictError(f"oss://{self.store.name}/{key} changed since it was read")
-
-    async def _multipart(self, key: str, size: int, part_size: int,
-                         read_cipher: Callable[[int, int], Awaitable[bytes]],
-                         base: dict[str, str], crypto: dict[str, str], forbid_overwrite: bool,
-                         if_match: str | None, progress: Callable[[int], None] | None,
-                         read_cipher_sync: Callable[[int, int], bytes] | None = None) -> str:
-        """Parts in order, several at once. With ``read_cipher_sync`` (a file on disk) each
-        part is read while it is sent (``store.PartBody``: 1 MiB in memory per part), so
-        ``STREAMED_PARTS`` go at once; otherwise ``upload_parallelism`` parts are buffered."""
-        upload_id = await self.store.init_multipart(key, {**base, **crypto},
-                                                    forbid_overwrite=forbid_overwrite)
-        etags: dict[int, str] = {}
-        streamed = read_cipher_sync is not None
-        slots = trio.Semaphore(max(self.upload_parallelism, STREAMED_PARTS) if streamed
-                               else self.upload_parallelism)
-
-        async def send(number: int, data: bytes | tuple[Callable[[int, int], bytes], int, int]
-                       ) -> None:
-            try:
-                etags[number] = await self.store.upload_part(key, upload_id, number, data, crypto)
-            finally:
-                slots.release()
-            if progress:
-                progress(data[2] if isinstance(data, tuple) else len(data))
-
-        try:
-            try:
-                async with trio.open_nursery() as nursery:
-                    number = 0
-                    for offset in range(0, size, part_size):
-                        n = min(part_size, size - offset)
-                        number += 1
-                        await slots.acquire()   # bounds buffered parts to the parallelism
-                        if read_cipher_sync is not None:
-                            nursery.start_soon(send, number, (read_cipher_sync, offset, n))
-                            continue
-                        data = await read_cipher(offset, n)
-                        if len(data) != n:
-                            slots.release()
-                            raise OssEncError(f"oss://{self.store.name}/{key}: source gave "
-                                              f"{len(data)} bytes at {offset}, expected {n}")
-                        nursery.start_soon(send, number, data)
-            except BaseExceptionGroup as eg:
-                raise_first(eg)
-            if if_match:
-                # CompleteMultipartUpload has no If-Match; check as late as possible.
-                await self._check_unchanged(key, if_match)
-            try:
-                return await self.store.complete_multipart(
-                    key, upload_id, sorted(etags.items()), forbid_overwrite=forbid_overwrite)
-            except (NotFoundError, ConflictError):
-                # A retried Complete whose first attempt landed (reply lost) sees NoSuchUpload
-                # or, with forbid-overwrite, its own object. The wrapped data key is unique
-                # to this upload, so finding it on the object proves the upload completed.
-                landed = await self.store.head(key)
-                if landed is None or not is_own_upload(landed, crypto.get(fmt.H_KEY), size):
-                    raise
-                return landed.etag
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                try:
-                    await self.store.abort_multipart(key, upload_id)
-                except OssEncError as exc:
-                    log.warning("could not abort upload %s of %s: %s", upload_id, key, exc)
-            raise
+        sender = MultipartSender(self.store, key, size, part_size, self.upload_parallelism)
+        return await sender.send({**base, **crypto}, crypto, read_cipher, read_cipher_sync,
+                                 forbid_overwrite=forbid_overwrite, if_match=if_match,
+                                 progress=progress)
 
     async def write(self, key: str, chunks: AsyncIterable[bytes] | bytes, size: int,
                     extra_headers: Mapping[str, str] | None = None, *,
@@ -371,9 +280,11 @@ class EncryptedObjects:
         CSE sources (EC 0042-00000309; SPEC D.13, A.10 item 8).
 
         Every GET is pinned to ``src.etag`` (If-Match), so a source changed meanwhile is a
-        ConflictError, never a mix of versions. Large objects go as parallel ranged GETs
-        relayed into a multipart upload; memory stays at about 2 x parallelism x part size
-        (parts being sent, and as many fetched ahead).
+        ConflictError, never a mix of versions. The object is fetched as parallel ranged GETs
+        of ``relay.RELAY_PIECE`` bytes, whatever the part size, relayed into a multipart
+        upload whose parts go several at once (``multipart.parts_at_once``); memory stays at
+        about 2 x parallelism x max(part size, 8 MiB) (parts being sent, as many fetched
+        ahead: ``relay.relay_window``).
         ``if_match``/``forbid_overwrite`` guard ``dst`` as in ``upload``.
         """
         crypto = {k.lower(): v for k, v in headers.items()}
@@ -381,12 +292,11 @@ class EncryptedObjects:
         crypto = {k: v for k, v in crypto.items() if k not in plain}
         base = {k.lower(): v for k, v in headers.items() if k.lower() in plain}
         unit = self.multipart_part_size(src.size) or max(src.size, 1)
-        piece = min(unit, 4 << 20)
         etag = ""
         try:
             async with trio.open_nursery() as nursery:
-                source = _RelaySource(self.store, src, piece,
-                                      self.upload_parallelism * max(1, unit // piece), nursery)
+                source = RelaySource(self.store, src, RELAY_PIECE,
+                                     relay_window(unit, self.upload_parallelism), nursery)
                 try:
                     etag = await self.upload(dst, src.size, source.read, crypto, base,
                                              forbid_overwrite=forbid_overwrite,
@@ -405,8 +315,9 @@ class EncryptedObjects:
         returns the new ETag. CopyObject with the COPY directive where OSS allows it (SPEC
         D.13: allowed for CSE objects, PY test_copy_crypto_object); appendable objects and
         objects above ``copy_limit`` (``info`` tells, when the caller knows them), and any
-        copy OSS refuses, are relayed through the client instead (``relay``: ciphertext
-        only, nothing decrypted)."""
+        copy OSS refuses, are copied another way (``_relay_copy``): a plain object by
+        UploadPartCopy, server-side; a CSE or appendable one relayed through the client
+        (``relay``: ciphertext only, nothing decrypted)."""
         if info is not None and (info.object_type == "Appendable" or info.size > self.copy_limit):
             return await self._relay_copy(src, dst)
         try:
@@ -416,9 +327,14 @@ class EncryptedObjects:
             return await self._relay_copy(src, dst)
 
     async def _relay_copy(self, src: str, dst: str) -> str:
+        """A copy CopyObject cannot make: a plain object by UploadPartCopy (nothing passes
+        through the client), a CSE or appendable one relayed (OSS refuses UploadPartCopy
+        from those: EC 0042-00000309, doc-detail/31994)."""
         info = await self.store.head(src)
         if info is None:
             raise NotFoundError(f"oss://{self.store.name}/{src}: no such object")
+        if info.object_type in ("Normal", "Multipart") and fmt.parse_headers(info.headers) is None:
+            return await copy_in_parts(self.store, info, dst, kept_headers(info.headers))
         return await self.relay(info, dst, kept_headers(info.headers))
 
     # --------------------------------------------------------------- rewrap
@@ -467,57 +383,6 @@ def keep_layout(new: fmt.CryptoHeaders, old: fmt.CryptoHeaders) -> fmt.CryptoHea
         unencrypted_content_length=old.unencrypted_content_length,
         unencrypted_content_md5=old.unencrypted_content_md5,
     )
-
-
-class _RelaySource:
-    """Sequential ``read(offset, n)`` answers from ranged GETs of one object version.
-
-    The object is cut into ``piece``-sized ranges; up to ``window`` of them beyond what was
-    read are fetched in parallel in ``nursery``, so the GETs of the next parts run while the
-    current ones upload. A failed fetch is raised by the read that needs it."""
-
-    def __init__(self, store: ObjectStore, info: ObjectInfo, piece: int, window: int,
-                 nursery: trio.Nursery) -> None:
-        self._store, self._info, self._piece = store, info, max(BLOCK, piece)
-        self._window, self._nursery = max(1, window), nursery
-        self._count = (info.size + self._piece - 1) // self._piece
-        self._started = 0
-        self._done: dict[int, trio.Event] = {}
-        self._data: dict[int, bytes | BaseException] = {}
-
-    def _ahead(self, first: int) -> None:
-        while self._started < min(self._count, first + self._window):
-            i = self._started
-            self._started += 1
-            self._done[i] = trio.Event()
-            self._nursery.start_soon(self._fetch, i)
-
-    async def _fetch(self, i: int) -> None:
-        start = i * self._piece
-        end = min(self._info.size, start + self._piece) - 1
-        try:
-            self._data[i] = await self._store.get_range(self._info.key, start, end,
-                                                        if_match=self._info.etag or None)
-        except Exception as exc:            # noqa: BLE001 - handed to the reader below
-            self._data[i] = exc
-        self._done[i].set()
-
-    async def read(self, offset: int, n: int) -> bytes:
-        first, last = offset // self._piece, (offset + n - 1) // self._piece
-        self._ahead(first)
-        out = bytearray()
-        for i in range(first, last + 1):
-            self._ahead(i)
-            await self._done[i].wait()
-            got = self._data[i]
-            if isinstance(got, BaseException):
-                raise got
-            lo = max(offset, i * self._piece) - i * self._piece
-            hi = min(offset + n, (i + 1) * self._piece) - i * self._piece
-            out += got[lo:hi]
-            if hi == len(got):               # read to its end: never needed again
-                del self._data[i], self._done[i]
-        return bytes(out)
 
 
 class _CipherSource:

@@ -30,6 +30,7 @@ from typing import Callable
 import trio
 
 from ..atomicfile import replace_file
+from .fetchcost import FetchCost
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ class BlockCache:
         self.hits = 0
         self.misses = 0
         self.reserved: Callable[[], int] = lambda: 0     # staged bytes sharing the limit
+        self.fetch_cost = FetchCost()    # GET times of every reader of this mount's blocks
         # background block writes: few threads, and a cap on the bytes they hold, so a slow
         # cache disk costs cache hits rather than memory
         self._disk_limiter = trio.CapacityLimiter(2)

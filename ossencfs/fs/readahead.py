@@ -13,8 +13,11 @@ streaming keeps that size instead of degenerating into one block per GET.
 
 Read pattern per handle: a read that seeks (it does not continue the previous one, and is not
 the first read at offset 0) and is smaller than a block fetches only its own range, widened to
-4 KiB pages plus a 4 KiB margin, unless its blocks are cached already; those ranges are kept in
-a few per-handle fragments, not in the block cache. Three sequential reads switch back to
+4 KiB pages plus a 4 KiB margin, unless its blocks are cached already or the link makes a
+whole block nearly as cheap as that range (``fetchcost``: measured GET times; on loopback a
+block costs little more than a page and later random reads often land in it, over a slow
+link it costs twice the request); those ranges are kept in a few per-handle fragments, not
+in the block cache. Three sequential reads switch back to
 blocks and the growing window. Fetched blocks go to the on-disk cache in the background
 (one worker-thread job per GET): a read never waits for the cache disk.
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import time
 from typing import Awaitable, Callable, Protocol
 
 import trio
@@ -89,11 +93,7 @@ class BlockSource:
         end = min((last + 1) * self._bs, self.size) - 1
         got: dict[int, bytes] = {}
         try:
-            try:
-                with trio.fail_after(FETCH_TIMEOUT):
-                    data = await self.reader.read_cipher(start, end + 1 - start)
-            except trio.TooSlowError:
-                raise NetworkError(f"{self.key}: ranged GET {start}-{end} timed out") from None
+            data = await self._timed_get(start, end + 1)
             if len(data) != end - start + 1:
                 raise NetworkError(f"{self.key}: short ranged GET {start}-{end} "
                                    f"({len(data)} bytes)")
@@ -191,7 +191,8 @@ class BlockSource:
         if started is not None:
             started(off)
         self._advance_window(off, end)
-        if self._seeking and end - off < self._bs and not self._all_near(off, end):
+        if self._seeking and end - off < self._bs and not self._all_near(off, end) \
+                and not self.cache.fetch_cost.whole_block_pays(self._bs, _fragment_size(off, end)):
             cipher = await self._fragment(off, end)
         else:
             cipher = await self.cipher_range(off, end - off)
@@ -220,18 +221,26 @@ class BlockSource:
             if start <= off and end <= start + len(data):
                 return memoryview(data)[off - start:end - start]
         start = off - off % RANDOM_ALIGN
-        stop = min(self.size, -(-end // RANDOM_ALIGN) * RANDOM_ALIGN + RANDOM_MARGIN)
-        try:
-            with trio.fail_after(FETCH_TIMEOUT):
-                data = await self.reader.read_cipher(start, stop - start)
-        except trio.TooSlowError:
-            raise NetworkError(f"{self.key}: ranged GET {start}-{stop - 1} timed out") from None
+        stop = min(self.size, start + _fragment_size(off, end))
+        data = await self._timed_get(start, stop)
         if len(data) != stop - start:
             raise NetworkError(f"{self.key}: short ranged GET {start}-{stop - 1} "
                                f"({len(data)} bytes)")
         self._fragments.append((start, data))
         del self._fragments[:-RANDOM_FRAGMENTS]
         return memoryview(data)[off - start:end - start]
+
+    async def _timed_get(self, start: int, stop: int) -> bytes:
+        """Ciphertext [start, stop) in one ranged GET, its time recorded (``fetchcost``);
+        NetworkError after ``FETCH_TIMEOUT`` seconds."""
+        began = time.monotonic()
+        try:
+            with trio.fail_after(FETCH_TIMEOUT):
+                data = await self.reader.read_cipher(start, stop - start)
+        except trio.TooSlowError:
+            raise NetworkError(f"{self.key}: ranged GET {start}-{stop - 1} timed out") from None
+        self.cache.fetch_cost.record(len(data), time.monotonic() - began)
+        return data
 
     # ------------------------------------------------------------------ read-ahead
     def _advance_window(self, off: int, end: int) -> None:
@@ -272,6 +281,12 @@ class BlockSource:
             await self._load(todo, {})
         except Exception as exc:    # read-ahead is best effort; the real read reports errors
             log.debug("read-ahead of %s blocks %d-%d failed: %s", self.key, first, last, exc)
+
+
+def _fragment_size(off: int, end: int) -> int:
+    """Bytes a fragment of [off, end) fetches: whole ``RANDOM_ALIGN`` pages and the margin
+    (clipped at EOF by the caller)."""
+    return -(-end // RANDOM_ALIGN) * RANDOM_ALIGN + RANDOM_MARGIN - (off - off % RANDOM_ALIGN)
 
 
 def _runs(indices: list[int], longest: int) -> list[tuple[int, int]]:

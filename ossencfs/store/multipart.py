@@ -57,6 +57,19 @@ class Multipart(StoreBase):
         self.bytes_sent += data[2] if isinstance(data, tuple) else len(data)
         return etag
 
+    async def upload_part_copy(self, src: str, key: str, upload_id: str, part_number: int,
+                               start: int, end: int, *, if_match: str | None = None) -> str:
+        """UploadPartCopy of bytes [start, end] of ``src`` (this bucket) as part
+        ``part_number`` of ``key``; returns the part's ETag. ``if_match``: the source must
+        still have this ETag (``x-oss-copy-source-if-match``, else ConflictError). OSS
+        refuses it for client-side-encrypted sources (EC 0042-00000309) and appendable ones
+        (https://www.alibabacloud.com/help/en/oss/developer-reference/uploadpartcopy)."""
+        h = {"x-oss-copy-source-if-match": f'"{if_match}"'} if if_match else {}
+        return await self._call(
+            "upload_part_copy", key,
+            lambda: self.bucket.upload_part_copy(self.name, src, (start, end), key, upload_id,
+                                                 part_number, headers=h).etag)
+
     async def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]], *,
                                  forbid_overwrite: bool = False) -> str:
         h = {"x-oss-forbid-overwrite": "true"} if forbid_overwrite else {}

@@ -3,8 +3,8 @@ functions): a module imports only from its own layer or the layers below it.
 
 Product layers, top to bottom (``docs/layers.md``)::
 
-    __main__ -> cli -> fs | bulk -> objects -> esdk_objects -> kms_regions -> kms
-    -> envelope | store -> aio -> errors | atomicfile | logsafe
+    __main__ -> cli -> fs | bulk -> objects -> relay -> multipart -> esdk_objects -> kms_regions
+    -> kms -> envelope | store -> aio -> errors | atomicfile | logsafe
 
 ``envelope`` and ``store`` are side by side and do not import each other; nor do ``errors``
 and ``atomicfile``. ``oss2`` is imported only inside ``store``, the Alibaba Cloud SDK
@@ -23,7 +23,7 @@ PKG = pathlib.Path(__file__).resolve().parents[2] / "ossencfs"
 
 RANK = {"errors": 0, "atomicfile": 0, "logsafe": 0, "aio": 1, "credentials": 1,
         "credential_chain": 2, "envelope": 2, "store": 2, "kms": 3,
-        "kms_regions": 3.3, "esdk_objects": 3.6, "objects": 4, "fs": 5, "bulk": 5, "cli": 6,
+        "kms_regions": 3.3, "esdk_objects": 3.6, "multipart": 3.7, "relay": 3.8, "objects": 4, "fs": 5, "bulk": 5, "cli": 6,
         "__main__": 7, "__init__": 7}
 EMULATOR_MAY_IMPORT = {"emulator", "atomicfile"}
 
