@@ -38,7 +38,7 @@ def mount_config(args: argparse.Namespace) -> MountConfig:
     if prefix and not prefix.endswith("/"):
         prefix += "/"
     return MountConfig(
-        bucket=bucket, prefix=prefix, mountpoint=os.path.abspath(args.mountpoint),
+        bucket=bucket, prefix=prefix, mountpoint=os.path.realpath(args.mountpoint),
         endpoint=args.endpoint, options=tuple(args.options or ()), cache_dir=args.cache_dir,
         cache_size=parse_size(args.cache_size), write_back=float(args.write_back or 0.0),
         part_size=args.part_size, multipart_threshold=args.multipart_threshold,
@@ -164,7 +164,7 @@ def _umount(args: argparse.Namespace) -> int:
         args.mountpoint = load_config(args.config).get("mountpoint") if args.config else None
         if not args.mountpoint:
             raise OssEncError("umount needs MOUNTPOINT (argument or mountpoint in --config)")
-    mountpoint = os.path.abspath(args.mountpoint)
+    mountpoint = os.path.realpath(args.mountpoint)   # as the kernel records it
     pidfile = pidfile_for(mountpoint)
     state_path = state_path_for(pidfile)
     pid = _read_pid(pidfile)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import time
 from typing import Awaitable, Callable, Protocol
 
@@ -307,8 +306,10 @@ KERNEL_READAHEAD_KB = 4096
 def mountinfo(path: str) -> list[tuple[str, str]]:
     """(major:minor, file-system type) of every mount at ``path``, oldest first, from
     /proc/self/mountinfo (proc(5): field 5 is the mount point with space, tab, newline and
-    backslash octal-escaped; the type follows the " - " separator). OSError if unreadable."""
-    path = os.path.realpath(path)       # the kernel records the resolved mount point
+    backslash octal-escaped; the type follows the " - " separator). OSError if unreadable.
+    ``path`` must be resolved already (the kernel records the resolved mount point): resolving
+    it here would stat the mount's root, which the mount process itself must never do (its
+    own FUSE loop is the one that would answer: a deadlock)."""
     escaped = (path.replace("\\", "\\134").replace(" ", "\\040")
                .replace("\t", "\\011").replace("\n", "\\012"))
     out = []
