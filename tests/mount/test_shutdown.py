@@ -77,12 +77,13 @@ def test_sigterm_unmounts_a_mount_point_named_through_a_symlink(make_mount, tmp_
     link = tmp_path / "via-link"
     link.symlink_to(real)
     m.path = link
-    try:
-        m.start()
-        (link / "f.txt").write_bytes(b"data")
-        m.proc.send_signal(signal.SIGTERM)
-        eventually(lambda: "signal received: unmounting" in m.log(), timeout=30)
-        _exited_cleanly(m, 0)
-        assert not _is_mounted(str(real))
-    finally:
-        m.path = real
+    argv = m.argv()
+    m.path = real
+    with open(m.log_path, "ab") as log:
+        m.proc = subprocess.Popen(argv, stdout=log, stderr=log, env=m.env)
+    eventually(lambda: _is_mounted(str(real)), timeout=30)
+    (link / "f.txt").write_bytes(b"data")
+    m.proc.send_signal(signal.SIGTERM)
+    eventually(lambda: "signal received: unmounting" in m.log(), timeout=30)
+    _exited_cleanly(m, 0)
+    assert not _is_mounted(str(real))
