@@ -72,6 +72,11 @@ def _parent(key: str) -> str:
     head, sep, _ = key.rstrip("/").rpartition("/")
     return head + sep
 COMMIT_EVERY = 1.0        # seconds between commits (a crash loses at most this much cache)
+PENDING_MAX = 4096        # upserts kept in memory before they are executed anyway
+#: the tables whose rows are replaced whole by key, and how (``AttrCache._upsert``)
+_UPSERT = {"attrs": "INSERT OR REPLACE INTO attrs VALUES (?, ?, ?, ?, ?, ?, ?)",
+           "sizes": "INSERT OR REPLACE INTO sizes VALUES (?, ?, ?, ?)",
+           "inos": "INSERT OR REPLACE INTO inos VALUES (?, ?, ?, ?)"}
 
 
 class AttrCache:
@@ -85,6 +90,8 @@ class AttrCache:
         self.misses = 0
         self.broken = False
         self._ino_high = 0           # highest inode number handed out, not yet written
+        #: upserts not executed yet, by table and key (``_upsert``)
+        self._pending: dict[str, dict[str, tuple[object, ...]]] = {t: {} for t in _UPSERT}
 
     def _failed(self, exc: sqlite3.Error) -> None:
         if not self.broken:
@@ -126,15 +133,16 @@ class AttrCache:
         if not etag or self.broken:
             return None
         try:
-            row = self.db.execute("SELECT etag, size, lastmod, not_after, object_type, posix "
-                                  "FROM attrs WHERE key=?", (key,)).fetchone()
+            pending = self._pending["attrs"].get(key)
+            row = pending[1:] if pending is not None else self.db.execute(
+                "SELECT etag, size, lastmod, not_after, object_type, posix "
+                "FROM attrs WHERE key=?", (key,)).fetchone()
             if row is None or row[0] != etag or row[1] != size:
                 self.misses += 1
                 return None
             if row[2] is None and (row[3] is None or lastmod <= row[3]):
                 # our own write: adopt the Last-Modified OSS gave it
-                self.db.execute("UPDATE attrs SET lastmod=? WHERE key=?", (lastmod, key))
-                self._touch()
+                self._upsert("attrs", (key, row[0], row[1], lastmod, *row[3:]))
             elif row[2] is None or abs(row[2] - lastmod) > 0.5:
                 self.misses += 1
                 return None
@@ -154,9 +162,8 @@ class AttrCache:
             return
         lowered = {k.lower(): v for k, v in headers.items()}
         posix = {k: v for k, v in lowered.items() if k in POSIX_HEADERS}
-        self._write("INSERT OR REPLACE INTO attrs VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (key, etag, size, lastmod, not_after, object_type,
-                     json.dumps(posix, sort_keys=True)))
+        self._upsert("attrs", (key, etag, size, lastmod, not_after, object_type,
+                               json.dumps(posix, sort_keys=True)))
         if any(h in lowered for h in _NOT_ESDK_PYTHON):
             self.record_probe(key, etag, size, size)    # no probe needed at the next mount
 
@@ -169,9 +176,10 @@ class AttrCache:
         when it is no Encryption SDK message); None when it was never probed."""
         if not etag or self.broken:
             return None
+        pending = self._pending["sizes"].get(key)
         try:
-            row = self.db.execute("SELECT etag, size, shown FROM sizes WHERE key=?",
-                                  (key,)).fetchone()
+            row = pending[1:] if pending is not None else self.db.execute(
+                "SELECT etag, size, shown FROM sizes WHERE key=?", (key,)).fetchone()
         except sqlite3.Error as exc:
             self._failed(exc)
             return None
@@ -181,8 +189,7 @@ class AttrCache:
 
     def record_probe(self, key: str, etag: str | None, size: int, shown: int) -> None:
         if etag:
-            self._write("INSERT OR REPLACE INTO sizes VALUES (?, ?, ?, ?)",
-                        (key, etag, size, shown))
+            self._upsert("sizes", (key, etag, size, shown))
 
     def forget_under(self, prefix: str) -> None:
         """Everything below a directory prefix (``a/b/``), e.g. after it was renamed."""
@@ -192,7 +199,7 @@ class AttrCache:
     def prune_dir(self, prefix: str, present: set[str]) -> None:
         """A complete listing of ``prefix`` showed these keys: records of its other direct
         children are of deleted objects (so the cache does not grow with every key ever seen)."""
-        if self.broken:
+        if self.broken or not self._flush():
             return
         try:
             rows = self.db.execute("SELECT key FROM attrs WHERE key > ? AND key < ?",
@@ -210,6 +217,9 @@ class AttrCache:
         """(inode number, file type) remembered for ``key``."""
         if self.broken:
             return None
+        pending = self._pending["inos"].get(key)
+        if pending is not None:
+            return pending[1], pending[2]        # type: ignore[return-value]
         try:
             row = self.db.execute("SELECT ino, kind FROM inos WHERE key=?", (key,)).fetchone()
         except sqlite3.Error as exc:
@@ -219,8 +229,8 @@ class AttrCache:
 
     def remember_ino(self, key: str, ino: int, kind: int) -> None:
         self._ino_high = max(self._ino_high, ino)
-        self._write("INSERT OR REPLACE INTO inos VALUES (?, ?, ?, ?)",
-                    (key, ino, kind, _parent(key)))
+        # (numbers handed out here are new: no other key's row has this one)
+        self._upsert("inos", (key, ino, kind, _parent(key)))
 
     def forget_ino(self, key: str, ino: int) -> None:
         self._write("DELETE FROM inos WHERE key=? AND ino=?", (key, ino))
@@ -240,7 +250,7 @@ class AttrCache:
     def prune_inos(self, prefix: str, present: set[str]) -> None:
         """A complete listing of ``prefix`` showed these keys (``name`` or ``name/``): the
         numbers of its other direct children were of objects deleted elsewhere."""
-        if self.broken:
+        if self.broken or not self._flush():
             return
         try:
             rows = self.db.execute("SELECT key FROM inos WHERE parent=?", (prefix,)).fetchall()
@@ -263,8 +273,35 @@ class AttrCache:
             return self._ino_high
         return max(self._ino_high, row[0] or 0, top[0] or 0)
 
-    def _write(self, sql: str, params: tuple[object, ...]) -> None:
+    def _upsert(self, table: str, row: tuple[object, ...]) -> None:
+        """Replace ``table``'s row of key ``row[0]``, in memory until the next commit: a stat
+        walk (``ls -l`` of a directory never seen) records several rows per entry, and a
+        statement each on the trio thread cost more than the HEAD's own parsing. Reads
+        look here first; every other statement runs after them (``_flush``)."""
         if self.broken:
+            return
+        pending = self._pending[table]
+        pending[row[0]] = row           # type: ignore[index]
+        if len(pending) >= PENDING_MAX:
+            self._flush()
+        self._touch()
+
+    def _flush(self) -> bool:
+        """Execute the pending upserts (False: the cache broke)."""
+        try:
+            for table, rows in self._pending.items():
+                if rows:
+                    self.db.executemany(_UPSERT[table], list(rows.values()))
+                    rows.clear()
+        except sqlite3.Error as exc:
+            for rows in self._pending.values():
+                rows.clear()
+            self._failed(exc)
+            return False
+        return True
+
+    def _write(self, sql: str, params: tuple[object, ...]) -> None:
+        if self.broken or not self._flush():
             return
         try:
             self.db.execute(sql, params)
@@ -280,7 +317,7 @@ class AttrCache:
 
     def commit(self) -> None:
         """Make the records so far survive the mount (called every second and at unmount)."""
-        if self._dirty and not self.broken:
+        if self._dirty and not self.broken and self._flush():
             try:
                 if self._ino_high:       # in the same transaction as the numbers it covers
                     self.db.execute("INSERT INTO counters VALUES ('ino', ?) ON CONFLICT(name) "

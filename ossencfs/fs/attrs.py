@@ -13,6 +13,7 @@ import time
 
 import pyfuse3
 
+from ..errors import FormatError
 from ..store import ObjectInfo
 from . import posix
 from .context import FsContext
@@ -97,8 +98,22 @@ class Attrs:
                             "client?", self.ctx.where(node), ", ".join(node.meta.ignored))
             self.ctx.attr_cache.record(self.ctx.okey(node.path), info.etag, info.size, info.headers,
                                    info.object_type, lastmod=info.mtime)
+            self._note_not_esdk(node)
         elif node.headers is None:
             node.meta = posix.default_meta(is_dir=False, mtime=info.mtime, policy=self.ctx.policy)
+
+    def _note_not_esdk(self, node: Node) -> None:
+        """Headers that prove this version is no Python-layout Encryption SDK message (CSE
+        or Java-layout headers, or too small) settle its shown size once: ``size_unknown``
+        would otherwise parse them again for every stat and readdir entry (``ls -l``)."""
+        esdk = self.ctx.objects.esdk
+        if esdk is None or not node.etag or node.kind != stat.S_IFREG:
+            return
+        try:
+            if not esdk.may_be_python(node.size, node.headers):
+                node.esdk_size = (node.etag, None)
+        except FormatError:
+            pass              # malformed CSE headers: opening it reports them
 
     @staticmethod
     def file_kind(info: ObjectInfo) -> int:

@@ -1,0 +1,56 @@
+"""The attribute cache keeps its upserts in memory until a commit (``AttrCache._upsert``):
+reads must see them at once, and every other statement must run after them."""
+from __future__ import annotations
+
+from ossencfs.fs.attrcache import AttrCache
+
+HEADERS = {"x-oss-meta-mode": "33188", "x-oss-meta-mtime": "1700000000.5"}
+
+
+def test_a_record_is_read_back_before_any_commit(tmp_path):
+    cache = AttrCache(str(tmp_path / "a.sqlite"))
+    cache.record("d/f", "E1", 10, HEADERS, lastmod=1000.0)
+    cache.record_probe("d/g", "E2", 20, 7)
+    cache.remember_ino("d/f", 42, 0o100000)
+    assert cache.lookup("d/f", "E1", 10, 1000.0) == ({k: v for k, v in HEADERS.items()}, "Normal")
+    assert cache.lookup("d/f", "E0", 10, 1000.0) is None        # another version
+    assert cache.probed_size("d/g", "E2", 20) == 7
+    assert cache.ino_of("d/f") == (42, 0o100000)
+    assert cache.ino_high_water() >= 42
+
+
+def test_statements_run_after_the_pending_records(tmp_path):
+    cache = AttrCache(str(tmp_path / "a.sqlite"))
+    cache.record("d/f", "E1", 10, HEADERS, lastmod=1000.0)
+    cache.record("d/g", "E2", 10, HEADERS, lastmod=1000.0)
+    cache.remember_ino("d/f", 5, 0o100000)
+    cache.remember_ino("d/g", 6, 0o100000)
+    cache.forget("d/f")                       # a delete after the pending insert wins
+    assert cache.lookup("d/f", "E1", 10, 1000.0) is None
+    cache.prune_dir("d/", {"d/h"})            # the listing no longer shows d/g
+    assert cache.lookup("d/g", "E2", 10, 1000.0) is None
+    cache.prune_inos("d/", {"d/h"})
+    assert cache.ino_of("d/g") is None
+    cache.record("d/f", "E3", 11, HEADERS, lastmod=1001.0)    # again after the delete
+    assert cache.lookup("d/f", "E3", 11, 1001.0) is not None
+
+
+def test_own_write_adopts_the_listed_last_modified(tmp_path):
+    cache = AttrCache(str(tmp_path / "a.sqlite"))
+    cache.record("f", "E1", 3, HEADERS, not_after=2000.0)
+    assert cache.lookup("f", "E1", 3, 1999.0) is not None      # adopts 1999
+    assert cache.lookup("f", "E1", 3, 1999.0) is not None
+    assert cache.lookup("f", "E1", 3, 1995.0) is None           # another change since
+
+
+def test_records_survive_close_and_reopen(tmp_path):
+    path = str(tmp_path / "a.sqlite")
+    cache = AttrCache(path)
+    for i in range(3):
+        cache.record(f"d/f{i}", f"E{i}", i, HEADERS, lastmod=1000.0)
+        cache.remember_ino(f"d/f{i}", 100 + i, 0o100000)
+    cache.close()
+    again = AttrCache(path)
+    assert again.lookup("d/f2", "E2", 2, 1000.0) is not None
+    assert again.ino_of("d/f1") == (101, 0o100000)
+    assert again.ino_high_water() == 102
