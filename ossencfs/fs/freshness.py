@@ -32,7 +32,7 @@ from ..store import ObjectInfo
 from . import keymap, posix
 from .attrs import Attrs
 from .context import FsContext, fuse_err as _err
-from .inodes import ROOT_INO, Entry, Node, join
+from .inodes import ROOT_INO, DirListing, Entry, Node, join
 from .readahead import BlockSource
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,8 @@ class Freshness:
         self.attr = attr
         self._resolving: dict[str, trio.Event] = {}    # path -> HEAD in flight (stat-ahead)
         self._walks: dict[str, tuple[str, int]] = {}   # dir path -> (last opened name, run)
+        #: dir path -> (listing, last name stat-ahead went through, since when: monotonic)
+        self._ahead: dict[str, tuple[DirListing, str, float]] = {}
 
     async def list_dir(self, node: Node) -> dict[str, Entry]:
         lst = self.ctx.inodes.listing(node.path)
@@ -329,7 +331,9 @@ class Freshness:
         if lst is None or name not in lst.entries:
             return
         content = content or self.reading_walk(parent)
-        for later in lst.names_after(name, count):
+        beyond, since = self._stat_ahead_mark(parent, lst, content)
+        names = lst.names_after(name, count, beyond)
+        for later in names:
             path = join(parent.path, later)
             entry = lst.entries.get(later)
             if path in self._resolving or entry is None:
@@ -346,7 +350,24 @@ class Freshness:
             self._resolving[path] = trio.Event()
             if not self.ctx.spawn(job):
                 self._resolving.pop(path).set()
+                self._ahead.pop(parent.path, None)
                 return
+        if names and not content:
+            self._ahead[parent.path] = (lst, names[-1], since)
+
+    def _stat_ahead_mark(self, parent: Node, lst: DirListing,
+                         content: bool) -> tuple[str | None, float]:
+        """(name up to which stat-ahead already went in this listing, since when): a stat
+        walk looks only past it, not at all ``STAT_AHEAD`` names again at every stat. Every
+        ttl/2 the whole window is looked at again (answers fetched ahead that expired before
+        their stat are fetched again, several at once)."""
+        now = time.monotonic()
+        mark = self._ahead.get(parent.path)
+        if content or mark is None or mark[0] is not lst or now - mark[2] >= self.ctx.ttl / 2:
+            if len(self._ahead) > 64:
+                self._ahead.pop(next(iter(self._ahead)))
+            return None, now
+        return mark[1], mark[2]
 
     # -- small files read one after the other (``cat *``, ``cp -r`` out, ``grep -r``) -------
     def reading_walk(self, parent: Node) -> bool:

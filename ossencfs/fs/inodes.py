@@ -72,12 +72,14 @@ class DirListing:
         if self.entries.pop(name, None) is not None:
             self._order = None
 
-    def names_after(self, name: str, count: int) -> list[str]:
-        """The ``count`` names that follow ``name`` in readdir (sorted) order."""
+    def names_after(self, name: str, count: int, beyond: str | None = None) -> list[str]:
+        """The ``count`` names that follow ``name`` in readdir (sorted) order; ``beyond``:
+        without those up to that name."""
         if self._order is None:
             self._order = sorted(self.entries)
         i = bisect.bisect_right(self._order, name)
-        return self._order[i:i + count]
+        j = bisect.bisect_right(self._order, beyond) if beyond is not None and beyond > name else i
+        return self._order[j:i + count]
 
 
 class InodeNumbers(Protocol):
