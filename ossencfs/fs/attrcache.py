@@ -64,7 +64,7 @@ _INO_SCHEMA = (
     "size INTEGER NOT NULL, shown INTEGER NOT NULL)",
 )
 #: headers that prove an object is no Python-layout Encryption SDK message
-_NOT_ESDK_PYTHON = ("x-oss-meta-client-side-encryption-key", "x-oss-meta-x-oss-meta-header")
+NOT_ESDK_PYTHON = ("x-oss-meta-client-side-encryption-key", "x-oss-meta-x-oss-meta-header")
 
 
 def _parent(key: str) -> str:
@@ -164,7 +164,7 @@ class AttrCache:
         posix = {k: v for k, v in lowered.items() if k in POSIX_HEADERS}
         self._upsert("attrs", (key, etag, size, lastmod, not_after, object_type,
                                json.dumps(posix, sort_keys=True)))
-        if any(h in lowered for h in _NOT_ESDK_PYTHON):
+        if any(h in lowered for h in NOT_ESDK_PYTHON):
             self.record_probe(key, etag, size, size)    # no probe needed at the next mount
 
     def forget(self, key: str) -> None:

@@ -13,9 +13,9 @@ import time
 
 import pyfuse3
 
-from ..errors import FormatError
 from ..store import ObjectInfo
 from . import posix
+from .attrcache import NOT_ESDK_PYTHON
 from .context import FsContext
 from .inodes import Node
 
@@ -102,18 +102,14 @@ class Attrs:
         elif node.headers is None:
             node.meta = posix.default_meta(is_dir=False, mtime=info.mtime, policy=self.ctx.policy)
 
-    def _note_not_esdk(self, node: Node) -> None:
-        """Headers that prove this version is no Python-layout Encryption SDK message (CSE
-        or Java-layout headers, or too small) settle its shown size once: ``size_unknown``
-        would otherwise parse them again for every stat and readdir entry (``ls -l``)."""
-        esdk = self.ctx.objects.esdk
-        if esdk is None or not node.etag or node.kind != stat.S_IFREG:
-            return
-        try:
-            if not esdk.may_be_python(node.size, node.headers):
-                node.esdk_size = (node.etag, None)
-        except FormatError:
-            pass              # malformed CSE headers: opening it reports them
+    @staticmethod
+    def _note_not_esdk(node: Node) -> None:
+        """Headers that prove this version is no Python-layout Encryption SDK message (the
+        CSE or Java-layout ones the attribute cache also goes by) settle its shown size once:
+        ``size_unknown`` would otherwise parse them again at every stat and readdir entry."""
+        headers = node.headers or {}
+        if node.etag and node.kind == stat.S_IFREG and any(h in headers for h in NOT_ESDK_PYTHON):
+            node.esdk_size = (node.etag, None)
 
     @staticmethod
     def file_kind(info: ObjectInfo) -> int:
