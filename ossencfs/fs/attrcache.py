@@ -25,8 +25,10 @@ number at the next mount and new numbers never collide with remembered ones. Tho
 follow renames made here (``move_inos``), are forgotten with the name (unlink) and pruned by
 listings like the attributes.
 
-This is a cache: it is written without fsync, a damaged database is discarded and started
-again, and an error while using it (a full disk) turns it off for the rest of the mount: all
+New and changed rows are kept in memory and written with the commit each second (a first-sight
+``ls -l`` records three rows per entry; a statement each on the trio thread cost more than
+parsing the HEAD). This is a cache: it is written without fsync, a damaged database is
+discarded and started again, and an error while using it (a full disk) turns it off for the rest of the mount: all
 of which only costs HEADs, never a failed file operation.
 """
 from __future__ import annotations
@@ -36,7 +38,7 @@ import logging
 import os
 import sqlite3
 import time
-from typing import Mapping
+from typing import Any, Mapping
 
 from .posix import POSIX_HEADERS
 from .privatedir import open_private
@@ -91,7 +93,7 @@ class AttrCache:
         self.broken = False
         self._ino_high = 0           # highest inode number handed out, not yet written
         #: upserts not executed yet, by table and key (``_upsert``)
-        self._pending: dict[str, dict[str, tuple[object, ...]]] = {t: {} for t in _UPSERT}
+        self._pending: dict[str, dict[str, tuple[Any, ...]]] = {t: {} for t in _UPSERT}
 
     def _failed(self, exc: sqlite3.Error) -> None:
         if not self.broken:
@@ -219,7 +221,7 @@ class AttrCache:
             return None
         pending = self._pending["inos"].get(key)
         if pending is not None:
-            return pending[1], pending[2]        # type: ignore[return-value]
+            return pending[1], pending[2]
         try:
             row = self.db.execute("SELECT ino, kind FROM inos WHERE key=?", (key,)).fetchone()
         except sqlite3.Error as exc:
@@ -273,7 +275,7 @@ class AttrCache:
             return self._ino_high
         return max(self._ino_high, row[0] or 0, top[0] or 0)
 
-    def _upsert(self, table: str, row: tuple[object, ...]) -> None:
+    def _upsert(self, table: str, row: tuple[Any, ...]) -> None:
         """Replace ``table``'s row of key ``row[0]``, in memory until the next commit: a stat
         walk (``ls -l`` of a directory never seen) records several rows per entry, and a
         statement each on the trio thread cost more than the HEAD's own parsing. Reads
@@ -281,7 +283,7 @@ class AttrCache:
         if self.broken:
             return
         pending = self._pending[table]
-        pending[row[0]] = row           # type: ignore[index]
+        pending[row[0]] = row
         if len(pending) >= PENDING_MAX:
             self._flush()
         self._touch()

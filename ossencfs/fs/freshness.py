@@ -22,6 +22,7 @@ import functools
 import logging
 import stat
 import time
+import weakref
 from typing import NoReturn
 
 import pyfuse3
@@ -49,7 +50,7 @@ class Freshness:
         self._resolving: dict[str, trio.Event] = {}    # path -> HEAD in flight (stat-ahead)
         self._walks: dict[str, tuple[str, int]] = {}   # dir path -> (last opened name, run)
         #: dir path -> (listing, last name stat-ahead went through, since when: monotonic)
-        self._ahead: dict[str, tuple[DirListing, str, float]] = {}
+        self._ahead: dict[str, tuple[weakref.ref[DirListing], str, float]] = {}
 
     async def list_dir(self, node: Node) -> dict[str, Entry]:
         lst = self.ctx.inodes.listing(node.path)
@@ -353,7 +354,7 @@ class Freshness:
                 self._ahead.pop(parent.path, None)
                 return
         if names and not content:
-            self._ahead[parent.path] = (lst, names[-1], since)
+            self._ahead[parent.path] = (weakref.ref(lst), names[-1], since)
 
     def _stat_ahead_mark(self, parent: Node, lst: DirListing,
                          content: bool) -> tuple[str | None, float]:
@@ -363,7 +364,7 @@ class Freshness:
         their stat are fetched again, several at once)."""
         now = time.monotonic()
         mark = self._ahead.get(parent.path)
-        if content or mark is None or mark[0] is not lst or now - mark[2] >= self.ctx.ttl / 2:
+        if content or mark is None or mark[0]() is not lst or now - mark[2] >= self.ctx.ttl / 2:
             if len(self._ahead) > 64:
                 self._ahead.pop(next(iter(self._ahead)))
             return None, now
