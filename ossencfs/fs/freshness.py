@@ -135,6 +135,7 @@ class Freshness:
                     if (known is not None and known.kind == existing.kind) or \
                             (self.ctx.listing_attrs and existing.headers is None):
                         existing.meta_expires_mono = self._listing_expiry(parent)
+                self.size_settled(existing)
             return existing
         is_dir = entry.kind == stat.S_IFDIR
         meta = None if is_dir else self._listed_meta(path, entry)
@@ -149,6 +150,7 @@ class Freshness:
                                                               entry.object_type)
         if trusted:
             node.meta_expires_mono = self._listing_expiry(parent)
+            self.size_settled(node)
         return node
 
     def _listed_meta(self, path: str, entry: Entry) -> posix.PosixMeta | None:
@@ -488,23 +490,36 @@ class Freshness:
         """Learn whether a file is a Python-layout Encryption SDK object, whose plaintext is
         smaller than what is stored (one ranged GET per object version; docs/esdk.md). A
         broken message keeps its stored size here; opening it reports the error."""
-        if not self.attr.size_unknown(node):
+        if self.size_settled(node):
             return
         etag, stored, key = node.etag or "", node.size, self.ctx.okey(node.path)
-        size = self.ctx.attr_cache.probed_size(key, etag, stored)      # an earlier mount's
-        if size is None:
-            info = ObjectInfo(key=key, size=stored, etag=etag, mtime=node.mtime,
-                              object_type=node.object_type, headers=dict(node.headers or {}))
-            try:
-                size = await self.ctx.objects.plain_size(info)
-            except FormatError:
-                size = stored             # opening it reports the error
-            except OssEncError as exc:    # changed or unreachable: the next stat tries again
-                log.debug("%s: size probe: %s", self.ctx.where(node), exc)
-                return
-            self.ctx.attr_cache.record_probe(key, etag, stored, size)
+        info = ObjectInfo(key=key, size=stored, etag=etag, mtime=node.mtime,
+                          object_type=node.object_type, headers=dict(node.headers or {}))
+        try:
+            size = await self.ctx.objects.plain_size(info)
+        except FormatError:
+            size = stored             # opening it reports the error
+        except OssEncError as exc:    # changed or unreachable: the next stat tries again
+            log.debug("%s: size probe: %s", self.ctx.where(node), exc)
+            return
+        self.ctx.attr_cache.record_probe(key, etag, stored, size)
         if node.etag == etag and node.size == stored:
             node.esdk_size = (etag, size if size != stored else None)
+
+    def size_settled(self, node: Node) -> bool:
+        """Whether stat can show ``node``'s size without a probe: it needs none, or this
+        version was probed before (by this mount or an earlier one: the attribute cache, which
+        also records "no ESDK message" for versions whose headers proved it). No request: a
+        readdir entry answered from here gets an attribute timeout, so ``ls -l`` sends no
+        GETATTR per entry."""
+        if not self.attr.size_unknown(node):
+            return True
+        etag, stored = node.etag or "", node.size
+        size = self.ctx.attr_cache.probed_size(self.ctx.okey(node.path), etag, stored)
+        if size is None:
+            return False
+        node.esdk_size = (etag, size if size != stored else None)
+        return True
 
     def forget(self, ino: int, n: int) -> None:
         self.ctx.inodes.forget(ino, n)

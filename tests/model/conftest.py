@@ -20,6 +20,7 @@ import pytest
 import trio
 
 from ossencfs.envelope.keys import KeyRing, RsaMasterKey
+from ossencfs.esdk_objects import EsdkObjects
 from ossencfs.fs import posix
 from ossencfs.fs.attrcache import AttrCache
 from ossencfs.fs.cache import BlockCache
@@ -108,11 +109,15 @@ def model_rig(emulator: object, tmp_path: Path) -> Callable[..., contextlib.Abst
     emulator; at the end the queue is drained (as at unmount) and the store closed."""
 
     @contextlib.asynccontextmanager
-    async def make(write_back: float = 0.0, ttl: float = 2.0) -> AsyncIterator[Rig]:
+    async def make(write_back: float = 0.0, ttl: float = 2.0,
+                   esdk_probe: bool = False) -> AsyncIterator[Rig]:
+        """``esdk_probe``: look for Encryption SDK messages as a default mount does (no
+        ESDK keys: the probe only learns their sizes)."""
         keyring = KeyRing([RsaMasterKey.from_pem_file(str(SDK_FIXTURES / "rsa_test_private.pem"))])
         store = ObjectStore.connect(emulator.endpoint, BUCKET, AK, SK, retries=2)
         objects = EncryptedObjects(store, keyring, part_size=PART_SIZE,
-                                   multipart_threshold=MULTIPART_THRESHOLD)
+                                   multipart_threshold=MULTIPART_THRESHOLD,
+                                   esdk=EsdkObjects(store, None) if esdk_probe else None)
         base = tmp_path / "cache"
         staging_dir = base / "staging"
         staging_dir.mkdir(parents=True, exist_ok=True)

@@ -228,3 +228,32 @@ def test_a_head_answered_after_a_rename_does_not_drop_the_new_name(model_rig, cr
             assert (await rig.model.lookup(ROOT_INO, "new")).st_ino == ino
             assert await rig.read_all("new") == b"still here"
     trio.run(main)
+
+
+def test_readdir_of_a_remount_settles_sizes_from_the_attribute_cache(model_rig, crypto_bucket,
+                                                                      oss2_bucket):
+    """A default mount probes large enough objects for Encryption SDK messages before stat
+    may be cached; an earlier mount's attribute cache already settled each version (CSE
+    headers, a probe), so a remount's readdir entries carry an attribute timeout and `ls -l`
+    sends no GETATTR per entry (it sent one for each: 2.5x slower than before the probe)."""
+    crypto_bucket.put_object("cse", b"c" * 1000)
+    oss2_bucket.put_object("plain", b"p" * 1000)
+
+    async def main():
+        async with model_rig(esdk_probe=True) as rig:
+            for name in ("cse", "plain"):
+                assert (await rig.model.lookup(ROOT_INO, name)).attr_timeout > 0
+        async with model_rig(esdk_probe=True) as rig:          # same cache directory
+            root = rig.model.node(ROOT_INO)
+            entries = await rig.model.list_dir(root)
+            for name in ("cse", "plain"):
+                node = rig.model.node_from_entry(root, entries[name])
+                attrs = rig.model.attrs(node)
+                assert (attrs.st_size, attrs.attr_timeout > 0) == (1000, True), name
+        async with model_rig(esdk_probe=True) as rig:
+            # another client's new version: no record, so stat asks (probe) before caching
+            oss2_bucket.put_object("plain", b"q" * 999)
+            root = rig.model.node(ROOT_INO)
+            node = rig.model.node_from_entry(root, (await rig.model.list_dir(root))["plain"])
+            assert rig.model.attrs(node).attr_timeout == 0
+    trio.run(main)
