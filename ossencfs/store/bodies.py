@@ -5,16 +5,15 @@ from __future__ import annotations
 
 from typing import Callable
 
-import crcmod
 import requests
 
+from ..checksums import crc64
 from .failures import Transient
 
-#: CRC-64/ECMA as OSS reports it (x-oss-hash-crc64ecma), built once. oss2's own check builds
-#: its 256-entry table in pure Python on every request (~0.3 ms of GIL time per PUT or GET,
-#: more than the rest of a small upload's client-side work), so it is off on our bucket
-#: (``enable_crc = False``) and every body is checked here with this function instead.
-crc64 = crcmod.mkCrcFun(0x142F0E1EBA9EA3693, initCrc=0, rev=True, xorOut=0xFFFFFFFFFFFFFFFF)
+# oss2's own CRC check builds its 256-entry table in pure Python on every request (~0.3 ms of
+# GIL time per PUT or GET, more than the rest of a small upload's client-side work) and runs
+# at crcmod's speed, so it is off on our bucket (``enable_crc = False``) and every body is
+# checked here with ``checksums.crc64`` instead.
 
 
 def check_crc(what: str, data: bytes, result: object) -> None:
