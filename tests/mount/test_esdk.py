@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 
 import pytest
 
@@ -82,6 +83,35 @@ def test_stat_of_python_layout_needs_one_small_ranged_read(make_mount, emulator,
     assert os.stat(m.path / "s" / "python-gcm256-100k-ctx").st_size == 102400
     assert os.stat(m.path / "s" / "written-here").st_size == 5000
     assert emulator.stats["requests"].get("GetObject", 0) == 0, emulator.request_log
+
+
+def test_first_sight_stat_is_one_request_per_object(make_mount, emulator, oss2_bucket,
+                                                    crypto_bucket):
+    """A default mount looks for Encryption SDK messages among objects whose headers do not
+    rule them out: the GET of an object's first bytes answers both what a HEAD would and the
+    probe (before: a HEAD and a ranged GET per plain object, 20,232 requests for `ls -l` of
+    10,000). Sizes stay right for each kind; an empty object is HEADed (a GET would be 416)."""
+    eb.upload_vectors(oss2_bucket, "f/", ["python-gcm256-100k-ctx"])
+    plain = {f"f/p{i}": os.urandom(100 + 1000 * i) for i in range(5)}
+    for key, body in plain.items():
+        oss2_bucket.put_object(key, body)
+    oss2_bucket.put_object("f/empty", b"")
+    crypto_bucket.put_object("f/cse", b"c" * 5000)
+    m = esdk_mount(make_mount, emulator)
+    emulator.reset_stats()
+    sizes = {p.name: p.stat().st_size for p in (m.path / "f").iterdir()}
+    assert sizes == {"python-gcm256-100k-ctx": 102400, "empty": 0, "cse": 5000,
+                     **{k[2:]: len(v) for k, v in plain.items()}}
+    time.sleep(0.2)                     # stats of the last responses are recorded after them
+    per_key: dict[str, list[str]] = {}
+    for e in emulator.request_log:
+        if e[1] in ("HeadObject", "GetObject") and e[4].startswith("f/") and e[4] != "f/":
+            per_key.setdefault(e[4], []).append(e[1])
+    assert per_key == {"f/empty": ["HeadObject"], "f/cse": ["GetObject"],
+                       "f/python-gcm256-100k-ctx": ["GetObject"],
+                       **{k: ["GetObject"] for k in plain}}, per_key
+    for key, body in plain.items():
+        assert (m.path / key).read_bytes() == body
 
 
 def test_random_reads(make_mount, emulator, oss2_bucket):
