@@ -31,6 +31,7 @@ import trio
 
 from ..atomicfile import replace_file
 from .fetchcost import FetchCost
+from .readbudget import ReadAheadStreams
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,8 @@ class BlockCache:
         self.misses = 0
         self.reserved: Callable[[], int] = lambda: 0     # staged bytes sharing the limit
         self.fetch_cost = FetchCost()    # GET times of every reader of this mount's blocks
+        # blocks fetched ahead wait here in memory: all readers together stay within half of it
+        self.streams = ReadAheadStreams(hot_bytes // 2)
         # background block writes: few threads, and a cap on the bytes they hold, so a slow
         # cache disk costs cache hits rather than memory
         self._disk_limiter = trio.CapacityLimiter(2)

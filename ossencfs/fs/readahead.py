@@ -253,10 +253,12 @@ class BlockSource:
             self._run_start = off
             self._seeking = off != 0 or self._last_end != -1
         self._last_end = end
-        self._window = 0 if self._sequential < 3 else \
-            min(1 << min(self._sequential - 3, 30), self._max_window)
-        if self._window == 0:
+        if self._sequential < 3:
+            self._window = 0
             return
+        cap = max(self._fetch_blocks,
+                  min(self._max_window, self.cache.streams.share(self) // self._bs))
+        self._window = min(1 << min(self._sequential - 3, 30), cap)
         self._seeking = False
         last_needed = (end - 1) // self._bs
         start = max(last_needed + 1, self._prefetched_to + 1)
