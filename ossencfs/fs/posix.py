@@ -47,13 +47,12 @@ class MountPolicy:
     default_gid: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class PosixMeta:
     mode: int                       # full st_mode, including the file type bits
     uid: int
     gid: int
     mtime_ns: int
-    explicit: set[str] = field(default_factory=set)   # which headers were present
     atime_ns: int | None = None     # None: shown as the mtime (objects of other tools)
     ctime_ns: int | None = None
     rdev: int = 0                   # device nodes only
@@ -115,7 +114,6 @@ def from_headers(headers: Mapping[str, str], *, is_dir: bool, fallback_mtime: fl
                  policy: MountPolicy) -> PosixMeta:
     """Attributes of an object from its (lower-case) headers; defaults where absent."""
     h = {k.lower(): v for k, v in headers.items()}
-    explicit = {name for name in POSIX_HEADERS if name in h}
     mode = _int(h.get(META_MODE), 0, 0o177777)
     if mode is not None and stat.S_IFMT(mode) not in _KINDS:
         mode = None
@@ -138,7 +136,6 @@ def from_headers(headers: Mapping[str, str], *, is_dir: bool, fallback_mtime: fl
         uid=policy.default_uid if uid is None else uid,
         gid=policy.default_gid if gid is None else gid,
         mtime_ns=int(fallback_mtime * 1e9) if mtime_ns is None else mtime_ns,
-        explicit=explicit,
         atime_ns=parsed[META_ATIME],
         ctime_ns=parsed[META_CTIME],
         rdev=rdev or 0,
@@ -152,10 +149,10 @@ def default_meta(*, is_dir: bool, mtime: float, policy: MountPolicy) -> PosixMet
 
 
 def new_meta(kind: int, perm: int, uid: int, gid: int) -> PosixMeta:
-    """For things created through the mount: every field is explicit and will be persisted."""
+    """For things created through the mount: every field is set and will be persisted."""
     now = time.time_ns()
     return PosixMeta(mode=kind | stat.S_IMODE(perm), uid=uid, gid=gid, mtime_ns=now,
-                     explicit=set(POSIX_HEADERS), atime_ns=now, ctime_ns=now)
+                     atime_ns=now, ctime_ns=now)
 
 
 def to_headers(meta: PosixMeta) -> dict[str, str]:

@@ -21,11 +21,11 @@ import pathlib
 
 PKG = pathlib.Path(__file__).resolve().parents[2] / "ossencfs"
 
-RANK = {"errors": 0, "atomicfile": 0, "logsafe": 0, "aio": 1, "credentials": 1,
+RANK = {"errors": 0, "atomicfile": 0, "checksums": 0, "logsafe": 0, "aio": 1, "credentials": 1,
         "credential_chain": 2, "envelope": 2, "store": 2, "kms": 3,
         "kms_regions": 3.3, "esdk_objects": 3.6, "multipart": 3.7, "relay": 3.8, "objects": 4, "fs": 5, "bulk": 5, "cli": 6,
         "__main__": 7, "__init__": 7}
-EMULATOR_MAY_IMPORT = {"emulator", "atomicfile"}
+EMULATOR_MAY_IMPORT = {"emulator", "atomicfile", "checksums"}
 
 #: the rooms of fs/model.py, bottom to top; a room imports only rooms with a lower number
 ROOMS = {"context": 0, "attrs": 1, "freshness": 2, "lifecycle": 3, "replay": 4, "metadata": 4,
