@@ -277,10 +277,10 @@ def test_native_symlink_keeps_its_own_metadata(make_mount, oss2_bucket, crypto_b
 
 def test_archived_object_reads_enodata_until_restored(make_mount, crypto_bucket, emulator):
     _faults(emulator, restore_seconds=2)
-    crypto_bucket.put_object("cold.txt", b"frozen data",
-                             headers={"x-oss-storage-class": "ColdArchive"})
+    body = b"frozen data " * 10          # >= 64 bytes: the first stat tries a GET (403), then HEADs
+    crypto_bucket.put_object("cold.txt", body, headers={"x-oss-storage-class": "ColdArchive"})
     m = make_mount()
-    assert os.stat(m.path / "cold.txt").st_size == len(b"frozen data")   # lists and stats
+    assert os.stat(m.path / "cold.txt").st_size == len(body)   # lists and stats
     with pytest.raises(OSError) as e:
         (m.path / "cold.txt").read_bytes()
     assert e.value.errno == errno.ENODATA
@@ -291,7 +291,7 @@ def test_archived_object_reads_enodata_until_restored(make_mount, crypto_bucket,
     assert "in progress" in r.stdout
     def restored() -> bool:
         try:
-            return (m.path / "cold.txt").read_bytes() == b"frozen data"
+            return (m.path / "cold.txt").read_bytes() == body
         except OSError as exc:
             assert exc.errno == errno.ENODATA
             return False
