@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import email.utils
+import sys
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -35,10 +36,6 @@ class Listing:
     next_token: str | None
 
 
-def lower_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    return {str(k).lower(): str(v) for k, v in headers.items()}
-
-
 def http_time(value: str | None) -> float:
     if not value:
         return 0.0
@@ -54,10 +51,21 @@ EXCHANGE_HEADERS = frozenset({"date", "server", "connection", "keep-alive", "acc
                               "x-oss-request-id", "x-oss-server-time", "content-range"})
 
 
+#: headers whose values repeat from object to object
+_FEW_VALUES = frozenset({"content-type", "x-oss-object-type", "x-oss-storage-class",
+                         "x-oss-meta-client-side-encryption-cek-alg",
+                         "x-oss-meta-client-side-encryption-wrap-alg"})
+
+
 def info_from_headers(key: str, headers: Mapping[str, str]) -> ObjectInfo:
     """The object a HEAD or GET answered for, with its headers (lower-case; those of the
-    exchange itself left out)."""
-    h = {k: v for k, v in lower_headers(headers).items() if k not in EXCHANGE_HEADERS}
+    exchange itself left out). Names, and values that repeat, are interned: the mount keeps
+    the headers of every object it knows (``fs.inodes.Node.headers``)."""
+    h = {}
+    for k, v in headers.items():
+        name = sys.intern(str(k).lower())
+        if name not in EXCHANGE_HEADERS:
+            h[name] = sys.intern(str(v)) if name in _FEW_VALUES else str(v)
     return ObjectInfo(
         key=key,
         size=int(h.get("content-length", "0") or 0),
