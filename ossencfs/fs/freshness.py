@@ -245,11 +245,17 @@ class Freshness:
         if got is None:
             return None
         info, body = got
-        cache = self.ctx.cache
-        if body is not None and 0 < len(body) <= cache.block_size and \
-                cache.pending(key, info.etag, 0) is None:
-            cache.settle(key, info.etag, 0, body)
+        if body is not None:
+            self._keep_block0(info, body)
         return info
+
+    def _keep_block0(self, info: ObjectInfo, data: bytes) -> None:
+        """Put a GET's ``data`` (the object's start, as stored) in the block cache as block 0
+        when it is all of that block, unless a fetch of it is under way."""
+        cache = self.ctx.cache
+        if data and len(data) == min(info.size, cache.block_size) and \
+                cache.pending(info.key, info.etag, 0) is None:
+            cache.settle(info.key, info.etag, 0, data)
 
     @staticmethod
     def moved_meanwhile(node: Node, path: str) -> bool:
@@ -445,10 +451,7 @@ class Freshness:
             # maybe an Encryption SDK message, whose ciphertext starts after its DER header:
             # the body is no block 0 of the reader's ciphertext (docs/esdk.md)
             return info
-        cache = self.ctx.cache
-        if len(data) == min(info.size, cache.block_size) and \
-                cache.pending(key, info.etag, 0) is None:
-            cache.settle(key, info.etag, 0, data)
+        self._keep_block0(info, data)
         return info
 
     def _done_resolving(self, path: str) -> None:

@@ -271,6 +271,8 @@ class BlockSource:
             self._spawn(functools.partial(self._prefetch, start, start + n - 1))
             self._prefetched_to = start + n - 1
             start += n
+        if self._prefetched_to >= self._last_block:
+            self.cache.streams.done(self)
 
     async def _prefetch(self, first: int, last: int) -> None:
         todo = [i for i in range(first, last + 1)

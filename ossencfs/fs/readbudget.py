@@ -33,3 +33,8 @@ class ReadAheadStreams:
                 if now - seen > ACTIVE:
                     del self._seen[sid]
         return self.budget // len(self._seen)
+
+    def done(self, stream: object) -> None:
+        """``stream`` has fetched ahead up to its end: it asks for nothing more, so the next
+        file of a copy does not find its window halved by the last one for ``ACTIVE`` s."""
+        self._seen.pop(id(stream), None)

@@ -124,7 +124,6 @@ class ObjectReads(StoreBase):
                     raise Transient(f"unexpected answer {r.status} "
                                      f"{raw.headers.get('Content-Range')!r} to 0-{length - 1}")
                 info.headers["content-length"] = str(info.size)   # what a HEAD says
-                info.headers.pop("content-range", None)
             except BaseException:
                 raw.close()
                 raise

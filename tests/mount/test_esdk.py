@@ -114,6 +114,31 @@ def test_first_sight_stat_is_one_request_per_object(make_mount, emulator, oss2_b
         assert (m.path / key).read_bytes() == body
 
 
+def test_first_stat_of_an_object_replaced_since_its_listing(make_mount, emulator, oss2_bucket):
+    """The GET that stands in for a HEAD falls back to a HEAD when it cannot answer for the
+    listed object: an object emptied since (416 with x-oss-range-behavior: standard), one
+    that became a symlink (a GET answers for the link's target: another ETag)."""
+    oss2_bucket.put_object("g/target", b"t" * 300)
+    for name in ("emptied", "linked", "same"):
+        oss2_bucket.put_object(f"g/{name}", b"x" * 200)
+    m = esdk_mount(make_mount, emulator)
+    assert sorted(os.listdir(m.path / "g")) == ["emptied", "linked", "same", "target"]
+    oss2_bucket.put_object("g/emptied", b"")
+    oss2_bucket.put_symlink("g/target", "g/linked")
+    emulator.reset_stats()
+    assert os.lstat(m.path / "g" / "emptied").st_size == 0
+    assert os.lstat(m.path / "g" / "same").st_size == 200
+    assert (m.path / "g" / "same").read_bytes() == b"x" * 200     # body came with the GET
+    assert os.lstat(m.path / "g" / "linked").st_size != 200      # never the listed version
+    assert (m.path / "g" / "linked").read_bytes() == b"t" * 300
+    time.sleep(0.2)
+    ops = [(e[1], e[4]) for e in emulator.request_log if e[4].startswith("g/")]
+    assert ("GetObject", "g/emptied") in ops and ("HeadObject", "g/emptied") in ops, ops
+    # the GET answered for the link's target (another ETag): the link itself is HEADed
+    assert ("GetObject", "g/linked") in ops and ("HeadObject", "g/linked") in ops, ops
+    assert [op for op, k in ops if k == "g/same"] == ["GetObject"], ops
+
+
 def test_random_reads(make_mount, emulator, oss2_bucket):
     names = ["python-gcm256-100k-ctx", "python-ctr256-100k5-ctx", "java-gcm256-100k"]
     eb.upload_vectors(oss2_bucket, "r/", [*names, "java-gcm256-3m7-ctx"])
