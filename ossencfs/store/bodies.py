@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-import requests
-
 from ..checksums import crc64
 from .failures import Transient
+from .transport import HttpReply
 
 # oss2's own CRC check builds its 256-entry table in pure Python on every request (~0.3 ms of
 # GIL time per PUT or GET, more than the rest of a small upload's client-side work) and runs
@@ -38,7 +37,7 @@ class PartBody:
         #: retried; ``upload_part`` raises this instead (a staging file cut short is for good)
         self.local_error: OSError | None = None
 
-    def __len__(self) -> int:           # requests takes it as the Content-Length
+    def __len__(self) -> int:           # the Content-Length (``transport``, requests)
         return self.left + len(self._buf)
 
     def read(self, n: int = -1) -> bytes:
@@ -59,7 +58,7 @@ class PartBody:
         return bytes(out)
 
 
-def read_body(raw: requests.Response, want: int, *, whole: bool) -> bytes:
+def read_body(raw: HttpReply, want: int, *, whole: bool) -> bytes:
     """Exactly ``want`` bytes of a GET's body (closes the response); its CRC-64 checked
     against x-oss-hash-crc64ecma (the whole object's) when ``whole``. Transient otherwise."""
     try:
@@ -74,7 +73,7 @@ def read_body(raw: requests.Response, want: int, *, whole: bool) -> bytes:
     return data
 
 
-def _read_all(raw: requests.Response, expected: int) -> bytes:
+def _read_all(raw: HttpReply, expected: int) -> bytes:
     """Read a body of known length straight from urllib3 into one bytes object.
 
     No 8 KiB iteration and no join: one read of the exact size (urllib3 loops internally),

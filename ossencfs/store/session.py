@@ -1,4 +1,5 @@
-"""The oss2 bucket object: built (signature version, credentials, connection pool) and made
+"""The oss2 bucket object: built (signature version, credentials, connection pool, the urllib3
+transport of ``transport``); a bucket still on requests (a caller's, or one behind a proxy) made
 cheaper per request (environment settings cached, no ~/.netrc lookup, pool as large as our
 concurrency). oss2's warning on plain GETs of encrypted objects is silenced here.
 """
@@ -15,6 +16,7 @@ import requests.adapters
 
 from ..credentials import CredentialSource
 from ..errors import CredentialsError, OssEncError
+from .transport import direct_session
 
 
 def _drop_raw_get_warning(record: logging.LogRecord) -> bool:
@@ -46,7 +48,7 @@ def make_bucket(endpoint: str, bucket: str, credentials: CredentialSource | None
                                               security_token)
     auth = (oss2.ProviderAuthV4(credentials) if version == oss2.AUTH_VERSION_4
             else oss2.ProviderAuth(credentials))
-    session = oss2.http.Session(pool_size=pool_size)
+    session = direct_session(endpoint, pool_size) or oss2.http.Session(pool_size=pool_size)
     try:
         b = oss2.Bucket(auth, endpoint, bucket, session=session,
                         connect_timeout=connect_timeout, region=region)
