@@ -21,6 +21,8 @@ pass smaller ones to run them at a reduced scale.
   16 readers of them (fresh mount), against 16 CryptoBucket threads doing the same.
 - ``ossfs``: recorded as absent unless an ``ossfs`` binary is on the PATH (this script does
   not drive ossfs yet; the issue's ossfs figures were measured by hand).
+
+``--scale-only big_dir,parallel`` runs a subset (the others are neither seeded nor run).
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from types import ModuleType
 from typing import Any
 
 PARALLEL = 16
+RUNS = ("big_dir", "many_dirs", "huge_file", "parallel")
 
 
 def add_options(p: Any, parse_size: Any) -> None:
@@ -47,6 +50,8 @@ def add_options(p: Any, parse_size: Any) -> None:
                    help="mount --part-size for huge_file (0: the default)")
     p.add_argument("--scale-parallel-size", type=parse_size, default=256 << 20,
                    help="size of each of the 16 parallel files")
+    p.add_argument("--scale-only", default=",".join(RUNS),
+                   help=f"comma-separated scale runs to do (default: all of {','.join(RUNS)})")
 
 
 def rss(proc: Any) -> int:
@@ -67,11 +72,22 @@ def seed(b: Any, m: ModuleType) -> None:
     listing and stat costs; the mount reads them as plain objects)."""
     a = b.args
     t0 = time.monotonic()
-    _put_many(b, [f"scale-big/e{i:07d}" for i in range(a.scale_entries)])
+    only = selected(a)
+    big = a.scale_entries if "big_dir" in only else 0
+    tree = a.scale_dirs * a.scale_per_dir if "many_dirs" in only else 0
+    _put_many(b, [f"scale-big/e{i:07d}" for i in range(big)])
     _put_many(b, [f"scale-tree/d{d:04d}/o{i:05d}" for d in range(a.scale_dirs)
-                  for i in range(a.scale_per_dir)])
-    m.log(f"scale: seeded {a.scale_entries} + {a.scale_dirs * a.scale_per_dir} objects "
-          f"in {time.monotonic() - t0:.1f} s")
+                  for i in range(a.scale_per_dir)] if tree else [])
+    m.log(f"scale: seeded {big} + {tree} objects in {time.monotonic() - t0:.1f} s")
+
+
+def selected(args: Any) -> list[str]:
+    """The scale runs ``--scale-only`` names, in their order; SystemExit for an unknown one."""
+    names = [n for n in args.scale_only.split(",") if n]
+    unknown = sorted(set(names) - set(RUNS))
+    if unknown:
+        raise SystemExit(f"--scale-only: unknown {', '.join(unknown)} (known: {', '.join(RUNS)})")
+    return [n for n in RUNS if n in names]
 
 
 def _sh(cmd: str, m: ModuleType) -> tuple[float, str]:
@@ -200,8 +216,9 @@ def parallel(b: Any, m: ModuleType) -> dict[str, Any]:
 
 def run(b: Any, m: ModuleType) -> dict[str, Any]:
     res: dict[str, Any] = {"ossfs": shutil.which("ossfs") or "not on PATH: no ossfs column"}
-    for name, fn in (("big_dir", big_dir), ("many_dirs", many_dirs), ("huge_file", huge_file),
-                     ("parallel", parallel)):
+    runs = {"big_dir": big_dir, "many_dirs": many_dirs, "huge_file": huge_file, "parallel": parallel}
+    for name in selected(b.args):
+        fn = runs[name]
         m.log(f"scale: {name}")
         res[name] = fn(b, m)
         m.log(f"scale: {name}: {json.dumps(res[name])}")     # kept if a later one fails
@@ -209,18 +226,25 @@ def run(b: Any, m: ModuleType) -> dict[str, Any]:
 
 
 def print_summary(res: dict[str, Any]) -> None:
-    bd, md, hf, par = res["big_dir"], res["many_dirs"], res["huge_file"], res["parallel"]
-    print(f"\n  scale: directory of {bd['entries']:,} objects: ls {bd['ls']['seconds']:.2f} s, "
-          f"ls -l cold {bd['ls_l_cold']['seconds']:.2f} s ({bd['ls_l_cold']['total_requests']} requests), "
-          f"warm {bd['ls_l_warm']['seconds']:.2f} s, find {bd['find']['seconds']:.2f} s; listing alone "
-          f"{bd['listing_requests_seconds']:.2f} s; RSS {bd['rss_after'] / 2**20:.0f} MiB, "
-          f"{bd['rss_bytes_per_known_inode']:.0f} bytes per known inode")
-    print(f"  scale: find over {md['objects']:,} objects in {md['dirs']} directories: {md['seconds']:.2f} s "
-          f"(flat listing alone {md['listing_requests_seconds']:.2f} s), RSS {md['rss_after'] / 2**20:.0f} MiB")
-    print(f"  scale: huge file {hf['size'] / 2**30:.1f} GiB: written in {hf['write']['seconds']:.1f} s "
-          f"({hf['parts']} parts), stat {hf['stat_seconds'] * 1e3:.0f} ms, read of 4 pieces "
-          f"{hf['read']['seconds']:.2f} s, mv {hf['rename']['seconds']:.2f} s")
-    print(f"  scale: 16 parallel streams of {par['size'] / 2**20:.0f} MiB: write "
-          f"{par['mount']['write']['rate']:.1f} MB/s ({par['write_ratio_vs_crypto_bucket']:.2f}x 16 CryptoBucket "
-          f"threads), read {par['mount']['read']['rate']:.1f} MB/s ({par['read_ratio_vs_crypto_bucket']:.2f}x)")
+    if "big_dir" in res:
+        bd = res["big_dir"]
+        print(f"\n  scale: directory of {bd['entries']:,} objects: ls {bd['ls']['seconds']:.2f} s, "
+              f"ls -l cold {bd['ls_l_cold']['seconds']:.2f} s ({bd['ls_l_cold']['total_requests']} requests), "
+              f"warm {bd['ls_l_warm']['seconds']:.2f} s, find {bd['find']['seconds']:.2f} s; listing alone "
+              f"{bd['listing_requests_seconds']:.2f} s; RSS {bd['rss_after'] / 2**20:.0f} MiB, "
+              f"{bd['rss_bytes_per_known_inode']:.0f} bytes per known inode")
+    if "many_dirs" in res:
+        md = res["many_dirs"]
+        print(f"  scale: find over {md['objects']:,} objects in {md['dirs']} directories: {md['seconds']:.2f} s "
+              f"(flat listing alone {md['listing_requests_seconds']:.2f} s), RSS {md['rss_after'] / 2**20:.0f} MiB")
+    if "huge_file" in res:
+        hf = res["huge_file"]
+        print(f"  scale: huge file {hf['size'] / 2**30:.1f} GiB: written in {hf['write']['seconds']:.1f} s "
+              f"({hf['parts']} parts), stat {hf['stat_seconds'] * 1e3:.0f} ms, read of 4 pieces "
+              f"{hf['read']['seconds']:.2f} s, mv {hf['rename']['seconds']:.2f} s")
+    if "parallel" in res:
+        par = res["parallel"]
+        print(f"  scale: 16 parallel streams of {par['size'] / 2**20:.0f} MiB: write "
+              f"{par['mount']['write']['rate']:.1f} MB/s ({par['write_ratio_vs_crypto_bucket']:.2f}x 16 CryptoBucket "
+              f"threads), read {par['mount']['read']['rate']:.1f} MB/s ({par['read_ratio_vs_crypto_bucket']:.2f}x)")
     print(f"  ossfs: {res['ossfs']}")

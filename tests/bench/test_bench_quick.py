@@ -103,3 +103,27 @@ def test_quick_bench_reports_every_workload_for_every_system(tmp_path: Path) -> 
         assert kms[s]["kms_calls_per_object_open"] > 0, s
         assert kms[s]["kms_calls_per_object_reopen"] >= 0, s
     assert kms["plain_bucket"]["kms_calls_per_object_write"] == 0
+
+
+@pytest.mark.mount
+@pytest.mark.timeout(150)
+def test_scale_only_runs_and_seeds_the_named_scale_runs(tmp_path: Path) -> None:
+    if not _fuse_ok():
+        pytest.skip("needs root, /dev/fuse and fusermount3")
+    out = tmp_path / "bench.json"
+    env = {k: v for k, v in os.environ.items() if k not in _PROXY_VARS}
+    base = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--only", "", "--profile", "loopback",
+            "--runs", "1", "--scale", "--scale-entries", "30", "--scale-dirs", "3", "--scale-per-dir", "4",
+            "--json", str(out), "--workdir", str(tmp_path / "work")]
+    r = subprocess.run(base + ["--scale-only", "many_dirs,big_dir"], capture_output=True, text=True,
+                       timeout=140, cwd=str(ROOT), env=env)
+    assert r.returncode == 0, f"bench failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    scale = json.loads(out.read_text())["profiles"]["loopback"]["scale"]
+    assert {"big_dir", "many_dirs"} <= set(scale) and not {"huge_file", "parallel"} & set(scale)
+    assert scale["big_dir"]["ls_l_cold"]["lines"] == 31                  # "total" + 30 entries
+    assert scale["big_dir"]["rss_bytes_per_known_inode"] > 0
+    assert scale["many_dirs"]["lines"] == 1 + 3 * (1 + 4)
+    assert "directory of 30 objects" in r.stdout and "huge file" not in r.stdout
+    bad = subprocess.run(base + ["--scale-only", "big_dir,nope"], capture_output=True, text=True,
+                         timeout=60, cwd=str(ROOT), env=env)
+    assert bad.returncode != 0 and "unknown nope" in bad.stderr
