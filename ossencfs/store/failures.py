@@ -86,6 +86,11 @@ def _server_error(what: str, key: str, exc: oss2.exceptions.ServerError) -> tupl
         detail += f" ({message})"
     if exc.request_id:
         detail += f" [request {exc.request_id}]"
+    if 300 <= status < 400:
+        # not followed (store/transport.py): a signed request is for one resource only
+        where = (getattr(exc, "headers", None) or {}).get("Location")
+        return False, StoreError(f"{detail}: redirected{f' to {where}' if where else ''}; "
+                                 f"check the endpoint")
     if status >= 500 or status == 429 or code in _THROTTLE_CODES:
         return True, NetworkError(detail)
     if status == 404 and code in _NOT_FOUND_CODES:

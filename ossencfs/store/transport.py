@@ -13,24 +13,34 @@ small requests (a first ``ls -l`` sends one per entry), so this is most of their
 What ``requests`` would have done and this does the same way (so what reaches OSS is
 unchanged): the query string is encoded by requests' own encoder and the URL re-quoted by
 its ``requote_uri``; headers set to None are left out (oss2 sets ``Accept-Encoding: None``);
-a sized body gets ``Content-Length`` (a PUT or POST without a body ``Content-Length: 0``:
-OSS answers 411 MissingContentLength without one); no retries and no redirects are
-followed by the transport (``calls`` retries; a redirect would need a new signature);
-``(connect, read)`` timeouts; TLS verified against ``REQUESTS_CA_BUNDLE`` /
-``CURL_CA_BUNDLE`` or certifi's bundle, as requests does. Environment proxies: when one
-applies to the endpoint (requests' rules, ``NO_PROXY`` honoured), the bucket keeps the
-requests session (``direct_session`` returns None) rather than re-implement proxy
-tunnelling. Failures are raised as oss2 raises them (``RequestError`` wrapping urllib3's
-exception), which ``failures.classify`` already maps.
+a sized body gets ``Content-Length`` (also 0: a PUT or POST without a body too, OSS answers
+411 MissingContentLength without one), an iterable of unknown length goes chunked; no
+retries in the transport (``calls`` retries); ``(connect, read)`` timeouts; TLS verified
+against ``REQUESTS_CA_BUNDLE`` / ``CURL_CA_BUNDLE`` or certifi's bundle; repeated answer
+headers joined with ", ". Environment proxies: when one applies to the endpoint (requests'
+rules, ``NO_PROXY`` honoured), the bucket keeps the requests session (``direct_session``
+returns None) rather than re-implement proxy tunnelling. Failures are raised as oss2 raises
+them (``RequestError`` wrapping urllib3's exception), which ``failures.classify`` maps.
+
+One difference on purpose: a redirect is not followed. ``requests`` followed it, re-sending
+a request signed for one resource to another, a 301 PUT without its body, and a 302 PUT as a
+GET, whose answer oss2 took for the upload's (an upload reported done that never happened).
+A 3xx is now an error naming where it pointed (``failures``). OSS does not redirect API
+requests: a wrong endpoint gets 403 AccessDenied ("The bucket you are attempting to access must
+be addressed using the specified endpoint", help/en/oss/support/http-status-code-403).
 """
 from __future__ import annotations
 
 import os
 from typing import Any, Iterator, Mapping, Protocol
 
+from requests.structures import CaseInsensitiveDict
+
 import oss2.http
 import urllib3
 from oss2.exceptions import RequestError
+
+from ..errors import OssEncError
 from requests.models import RequestEncodingMixin
 from requests.utils import (DEFAULT_CA_BUNDLE_PATH, get_environ_proxies, requote_uri, select_proxy,
                             super_len)
@@ -60,7 +70,9 @@ class Reply:
     def __init__(self, raw: urllib3.BaseHTTPResponse) -> None:
         self.raw = raw
         self.status_code = raw.status
-        self.headers = raw.headers
+        # a plain case-insensitive dict, repeated headers joined (urllib3's lists each value
+        # apart in items()), as requests builds it
+        self.headers: CaseInsensitiveDict[str] = CaseInsensitiveDict(raw.headers)
 
     def iter_content(self, chunk_size: int) -> Iterator[bytes]:
         """The body in pieces of up to ``chunk_size`` bytes (decoded as requests would)."""
@@ -101,10 +113,10 @@ class DirectSession(oss2.http.Session):
             url += ("&" if "?" in url else "?") + RequestEncodingMixin._encode_params(req.params)
         headers = {k: v for k, v in req.headers.items() if v is not None}
         body = req.data
-        if "Content-Length" not in headers:
+        if "Content-Length" not in req.headers:          # oss2's dict: case-insensitive
             if body is not None:
                 size = super_len(body)
-                if size or isinstance(body, (bytes, bytearray, memoryview)):
+                if size or not _is_stream(body):
                     headers["Content-Length"] = str(size)
                 # else: an iterable of unknown length, sent chunked (as requests does)
             elif req.method not in _NO_BODY_METHODS:
@@ -122,13 +134,24 @@ class DirectSession(oss2.http.Session):
         return Answer(Reply(raw))
 
 
+def _is_stream(body: object) -> bool:
+    """requests' test: an iterable that is not a string or a container is sent as it comes."""
+    return hasattr(body, "__iter__") and not isinstance(body, (str, bytes, bytearray, list,
+                                                                 tuple, Mapping))
+
+
 def direct_session(endpoint: str, pool_size: int) -> DirectSession | None:
     """The session for a bucket at ``endpoint`` (a URL), or None when the environment routes
     it through a proxy (the bucket then keeps oss2's requests session). Settings are read once,
-    here: ``requests`` would read them again for every request."""
+    here: ``requests`` would read them again for every request. OssEncError when the CA bundle
+    the environment names does not exist (a configuration mistake, not a network outage to
+    retry)."""
     url = endpoint if "://" in endpoint else f"http://{endpoint}"     # oss2's default scheme
     if select_proxy(url, get_environ_proxies(url)):
         return None
-    ca_bundle = (os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-                 or DEFAULT_CA_BUNDLE_PATH)
+    named = [v for v in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE") if os.environ.get(v)]
+    ca_bundle = os.environ[named[0]] if named else DEFAULT_CA_BUNDLE_PATH
+    if not os.path.exists(ca_bundle):
+        raise OssEncError(f"TLS CA bundle not found: {ca_bundle}"
+                          + (f" (from {named[0]})" if named else ""))
     return DirectSession(pool_size, ca_bundle)

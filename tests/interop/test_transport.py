@@ -10,10 +10,13 @@ import http.server
 import threading
 from typing import Any, Callable, Iterator
 
+from pathlib import Path
+
 import oss2
 import pytest
 import trio
 
+from ossencfs.errors import OssEncError, StoreError
 from ossencfs.store import ObjectStore
 from ossencfs.store.session import cache_environment
 from ossencfs.store.transport import DirectSession, direct_session
@@ -32,6 +35,8 @@ class Recorder(http.server.ThreadingHTTPServer):
         self.seen: list[tuple[str, str, tuple[tuple[str, str], ...], bytes]] = []
         self.connections = 0
         self.signed = True
+        #: (status, extra headers) of the answers, instead of an empty 200
+        self.answer: tuple[int, list[tuple[str, str]]] = (200, [])
 
     @property
     def endpoint(self) -> str:
@@ -54,7 +59,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.server.signed &= self.headers.get("Authorization", "").startswith("OSS ")
         self.server.seen.append((self.command, self.path, headers, body))
         payload = b"" if self.command == "HEAD" else b"0123456789" * 10
-        self.send_response(200)
+        status, extra = self.server.answer
+        self.send_response(status)
+        for name, value in extra:
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(payload)))
         self.send_header("ETag", '"E"')
         self.send_header("x-oss-request-id", "R")
@@ -81,7 +89,9 @@ def recorder(no_proxy_env: None) -> Iterator[Recorder]:
 
 def _calls(b: oss2.Bucket) -> None:
     """Requests of every shape the store sends: bodies of bytes, of a file-like reader and
-    none; query strings with and without values; keys that need quoting."""
+    none; query strings with and without values; keys that need quoting. oss2's CRC off, as
+    on the store's bucket (its adapter would wrap every body)."""
+    b.enable_crc = False
     def attempt(fn: Callable[[], object]) -> None:
         try:
             fn()
@@ -90,6 +100,7 @@ def _calls(b: oss2.Bucket) -> None:
     attempt(lambda: b.put_object("dir/a b+c%d/é.bin", b"x" * 1000,
                                  headers={"x-oss-meta-mode": "33188", "Content-Type": "text/x"}))
     attempt(lambda: b.put_object("empty", b""))
+    attempt(lambda: b.put_object("lower", b"abc", headers={"content-length": "3"}))
     attempt(lambda: b.head_object("dir/a b+c%d/é.bin"))
     attempt(lambda: b.get_object("k", byte_range=(0, 99),
                                  headers={"x-oss-range-behavior": "standard"}).read())
@@ -98,6 +109,7 @@ def _calls(b: oss2.Bucket) -> None:
     attempt(lambda: b.copy_object(BUCKET, "src key", "dst", headers={"x-oss-forbid-overwrite": "true"}))
     attempt(lambda: b.init_multipart_upload("mp"))
     attempt(lambda: b.upload_part("mp", "U1", 1, _Reader(b"p" * 5000)))
+    attempt(lambda: b.upload_part("mp", "U1", 2, _Reader(b"")))
     attempt(lambda: b.batch_delete_objects(["a", "b c"]))
     attempt(lambda: b.put_symlink("target", "link"))
     attempt(lambda: b.delete_object("gone"))
@@ -125,7 +137,7 @@ def test_requests_reach_the_server_as_through_requests(recorder: Recorder) -> No
     direct = oss2.Bucket(oss2.Auth(AK, SK), recorder.endpoint, BUCKET,
                          session=direct_session(recorder.endpoint, 4))
     _calls(direct)
-    assert len(expected) == 11
+    assert len(expected) == 13
     assert recorder.seen == expected
     assert recorder.signed
     lengths = {(m, p.split("?")[0]): dict(h).get("content-length") for m, p, h, _ in expected}
@@ -164,3 +176,28 @@ def test_the_store_uses_it_unless_a_proxy_applies(recorder: Recorder,
     assert direct_session("https://127.0.0.1:1", 4) is not None     # HTTP_PROXY: http only
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     assert isinstance(direct_session(recorder.endpoint, 4), DirectSession)
+
+
+def test_answers_as_requests_shapes_them_and_redirects_are_refused(recorder: Recorder) -> None:
+    store = ObjectStore.connect(recorder.endpoint, BUCKET, AK, SK, retries=1)
+    recorder.answer = (200, [("x-oss-meta-a", "1"), ("x-oss-meta-a", "2")])
+
+    async def main() -> None:
+        info = await store.head("k")
+        assert info is not None and info.headers["x-oss-meta-a"] == "1, 2"   # joined, not the last
+        recorder.answer = (302, [("Location", "http://127.0.0.1:1/elsewhere")])
+        recorder.seen.clear()
+        with pytest.raises(StoreError, match="redirected to http://127.0.0.1:1/elsewhere"):
+            await store.put("dir/f", b"data", {})
+        # not followed (requests turned a 302 PUT into a GET and oss2 took its answer for the
+        # upload's), and not retried
+        assert [m for m, *_ in recorder.seen] == ["PUT"]
+    trio.run(main)
+
+
+def test_a_missing_ca_bundle_is_a_configuration_error(recorder: Recorder,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      tmp_path: Path) -> None:
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "nope.pem"))
+    with pytest.raises(OssEncError, match=r"TLS CA bundle not found: .*nope.pem \(from REQUESTS_CA_BUNDLE\)"):
+        ObjectStore.connect(recorder.endpoint, BUCKET, AK, SK)
