@@ -10,9 +10,11 @@ from __future__ import annotations
 import logging
 import stat
 import time
+from typing import Mapping
 
 import pyfuse3
 
+from ..objects import kept_headers
 from ..store import ObjectInfo
 from . import posix
 from .attrcache import NOT_ESDK_PYTHON
@@ -20,6 +22,24 @@ from .context import FsContext
 from .inodes import Node
 
 log = logging.getLogger(__name__)
+
+
+def node_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """What a node keeps of a HEAD's (or a GET's) headers (``Node.headers``): every header
+    something reads from a node -- the CSE and Encryption SDK ``x-oss-meta-*`` headers (its
+    reader, the size probe: ``EncryptedObjects.open_reader``, ``EsdkObjects.may_be_python``),
+    the POSIX ones, and the standard ones a metadata change keeps (``objects.kept_headers``;
+    it takes them from a fresh HEAD anyway) -- and ``x-oss-object-type``, which OSS answers
+    for every object: an empty dict means "headers unknown" to ``Freshness.source`` and
+    ``open_reader``, which would HEAD again. Not kept: what the node holds in fields of its own
+    (ETag, Content-Length, Last-Modified) and what nobody reads (x-oss-hash-crc64ecma, ...);
+    a mount keeps this for every object it has seen (issue 17: a whole copy of the headers
+    took ~550 of the ~2,200 bytes of Python memory per known inode)."""
+    kept = kept_headers(headers)
+    object_type = headers.get("x-oss-object-type")
+    if object_type is not None:
+        kept["x-oss-object-type"] = object_type
+    return kept
 
 
 class Attrs:
@@ -88,7 +108,7 @@ class Attrs:
         node.object_type = info.object_type
         node.exists_remote = True
         if info.headers:
-            node.headers = dict(info.headers)
+            node.headers = node_headers(info.headers)
             node.headers_expires_mono = node.meta_expires_mono = time.monotonic() + self.ctx.ttl
             node.meta = posix.from_headers(info.headers, is_dir=False, fallback_mtime=info.mtime,
                                            policy=self.ctx.policy)

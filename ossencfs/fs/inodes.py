@@ -115,7 +115,7 @@ class Node:
     etag: str | None = None
     mtime: float = 0.0
     object_type: str = "Normal"
-    headers: dict[str, str] | None = None     # full object headers from a HEAD (None: unknown)
+    headers: dict[str, str] | None = None     # kept of a HEAD (attrs.node_headers); None: unknown
     headers_expires_mono: float = 0.0
     meta_expires_mono: float = 0.0                 # POSIX attributes trusted without a HEAD until
     exists_remote: bool = True                # False: created here, not uploaded yet

@@ -1,0 +1,57 @@
+"""What a known inode keeps in memory (issue 17: a mount that has seen a directory of 100,000
+objects must stay within 300 MiB), and that every reader of that state still finds what it
+needs: the kernel's attributes, an open's reader, a metadata change's headers.
+
+The savings are checked by what a node holds (which headers, shared objects), not by timings
+or process sizes.
+"""
+from __future__ import annotations
+
+import pytest
+import trio
+
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _ops(emulator, key: str) -> list[str]:
+    return [e[1] for e in emulator.request_log if e[4] == key]
+
+
+def test_a_node_keeps_only_the_headers_something_reads(model_rig, emulator, oss2_bucket,
+                                                       crypto_bucket):
+    """A HEAD (here the GET that stands in for it) answers ETag, Last-Modified,
+    Content-Length, x-oss-hash-crc64ecma...: the node holds those in fields of its own or
+    nobody reads them, so only the user metadata, the standard headers a metadata change
+    keeps and the object type stay (``attrs.node_headers``). Reading an encrypted file
+    still needs no HEAD (its reader takes the CSE headers from the node), and chmod keeps
+    Content-Type, Cache-Control and the user metadata."""
+    oss2_bucket.put_object("plain.txt", b"p" * 1000,
+                           headers={"Content-Type": "text/x-test", "Cache-Control": "no-cache",
+                                    "x-oss-meta-note": "kept"})
+    crypto_bucket.put_object("cse.bin", b"c" * 300_000)     # more than one cache block
+
+    async def main():
+        async with model_rig(esdk_probe=True) as rig:
+            await rig.ino("plain.txt")
+            node = rig.model.inodes.at("plain.txt")
+            assert node.headers == {"content-type": "text/x-test", "cache-control": "no-cache",
+                                    "x-oss-meta-note": "kept", "x-oss-object-type": "Normal",
+                                    "x-oss-storage-class": "Standard"}
+            assert node.etag and node.size == 1000
+
+            await rig.ino("cse.bin")
+            cse = rig.model.inodes.at("cse.bin")
+            assert "etag" not in cse.headers and "content-length" not in cse.headers
+            assert "x-oss-meta-client-side-encryption-key" in cse.headers
+            emulator.reset_stats()
+            assert await rig.read_all("cse.bin") == b"c" * 300_000
+            assert set(_ops(emulator, "cse.bin")) == {"GetObject"}
+
+            await rig.setattr(await rig.ino("plain.txt"), mode=0o100600)
+    trio.run(main)
+    h = oss2_bucket.head_object("plain.txt").headers
+    assert (h["Content-Type"], h["Cache-Control"], h["x-oss-meta-note"]) == \
+        ("text/x-test", "no-cache", "kept")
+    assert int(h["x-oss-meta-mode"]) == 0o100600
+    assert oss2_bucket.get_object("plain.txt").read() == b"p" * 1000
