@@ -77,9 +77,8 @@ class Attrs:
     def plain_size(node: Node) -> int:
         """The size stat shows: the stored size, or the plaintext size of an Encryption SDK
         object (Python layout) once ``freshness.probe_size`` found it."""
-        s = node.esdk_size
-        if s is not None and s[0] == node.etag and s[1] is not None:
-            return s[1]
+        if node.esdk_plain is not None and node.esdk_etag == node.etag:
+            return node.esdk_plain
         return node.size
 
     def size_unknown(self, node: Node) -> bool:
@@ -89,7 +88,7 @@ class Attrs:
         if esdk is None or node.kind != stat.S_IFREG or node.dirty or not node.exists_remote \
                 or not node.etag or node.staging is not None:
             return False
-        if node.esdk_size is not None and node.esdk_size[0] == node.etag:
+        if node.esdk_etag is not None and node.esdk_etag == node.etag:
             return False
         if self.ctx.listing_attrs and node.headers is None:
             # -o listing_attrs trades exact attributes for no request per entry: a probe is a
@@ -100,11 +99,14 @@ class Attrs:
     def apply_file_info(self, node: Node, info: ObjectInfo) -> None:
         if node.dirty:
             return
+        # an equal ETag or time keeps the node's own object: that is the listing's, which its
+        # entry holds too (one copy per known object rather than two, issue 17)
         if node.etag != info.etag:
             node.symlink_target = None
+            node.etag = info.etag
+        if node.mtime != info.mtime:
+            node.mtime = info.mtime
         node.size = info.size
-        node.etag = info.etag
-        node.mtime = info.mtime
         node.object_type = info.object_type
         node.exists_remote = True
         if info.headers:
@@ -129,7 +131,7 @@ class Attrs:
         ``size_unknown`` would otherwise parse them again at every stat and readdir entry."""
         headers = node.headers or {}
         if node.etag and node.kind == stat.S_IFREG and any(h in headers for h in NOT_ESDK_PYTHON):
-            node.esdk_size = (node.etag, None)
+            node.esdk_etag, node.esdk_plain = node.etag, None
 
     @staticmethod
     def file_kind(info: ObjectInfo) -> int:

@@ -524,7 +524,7 @@ class Freshness:
             return
         self.ctx.attr_cache.record_probe(key, etag, stored, size)
         if node.etag == etag and node.size == stored:
-            node.esdk_size = (etag, size if size != stored else None)
+            node.esdk_etag, node.esdk_plain = etag, (size if size != stored else None)
 
     def size_settled(self, node: Node) -> bool:
         """Whether stat can show ``node``'s size without a probe: it needs none, or this
@@ -538,7 +538,7 @@ class Freshness:
         size = self.ctx.attr_cache.probed_size(self.ctx.okey(node.path), etag, stored)
         if size is None:
             return False
-        node.esdk_size = (etag, size if size != stored else None)
+        node.esdk_etag, node.esdk_plain = etag, (size if size != stored else None)
         return True
 
     def forget(self, ino: int, n: int) -> None:

@@ -7,9 +7,10 @@ or process sizes.
 """
 from __future__ import annotations
 
+import stat
+
 import pytest
 import trio
-
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -55,3 +56,32 @@ def test_a_node_keeps_only_the_headers_something_reads(model_rig, emulator, oss2
         ("text/x-test", "no-cache", "kept")
     assert int(h["x-oss-meta-mode"]) == 0o100600
     assert oss2_bucket.get_object("plain.txt").read() == b"p" * 1000
+
+
+@pytest.mark.parametrize("esdk_probe", [True, False], ids=["probe", "head"])
+def test_a_known_node_shares_what_others_hold(model_rig, oss2_bucket, esdk_probe):
+    """A looked-up file refers to objects held anyway rather than to copies: its ETag and
+    time are its listing entry's (equal to what the HEAD, or the GET standing in for it,
+    said), its mode and file type are the ints every node with that mode shares, and no
+    list or tuple is made per node for what is usually empty or one pair (unusable POSIX
+    headers; a probe's answer)."""
+    for name in ("a", "b"):
+        oss2_bucket.put_object(f"d/{name}", b"x" * 100)
+
+    async def main():
+        async with model_rig(esdk_probe=esdk_probe) as rig:
+            d = await rig.ino("d")
+            a, b = await rig.ino("a", d), await rig.ino("b", d)
+            na, nb = rig.model.node(a), rig.model.node(b)
+            assert na.headers is not None and nb.headers is not None      # HEAD answered
+            entries = rig.model.inodes.stale_listing("d").entries
+            for node, name in ((na, "a"), (nb, "b")):
+                assert node.etag is entries[name].etag
+                assert node.mtime is entries[name].mtime
+                assert node.meta.ignored == () and isinstance(node.meta.ignored, tuple)
+            assert na.meta.mode == nb.meta.mode == stat.S_IFREG | 0o644
+            assert na.meta.mode is nb.meta.mode and na.kind is nb.kind
+            if esdk_probe:
+                assert (na.esdk_etag, na.esdk_plain) == (na.etag, None)     # probed: plain
+                assert rig.model.attrs(na).st_size == 100
+    trio.run(main)
