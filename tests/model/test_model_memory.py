@@ -62,7 +62,8 @@ def test_a_node_keeps_only_the_headers_something_reads(model_rig, emulator, oss2
 def test_a_known_node_shares_what_others_hold(model_rig, oss2_bucket, esdk_probe):
     """A looked-up file refers to objects held anyway rather than to copies: its ETag and
     time are its listing entry's (equal to what the HEAD, or the GET standing in for it,
-    said), its mode and file type are the ints every node with that mode shares, and no
+    said), its mode and file type are the ints every node with that mode shares, its object
+    type the string every listed entry of that type shares, and no
     list or tuple is made per node for what is usually empty or one pair (unusable POSIX
     headers; a probe's answer)."""
     for name in ("a", "b"):
@@ -81,6 +82,7 @@ def test_a_known_node_shares_what_others_hold(model_rig, oss2_bucket, esdk_probe
                 assert node.meta.ignored == () and isinstance(node.meta.ignored, tuple)
             assert na.meta.mode == nb.meta.mode == stat.S_IFREG | 0o644
             assert na.meta.mode is nb.meta.mode and na.kind is nb.kind
+            assert entries["a"].object_type is entries["b"].object_type      # "Normal"
             if esdk_probe:
                 assert (na.esdk_etag, na.esdk_plain) == (na.etag, None)     # probed: plain
                 assert rig.model.attrs(na).st_size == 100
