@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import stat
 import time
+from types import MappingProxyType
 from typing import Mapping
 
 import pyfuse3
@@ -24,22 +25,39 @@ from .inodes import Node
 log = logging.getLogger(__name__)
 
 
-def node_headers(headers: Mapping[str, str]) -> dict[str, str]:
+#: read-only header maps shared by every node whose kept headers are the same (issue 17):
+#: those without ``x-oss-meta-*`` headers (plain objects of other tools) differ only in a few
+#: standard values (Content-Type, storage class), so most nodes of a bucket share one map.
+#: At most ``_SHARED_MAX`` of them; nodes with other sets keep a map of their own.
+_SHARED: dict[frozenset[tuple[str, str]], Mapping[str, str]] = {}
+_SHARED_MAX = 256
+
+
+def node_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
     """What a node keeps of a HEAD's (or a GET's) headers (``Node.headers``): every header
     something reads from a node -- the CSE and Encryption SDK ``x-oss-meta-*`` headers (its
     reader, the size probe: ``EncryptedObjects.open_reader``, ``EsdkObjects.may_be_python``),
     the POSIX ones, and the standard ones a metadata change keeps (``objects.kept_headers``;
     it takes them from a fresh HEAD anyway) -- and ``x-oss-object-type``, which OSS answers
-    for every object: an empty dict means "headers unknown" to ``Freshness.source`` and
+    for every object: an empty map means "headers unknown" to ``Freshness.source`` and
     ``open_reader``, which would HEAD again. Not kept: what the node holds in fields of its own
     (ETag, Content-Length, Last-Modified) and what nobody reads (x-oss-hash-crc64ecma, ...);
     a mount keeps this for every object it has seen (issue 17: a whole copy of the headers
-    took ~550 of the ~2,200 bytes of Python memory per known inode)."""
+    took ~550 of the ~2,200 bytes of Python memory per known inode). Without user metadata
+    the map is a shared read-only one (``_SHARED``)."""
     kept = kept_headers(headers)
     object_type = headers.get("x-oss-object-type")
     if object_type is not None:
         kept["x-oss-object-type"] = object_type
-    return kept
+    if any(name.startswith("x-oss-meta-") for name in kept):
+        return kept
+    key = frozenset(kept.items())
+    shared = _SHARED.get(key)
+    if shared is None:
+        if len(_SHARED) >= _SHARED_MAX:
+            return kept
+        shared = _SHARED[key] = MappingProxyType(kept)
+    return shared
 
 
 class Attrs:

@@ -29,7 +29,7 @@ import itertools
 import stat
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterator, Protocol
+from typing import TYPE_CHECKING, Iterator, Mapping, Protocol
 
 import trio
 
@@ -115,7 +115,8 @@ class Node:
     etag: str | None = None
     mtime: float = 0.0
     object_type: str = "Normal"
-    headers: dict[str, str] | None = None     # kept of a HEAD (attrs.node_headers); None: unknown
+    # what it keeps of a HEAD (attrs.node_headers; read-only, maybe shared); None: unknown
+    headers: Mapping[str, str] | None = None
     headers_expires_mono: float = 0.0
     meta_expires_mono: float = 0.0                 # POSIX attributes trusted without a HEAD until
     exists_remote: bool = True                # False: created here, not uploaded yet

@@ -12,6 +12,8 @@ import stat
 import pytest
 import trio
 
+from ossencfs.fs import attrs
+
 pytestmark = pytest.mark.timeout(120)
 
 
@@ -63,7 +65,8 @@ def test_a_known_node_shares_what_others_hold(model_rig, oss2_bucket, esdk_probe
     """A looked-up file refers to objects held anyway rather than to copies: its ETag and
     time are its listing entry's (equal to what the HEAD, or the GET standing in for it,
     said), its mode and file type are the ints every node with that mode shares, its object
-    type the string every listed entry of that type shares, and no
+    type the string every listed entry of that type shares, its headers (no user metadata)
+    a read-only map every such node shares, and no
     list or tuple is made per node for what is usually empty or one pair (unusable POSIX
     headers; a probe's answer)."""
     for name in ("a", "b"):
@@ -83,7 +86,29 @@ def test_a_known_node_shares_what_others_hold(model_rig, oss2_bucket, esdk_probe
             assert na.meta.mode == nb.meta.mode == stat.S_IFREG | 0o644
             assert na.meta.mode is nb.meta.mode and na.kind is nb.kind
             assert entries["a"].object_type is entries["b"].object_type      # "Normal"
+            assert na.headers is nb.headers                  # one read-only map for both
+            with pytest.raises(TypeError):
+                na.headers["x-oss-meta-mode"] = "0"          # type: ignore[index]
             if esdk_probe:
                 assert (na.esdk_etag, na.esdk_plain) == (na.etag, None)     # probed: plain
                 assert rig.model.attrs(na).st_size == 100
     trio.run(main)
+
+
+def test_shared_header_maps_are_bounded(monkeypatch):
+    """Header sets without user metadata share one read-only map each, up to ``_SHARED_MAX``
+    of them; past that (a bucket of many Content-Types) a node keeps a map of its own, and
+    one with user metadata always does."""
+    monkeypatch.setattr(attrs, "_SHARED", {})
+    monkeypatch.setattr(attrs, "_SHARED_MAX", 2)
+
+    def head(ctype: str, **meta: str) -> dict[str, str]:
+        return {"content-type": ctype, "etag": '"E"', "content-length": "5",
+                "x-oss-object-type": "Normal", **meta}
+    a, b = attrs.node_headers(head("text/a")), attrs.node_headers(head("text/b"))
+    assert attrs.node_headers(head("text/a")) is a and attrs.node_headers(head("text/b")) is b
+    assert dict(a) == {"content-type": "text/a", "x-oss-object-type": "Normal"}
+    c1, c2 = attrs.node_headers(head("text/c")), attrs.node_headers(head("text/c"))
+    assert c1 == c2 and c1 is not c2 and len(attrs._SHARED) == 2
+    m1 = attrs.node_headers(head("text/a", **{"x-oss-meta-mode": "33188"}))
+    assert isinstance(m1, dict) and m1["x-oss-meta-mode"] == "33188"
