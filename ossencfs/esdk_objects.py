@@ -266,6 +266,10 @@ class EsdkObjects:
         info, prefix = got
         if info.object_type == "Symlink" or (listed_etag and info.etag != listed_etag):
             return await self._plain_head(key)
+        if listed_etag:
+            # the same ETag: the caller's string (a node's, from the listing) rather than a
+            # copy of it, in the node and in the probe answers kept below (issue 17)
+            info.etag = listed_etag
         try:
             found = await self.layout(info, prefix)
         except FormatError:

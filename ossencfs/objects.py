@@ -47,10 +47,12 @@ _KEPT_STANDARD = ("content-type", "cache-control", "content-disposition", "conte
 def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
     """What a metadata change must re-send to keep an object as it was (names lower-case):
     every ``x-oss-meta-*`` (each CSE header included, SPEC A.10 item 8) and the standard
-    headers above; the caller lays its changes over it."""
+    headers above; the caller lays its changes over it. A name already in lower case is kept
+    as it is (``store.info`` interns them): ``str.lower`` always makes a new string, and a
+    mount keeps these for every object it knows (``fs.attrs.node_headers``)."""
     out = {}
     for name, value in headers.items():
-        n = name.lower()
+        n = name if name.islower() else name.lower()
         if n.startswith("x-oss-meta-") or n in _KEPT_STANDARD:
             out[n] = value
     return out

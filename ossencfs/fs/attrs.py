@@ -10,9 +10,12 @@ from __future__ import annotations
 import logging
 import stat
 import time
+from types import MappingProxyType
+from typing import Mapping
 
 import pyfuse3
 
+from ..objects import kept_headers
 from ..store import ObjectInfo
 from . import posix
 from .attrcache import NOT_ESDK_PYTHON
@@ -20,6 +23,41 @@ from .context import FsContext
 from .inodes import Node
 
 log = logging.getLogger(__name__)
+
+
+#: read-only header maps shared by every node whose kept headers are the same (issue 17):
+#: those without ``x-oss-meta-*`` headers (plain objects of other tools) differ only in a few
+#: standard values (Content-Type, storage class), so most nodes of a bucket share one map.
+#: At most ``_SHARED_MAX`` of them; nodes with other sets keep a map of their own.
+_SHARED: dict[frozenset[tuple[str, str]], Mapping[str, str]] = {}
+_SHARED_MAX = 256
+
+
+def node_headers(headers: Mapping[str, str]) -> Mapping[str, str]:
+    """What a node keeps of a HEAD's (or a GET's) headers (``Node.headers``): every header
+    something reads from a node -- the CSE and Encryption SDK ``x-oss-meta-*`` headers (its
+    reader, the size probe: ``EncryptedObjects.open_reader``, ``EsdkObjects.may_be_python``),
+    the POSIX ones, and the standard ones a metadata change keeps (``objects.kept_headers``;
+    it takes them from a fresh HEAD anyway) -- and ``x-oss-object-type``, which OSS answers
+    for every object: an empty map means "headers unknown" to ``Freshness.source`` and
+    ``open_reader``, which would HEAD again. Not kept: what the node holds in fields of its own
+    (ETag, Content-Length, Last-Modified) and what nobody reads (x-oss-hash-crc64ecma, ...);
+    a mount keeps this for every object it has seen (issue 17: a whole copy of the headers
+    took ~550 of the ~2,200 bytes of Python memory per known inode). Without user metadata
+    the map is a shared read-only one (``_SHARED``)."""
+    kept = kept_headers(headers)
+    object_type = headers.get("x-oss-object-type")
+    if object_type is not None:
+        kept["x-oss-object-type"] = object_type
+    if any(name.startswith("x-oss-meta-") for name in kept):
+        return kept
+    key = frozenset(kept.items())
+    shared = _SHARED.get(key)
+    if shared is None:
+        if len(_SHARED) >= _SHARED_MAX:
+            return kept
+        shared = _SHARED[key] = MappingProxyType(kept)
+    return shared
 
 
 class Attrs:
@@ -57,9 +95,8 @@ class Attrs:
     def plain_size(node: Node) -> int:
         """The size stat shows: the stored size, or the plaintext size of an Encryption SDK
         object (Python layout) once ``freshness.probe_size`` found it."""
-        s = node.esdk_size
-        if s is not None and s[0] == node.etag and s[1] is not None:
-            return s[1]
+        if node.esdk_plain is not None and node.esdk_etag == node.etag:
+            return node.esdk_plain
         return node.size
 
     def size_unknown(self, node: Node) -> bool:
@@ -69,7 +106,7 @@ class Attrs:
         if esdk is None or node.kind != stat.S_IFREG or node.dirty or not node.exists_remote \
                 or not node.etag or node.staging is not None:
             return False
-        if node.esdk_size is not None and node.esdk_size[0] == node.etag:
+        if node.esdk_etag is not None and node.esdk_etag == node.etag:
             return False
         if self.ctx.listing_attrs and node.headers is None:
             # -o listing_attrs trades exact attributes for no request per entry: a probe is a
@@ -80,15 +117,18 @@ class Attrs:
     def apply_file_info(self, node: Node, info: ObjectInfo) -> None:
         if node.dirty:
             return
+        # an equal ETag or time keeps the node's own object: that is the listing's, which its
+        # entry holds too (one copy per known object rather than two, issue 17)
         if node.etag != info.etag:
             node.symlink_target = None
+            node.etag = info.etag
+        if node.mtime != info.mtime:
+            node.mtime = info.mtime
         node.size = info.size
-        node.etag = info.etag
-        node.mtime = info.mtime
         node.object_type = info.object_type
         node.exists_remote = True
         if info.headers:
-            node.headers = dict(info.headers)
+            node.headers = node_headers(info.headers)
             node.headers_expires_mono = node.meta_expires_mono = time.monotonic() + self.ctx.ttl
             node.meta = posix.from_headers(info.headers, is_dir=False, fallback_mtime=info.mtime,
                                            policy=self.ctx.policy)
@@ -109,7 +149,7 @@ class Attrs:
         ``size_unknown`` would otherwise parse them again at every stat and readdir entry."""
         headers = node.headers or {}
         if node.etag and node.kind == stat.S_IFREG and any(h in headers for h in NOT_ESDK_PYTHON):
-            node.esdk_size = (node.etag, None)
+            node.esdk_etag, node.esdk_plain = node.etag, None
 
     @staticmethod
     def file_kind(info: ObjectInfo) -> int:

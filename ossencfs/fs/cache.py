@@ -52,8 +52,20 @@ def disk_free(directory: str) -> int:
     return st.f_bavail * st.f_frsize
 
 
-def _name(key: str, etag: str, index: int) -> str:
-    return hashlib.sha256(f"{key}\0{etag}\0{index}".encode()).hexdigest()
+#: memory a block kept in memory takes besides its bytes: its name (a 32-byte ``bytes``: 65
+#: bytes), the ``bytes`` object's header (33) and its slot in the LRU (dict entry, index and
+#: ordered-dict link, in a table that LRU churn keeps up to ~3x larger than its entries):
+#: 170-260 bytes measured, so 320. Counted against ``hot_bytes`` with each block: the hot set
+#: holds the whole body of every small file a listing's first stat fetched (``freshness``),
+#: and 10,000 bodies of 64 bytes took ~2.8 MB where 640 KB were counted (issue 17).
+#: tests/unit/test_block_cache.py checks the bound.
+HOT_ENTRY_OVERHEAD = 320
+
+
+def _name(key: str, etag: str, index: int) -> bytes:
+    """A block's name: SHA-256 of (key, ETag, index). Kept as the digest (65 bytes as a
+    ``bytes``, 113 as the hex string); its file on disk is named by the hex form."""
+    return hashlib.sha256(f"{key}\0{etag}\0{index}".encode()).digest()
 
 
 def _unlink_all(paths: list[str]) -> None:
@@ -74,11 +86,11 @@ class BlockCache:
         self.directory = directory
         self.max_bytes = max_bytes
         self.hot_bytes = hot_bytes
-        self._disk: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self._disk: collections.OrderedDict[bytes, int] = collections.OrderedDict()
         self._disk_bytes = 0
-        self._hot: collections.OrderedDict[str, bytes] = collections.OrderedDict()
-        self._hot_used = 0
-        self._inflight: dict[str, trio.Event] = {}
+        self._hot: collections.OrderedDict[bytes, bytes] = collections.OrderedDict()
+        self._hot_used = 0           # bytes of the blocks plus HOT_ENTRY_OVERHEAD each
+        self._inflight: dict[bytes, trio.Event] = {}
         self.hits = 0
         self.misses = 0
         self.reserved: Callable[[], int] = lambda: 0     # staged bytes sharing the limit
@@ -103,8 +115,12 @@ class BlockCache:
         assert self.directory
         for entry in os.scandir(self.directory):
             if entry.is_file() and len(entry.name) == 64:
+                try:
+                    name = bytes.fromhex(entry.name)
+                except ValueError:
+                    continue             # not a block's name: not ours to adopt or evict
                 st = entry.stat()
-                entries.append((st.st_atime, entry.name, st.st_size))
+                entries.append((st.st_atime, name, st.st_size))
             elif entry.is_file() and entry.name.endswith(".tmp"):
                 os.unlink(entry.path)
         for _, name, size in sorted(entries):
@@ -114,22 +130,24 @@ class BlockCache:
         _unlink_all(self._pop_for_free(self.disk_reserve))
 
     # -- memory -----------------------------------------------------------------------------
-    def _hot_put(self, name: str, data: bytes) -> None:
-        if len(data) > self.hot_bytes:
+    def _hot_put(self, name: bytes, data: bytes) -> None:
+        """Keep a block in memory; least recently used ones go while the blocks and what
+        keeping each costs (``HOT_ENTRY_OVERHEAD``) exceed ``hot_bytes``."""
+        if len(data) + HOT_ENTRY_OVERHEAD > self.hot_bytes:
             return
         old = self._hot.pop(name, None)
         if old is not None:
-            self._hot_used -= len(old)
+            self._hot_used -= len(old) + HOT_ENTRY_OVERHEAD
         self._hot[name] = data
-        self._hot_used += len(data)
+        self._hot_used += len(data) + HOT_ENTRY_OVERHEAD
         while self._hot_used > self.hot_bytes and self._hot:
             _, dropped = self._hot.popitem(last=False)
-            self._hot_used -= len(dropped)
+            self._hot_used -= len(dropped) + HOT_ENTRY_OVERHEAD
 
     # -- disk -------------------------------------------------------------------------------
-    def _path(self, name: str) -> str:
+    def _path(self, name: bytes) -> str:
         assert self.directory
-        return os.path.join(self.directory, name)
+        return os.path.join(self.directory, name.hex())
 
     def _evict_disk_sync(self) -> None:
         self.evict_to(self.max_bytes - self.reserved())
@@ -187,14 +205,14 @@ class BlockCache:
         if doomed:
             await trio.to_thread.run_sync(_unlink_all, doomed)
 
-    def _read_disk(self, name: str) -> bytes | None:
+    def _read_disk(self, name: bytes) -> bytes | None:
         try:
             with open(self._path(name), "rb") as f:
                 return f.read()
         except FileNotFoundError:
             return None
 
-    def _write_disk(self, name: str, data: bytes) -> None:
+    def _write_disk(self, name: bytes, data: bytes) -> None:
         if not self._fits_disk(len(data)):
             raise OSError(errno.ENOSPC, "cache file system is at its reserve")
         replace_file(self._path(name), data)
@@ -243,7 +261,7 @@ class BlockCache:
         under the limit, or that the disk refuses, are simply not cached."""
         if not self.directory:
             return
-        todo: list[tuple[str, bytes]] = []
+        todo: list[tuple[bytes, bytes]] = []
         for index, data in blocks:
             name = _name(key, etag, index)
             if name in self._disk or self._writing_bytes + len(data) > self._writing_max:
@@ -268,7 +286,7 @@ class BlockCache:
         if self._disk_bytes + self.reserved() > self.max_bytes:
             await self.make_room(self.max_bytes - self.reserved())
 
-    def _write_many(self, todo: list[tuple[str, bytes]]) -> list[tuple[str, int]]:
+    def _write_many(self, todo: list[tuple[bytes, bytes]]) -> list[tuple[bytes, int]]:
         done = []
         for name, data in todo:
             try:

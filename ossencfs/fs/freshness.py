@@ -31,7 +31,7 @@ import trio
 from ..errors import FormatError, NetworkError, OssEncError
 from ..store import ObjectInfo
 from . import keymap, posix
-from .attrs import Attrs
+from .attrs import Attrs, node_headers
 from .context import FsContext, fuse_err as _err
 from .inodes import ROOT_INO, DirListing, Entry, Node, join
 from .readahead import BlockSource
@@ -209,7 +209,7 @@ class Freshness:
                 return node
             node.marker = info is not None
             headers = info.headers if info is not None else {}
-            node.headers = dict(headers)
+            node.headers = node_headers(headers)
             node.headers_expires_mono = time.monotonic() + self.ctx.ttl
             node.meta = posix.from_headers(headers, is_dir=True,
                                            fallback_mtime=info.mtime if info else self.ctx.started_wall,
@@ -524,7 +524,7 @@ class Freshness:
             return
         self.ctx.attr_cache.record_probe(key, etag, stored, size)
         if node.etag == etag and node.size == stored:
-            node.esdk_size = (etag, size if size != stored else None)
+            node.esdk_etag, node.esdk_plain = etag, (size if size != stored else None)
 
     def size_settled(self, node: Node) -> bool:
         """Whether stat can show ``node``'s size without a probe: it needs none, or this
@@ -538,7 +538,7 @@ class Freshness:
         size = self.ctx.attr_cache.probed_size(self.ctx.okey(node.path), etag, stored)
         if size is None:
             return False
-        node.esdk_size = (etag, size if size != stored else None)
+        node.esdk_etag, node.esdk_plain = etag, (size if size != stored else None)
         return True
 
     def forget(self, ino: int, n: int) -> None:

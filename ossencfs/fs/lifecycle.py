@@ -28,7 +28,7 @@ from ..aio import first_error
 from ..objects import kept_headers
 from ..store import ObjectInfo
 from . import dirtystate, keymap, posix
-from .attrs import Attrs
+from .attrs import Attrs, node_headers
 from .context import META_DELAY, FsContext
 from .freshness import Freshness
 from .inodes import Entry, Node
@@ -416,7 +416,7 @@ class Lifecycle:
         st = Reupload(self.ctx.staging, uuid.uuid4().hex, info.key, info.size, info.etag,
                       info.object_type, kept, crypto)
         self.ctx.staging.active.add(st)
-        node.headers = dict(info.headers)
+        node.headers = node_headers(info.headers)
         node.staging = st
         dirtystate.mark_dirty(node)
         await self.commit_locked(node, materialize=False, durable=False)

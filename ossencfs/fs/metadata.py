@@ -18,7 +18,7 @@ from ..envelope import format as fmt
 from ..objects import kept_headers
 from ..store import ARCHIVE_CLASSES
 from . import posix
-from .attrs import Attrs
+from .attrs import Attrs, node_headers
 from .context import FsContext, fuse_err as _err
 from .inodes import ROOT_INO, Entry, Node
 from .lifecycle import Lifecycle
@@ -120,7 +120,7 @@ class Metadata:
             return
         headers = {**kept_headers(info.headers), **extra}
         etag = await self.ctx.store.copy(key, key, headers=headers, if_match=info.etag)
-        node.headers = {**info.headers, **extra}
+        node.headers = {**node_headers(info.headers), **extra}
         self._meta_stored(node, key, etag, extra)
 
     def _meta_stored(self, node: Node, key: str, etag: str, extra: dict[str, str]) -> None:

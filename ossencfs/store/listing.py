@@ -1,6 +1,7 @@
 """Listing a bucket: ListObjectsV2 pages, and every object under a prefix one page at a time."""
 from __future__ import annotations
 
+import sys
 from typing import AsyncIterator
 
 from .calls import StoreBase
@@ -16,9 +17,12 @@ class Listings(StoreBase):
             r = self.bucket.list_objects_v2(prefix=prefix, delimiter=delimiter,
                                             continuation_token=token or "", max_keys=max_keys,
                                             start_after=start_after)
+            # the type and storage class repeat from object to object: interned, as a HEAD's
+            # (``info_from_headers``), since a mount keeps the type of every listed entry
             objs = [ObjectInfo(key=o.key, size=int(o.size), etag=(o.etag or "").strip('"'),
-                               mtime=float(o.last_modified or 0), object_type=o.type or "Normal",
-                               storage_class=o.storage_class or "")
+                               mtime=float(o.last_modified or 0),
+                               object_type=sys.intern(o.type or "Normal"),
+                               storage_class=sys.intern(o.storage_class or ""))
                     for o in r.object_list]
             nxt = r.next_continuation_token if r.is_truncated else None
             return Listing(objs, list(r.prefix_list), nxt or None)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from ossencfs.errors import OssEncError
 from ossencfs.fs import dirtystate, posix
-from ossencfs.fs.cache import BlockCache
+from ossencfs.fs.cache import HOT_ENTRY_OVERHEAD, BlockCache
 from ossencfs.fs.mountoptions import parse_mount_options, parse_size
 from ossencfs.fs.journal import Journal
 from ossencfs.fs.extents import Extents
@@ -81,7 +81,8 @@ def test_block_cache_lru_cap(tmp_path):
     the disk stays under the cap (LRU), a changed object misses, concurrent readers of a
     block wait for the one fetch, and a new cache over the directory adopts the blocks."""
     async def main():
-        cache = BlockCache(str(tmp_path / "c"), block_size=16 * 4, max_bytes=64 * 3, hot_bytes=64)
+        cache = BlockCache(str(tmp_path / "c"), block_size=16 * 4, max_bytes=64 * 3,
+                           hot_bytes=64 + HOT_ENTRY_OVERHEAD)
         for i in range(5):
             cache.claim("k", "e1", i)
             cache.settle("k", "e1", i, bytes([i]) * 64)
@@ -89,7 +90,7 @@ def test_block_cache_lru_cap(tmp_path):
         assert cache.disk_bytes <= 64 * 3                             # LRU cap
         assert not cache.on_disk("k", "e1", 0) and cache.on_disk("k", "e1", 4)
         assert cache.peek("k", "e1", 4) == bytes([4]) * 64            # the hot set
-        assert cache.peek("k", "e1", 0) is None                       # (64 bytes of memory)
+        assert cache.peek("k", "e1", 0) is None                       # (room for one block)
         assert await cache.load_disk("k", "e1", [3, 4]) == {3: bytes([3]) * 64, 4: bytes([4]) * 64}
         assert await cache.load_disk("k", "e2", [4]) == {}            # another version
         # one fetch per block: a second reader finds the claim and waits for its settle
