@@ -34,16 +34,15 @@ from __future__ import annotations
 import os
 from typing import Any, Iterator, Mapping, Protocol
 
-from requests.structures import CaseInsensitiveDict
-
 import oss2.http
 import urllib3
 from oss2.exceptions import RequestError
-
-from ..errors import OssEncError
 from requests.models import RequestEncodingMixin
+from requests.structures import CaseInsensitiveDict
 from requests.utils import (DEFAULT_CA_BUNDLE_PATH, get_environ_proxies, requote_uri, select_proxy,
                             super_len)
+
+from ..errors import OssEncError
 
 _NO_BODY_METHODS = frozenset({"GET", "HEAD"})
 
