@@ -109,7 +109,7 @@ class OssRequestHandler(BaseHTTPRequestHandler):
             return
         faults = Faults(**asdict(emu._faults))
         req, pre_error = self._resolve(raw_path, raw_query, hdrs)
-        pre_error = frame_error or pre_error
+        pre_error = frame_error or pre_error or _unframed(req.method, hdrs)
         emu._stats.count(req.op)
         if faults.latency_ms > 0:
             time.sleep(faults.latency_ms / 1000.0)
@@ -249,3 +249,16 @@ def _injected_failure(faults: Faults) -> OssError | None:
         status, message = FAIL_CODES[code]
         return OssError(status, code, message)
     return None
+
+
+def _unframed(method: str, hdrs: dict[str, str]) -> OssError | None:
+    """A PUT or POST with neither Content-Length nor chunked encoding: 411 MissingContentLength
+    (0017-00000101; help.aliyun.com/en/oss/user-guide/http-status-code-411: "The request does
+    not use chunked encoding or does not contain a Content-Length header"). The page does not
+    say whether a request without a body (CopyObject, PutSymlink, InitiateMultipartUpload) is
+    spared; the stricter reading is modelled: every PUT and POST must frame its body, also an
+    empty one (``Content-Length: 0``, as oss2 and ``store.transport`` send)."""
+    if method not in ("PUT", "POST") or "content-length" in hdrs or \
+            "chunked" in hdrs.get("transfer-encoding", "").lower():
+        return None
+    return OssError(411, "MissingContentLength", "You must provide the Content-Length HTTP header.")

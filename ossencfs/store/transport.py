@@ -84,18 +84,6 @@ class Reply:
         self.raw.release_conn()
 
 
-class Answer(oss2.http.Response):
-    """``oss2.http.Response`` without its eager debug line: its ``__init__`` formats every
-    answer's headers into a string for ``logger.debug`` whether or not DEBUG is on."""
-
-    def __init__(self, reply: Reply) -> None:       # super().__init__ skipped on purpose
-        self.response = reply
-        self.status = reply.status_code
-        self.headers = reply.headers
-        self.request_id = reply.headers.get("x-oss-request-id", "")
-        self._Response__all_read = False              # the name-mangled flag of its read()
-
-
 class DirectSession(oss2.http.Session):
     """An oss2 session whose requests go out through one urllib3 pool manager."""
 
@@ -130,7 +118,7 @@ class DirectSession(oss2.http.Session):
                                     decode_content=False, timeout=limits)
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise RequestError(exc) from exc
-        return Answer(Reply(raw))
+        return oss2.http.Response(Reply(raw))
 
 
 def _is_stream(body: object) -> bool:

@@ -118,3 +118,18 @@ def test_unfinished_headers_on_300_connections_do_not_starve_other_clients(tmp_p
         assert p.wait(timeout=30) == 0
         err = p.stderr.read()
         assert "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("headers", [{}, {"x-oss-copy-source": f"/{BUCKET}/src"}], ids=["put", "copy"])
+def test_put_without_content_length_or_chunked_is_answered_411(emu, bucket, headers):
+    """Even without a body (the stricter reading of OSS's 411 page, see ``_unframed``); the
+    same request with ``Content-Length: 0`` is served."""
+    bucket.put_object("src", b"source")
+    head = _signed(emu, "PUT", "dst", {**headers, "Connection": "close"})
+    status, got = _exchange(emu, head + b"\r\n")
+    assert status == 411 and b"<Code>MissingContentLength</Code>" in got
+    assert not bucket.object_exists("dst")
+    head = _signed(emu, "PUT", "dst", {**headers, "Connection": "close", "Content-Length": "0"})
+    status, got = _exchange(emu, head + b"\r\n")
+    assert status == 200, got[:300]
+    assert bucket.get_object("dst").read() == (b"source" if headers else b"")
