@@ -1170,6 +1170,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     only = {w.strip() for w in args.only.split(",") if w.strip()}
     if only - set(WORKLOADS):
         p.error(f"unknown workload(s): {', '.join(sorted(only - set(WORKLOADS)))}")
+    bench_scale.selected(args)          # an unknown --scale-only name: before any set-up
     if only & {"seq_read", "random_read_4k"}:
         only.add("seq_write")
     if only & {"small_read", "ls_l"}:

@@ -27,16 +27,22 @@ def _fuse_ok() -> bool:
     return os.path.exists("/dev/fuse") and os.geteuid() == 0 and shutil.which("fusermount3") is not None
 
 
+def _bench(tmp_path: Path, *args: str, timeout: float = 140) -> subprocess.CompletedProcess[str]:
+    """scripts/bench.py on the loopback profile, its JSON to ``tmp_path / "bench.json"``
+    (skips without FUSE)."""
+    if not _fuse_ok():
+        pytest.skip("needs root, /dev/fuse and fusermount3")
+    env = {k: v for k, v in os.environ.items() if k not in _PROXY_VARS}
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--profile", "loopback", *args,
+                           "--json", str(tmp_path / "bench.json"), "--workdir", str(tmp_path / "work")],
+                          capture_output=True, text=True, timeout=timeout, cwd=str(ROOT), env=env)
+
+
 @pytest.mark.mount
 @pytest.mark.timeout(150)
 def test_quick_bench_reports_every_workload_for_every_system(tmp_path: Path) -> None:
-    if not _fuse_ok():
-        pytest.skip("needs root, /dev/fuse and fusermount3")
     out = tmp_path / "bench.json"
-    env = {k: v for k, v in os.environ.items() if k not in _PROXY_VARS}
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--profile", "loopback",
-                        "--json", str(out), "--workdir", str(tmp_path / "work")],
-                       capture_output=True, text=True, timeout=140, cwd=str(ROOT), env=env)
+    r = _bench(tmp_path, "--quick")
     assert r.returncode == 0, f"bench failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     assert "ls -l" in r.stdout and "(a) mount" in r.stdout            # the terminal table was printed
     data = json.loads(out.read_text())
@@ -108,15 +114,10 @@ def test_quick_bench_reports_every_workload_for_every_system(tmp_path: Path) -> 
 @pytest.mark.mount
 @pytest.mark.timeout(150)
 def test_scale_only_runs_and_seeds_the_named_scale_runs(tmp_path: Path) -> None:
-    if not _fuse_ok():
-        pytest.skip("needs root, /dev/fuse and fusermount3")
     out = tmp_path / "bench.json"
-    env = {k: v for k, v in os.environ.items() if k not in _PROXY_VARS}
-    base = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--only", "", "--profile", "loopback",
-            "--runs", "1", "--scale", "--scale-entries", "30", "--scale-dirs", "3", "--scale-per-dir", "4",
-            "--json", str(out), "--workdir", str(tmp_path / "work")]
-    r = subprocess.run(base + ["--scale-only", "many_dirs,big_dir"], capture_output=True, text=True,
-                       timeout=140, cwd=str(ROOT), env=env)
+    base = ["--only", "", "--runs", "1", "--scale", "--scale-entries", "30", "--scale-dirs", "3",
+            "--scale-per-dir", "4"]
+    r = _bench(tmp_path, *base, "--scale-only", "many_dirs,big_dir")
     assert r.returncode == 0, f"bench failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     scale = json.loads(out.read_text())["profiles"]["loopback"]["scale"]
     assert {"big_dir", "many_dirs"} <= set(scale) and not {"huge_file", "parallel"} & set(scale)
@@ -124,6 +125,5 @@ def test_scale_only_runs_and_seeds_the_named_scale_runs(tmp_path: Path) -> None:
     assert scale["big_dir"]["rss_bytes_per_known_inode"] > 0
     assert scale["many_dirs"]["lines"] == 1 + 3 * (1 + 4)
     assert "directory of 30 objects" in r.stdout and "huge file" not in r.stdout
-    bad = subprocess.run(base + ["--scale-only", "big_dir,nope"], capture_output=True, text=True,
-                         timeout=60, cwd=str(ROOT), env=env)
+    bad = _bench(tmp_path, *base, "--scale-only", "big_dir,nope", timeout=60)
     assert bad.returncode != 0 and "unknown nope" in bad.stderr
