@@ -251,7 +251,7 @@ class EmulatorProc:
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=logf, env=child_env(), cwd=str(ROOT))
         logf.close()
         assert self.proc.stdout is not None
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 900     # a seeded scale bucket is indexed at start
         buf = b""
         while b"OSS endpoint:" not in buf:
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -441,6 +441,8 @@ class Bench:
         pdir = self.workdir / f"profile-{profile}"
         shutil.rmtree(pdir, ignore_errors=True)
         pdir.mkdir()
+        if self.args.scale:
+            bench_scale.seed(self.args, pdir / "oss", sys.modules[__name__])
         self.emu = EmulatorProc(pdir / "oss", pdir / "emulator.log").start()
         self.kms = KmsServer(str(pdir / "kms"), credentials={AK: SK}).start()
         self.cmk = self.kms.create_key(description="bench")
@@ -456,8 +458,6 @@ class Bench:
             self.seed_listing()
         if "chmod_large" in self.args.only:
             self.seed_chmod()
-        if self.args.scale:
-            bench_scale.seed(self, sys.modules[__name__])
         faults = PROFILES[profile]
         self.emu.set_faults(faults["latency_ms"], faults["bandwidth_mbps"])
         if faults["latency_ms"]:

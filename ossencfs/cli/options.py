@@ -85,8 +85,8 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
                    help="region id, required for --auth-version v4 (e.g. cn-hangzhou)")
     g.add_argument("--auth-version", choices=("v1", "v4"), default="v1",
                    help="request signature version (default v1)")
-    g.add_argument("--connections", type=int, default=16, metavar="N",
-                   help="parallel HTTP connections to OSS (default 16)")
+    g.add_argument("--connections", type=int, default=32, metavar="N",
+                   help="parallel HTTP connections to OSS for data (default 32)")
     g.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                    help="connect/read timeout per request (default 30)")
     g.add_argument("--retries", type=int, default=5, metavar="N",
@@ -271,7 +271,7 @@ def build_store(args: argparse.Namespace, bucket: str):
                                region=getattr(args, "region", None),
                                auth_version=getattr(args, "auth_version", "v1"),
                                connect_timeout=getattr(args, "timeout", None),
-                               concurrency=getattr(args, "connections", 16),
+                               concurrency=getattr(args, "connections", 32),
                                retries=getattr(args, "retries", 5))
 
 

@@ -9,6 +9,9 @@ next to nothing while the request does, and later random reads of the same file 
 in blocks already fetched: there fragments made 4 KiB random reads 1.7 times slower (64 MiB
 file, 300 reads). No fixed rule suits both, so the choice is made from measurements.
 
+The same samples say whether one connection is slow (``slow_connection``): read-ahead then
+keeps two GETs of a stream under way (``readahead``).
+
 Model: a GET of ``n`` bytes takes ``per_request + n * per_byte`` seconds. Small GETs
 (``SMALL`` bytes at most) measure ``per_request``; large ones (``LARGE`` bytes at least: blocks,
 read-ahead runs) measure ``per_byte``, each against the ``per_request`` known at its time.
@@ -33,6 +36,10 @@ WHOLE_BLOCK_RATIO = 0.35
 #: link anew (the gap doubles each time, up to ``PROBE_GAP_MAX``): one slow first block must
 #: not decide for the whole mount
 PROBE_GAP, PROBE_GAP_MAX = 8, 256
+#: bytes per second below which one connection is slow: the best recent large GET brought
+#: less (loopback: 1 MiB GETs of 16 parallel readers 100-450 MB/s; a region at 50 Mbit/s per
+#: connection, the cloud profile: ~6 MB/s)
+SLOW_CONNECTION = 25e6
 
 
 class FetchCost:
@@ -42,6 +49,7 @@ class FetchCost:
         self._small: collections.deque[float] = collections.deque(maxlen=KEEP_SMALL)
         self._large: collections.deque[float] = collections.deque(maxlen=KEEP_LARGE)
         self._early: list[tuple[int, float]] = []   # large GETs seen before any small one
+        self._rates: collections.deque[float] = collections.deque(maxlen=KEEP_LARGE)
         self._gap, self._until_probe = PROBE_GAP, PROBE_GAP
 
     @property
@@ -63,11 +71,18 @@ class FetchCost:
             for n, s in early:
                 self.record(n, s)
         elif nbytes >= LARGE:
+            self._rates.append(nbytes / max(seconds, 1e-9))
             per_request = self.per_request
             if per_request is None:
                 self._early = [*self._early[-3:], (nbytes, seconds)]
             else:
                 self._large.append(max(0.0, seconds - per_request) / nbytes)
+
+    def slow_connection(self) -> bool:
+        """Does one connection bring less than ``SLOW_CONNECTION`` bytes per second (the best
+        of the last ``KEEP_LARGE`` large GETs, request time included)? Then two GETs at once
+        fetch a range in about half the time. False before any large GET."""
+        return bool(self._rates) and max(self._rates) < SLOW_CONNECTION
 
     def whole_block_pays(self, block: int, fragment: int) -> bool:
         """Should a small read that seeks fetch its whole ``block``-byte cache block rather

@@ -9,7 +9,13 @@ Missing blocks that are next to each other are fetched with *one* ranged GET of 
 ``fetch_size`` bytes and split into cache blocks: per-request overhead (signing, HTTP, a
 thread hop) dominated streaming reads when every 256 KiB block was its own GET. Read-ahead
 issues its GETs only once a whole ``fetch_size`` of the window is unfetched, so that steady
-streaming keeps that size instead of degenerating into one block per GET.
+streaming keeps that size instead of degenerating into one block per GET. Where each
+connection is slow (``FetchCost.slow_connection``) a window smaller than two such GETs (a
+stream's share of the read-ahead budget, ``readbudget``, when many read at once) is fetched
+in halves: with one GET per window a reader waited for each GET in turn on one connection, and
+16 readers over the cloud profile's link (20 ms, 50 Mbit/s per connection) read at 0.67x the
+rate of 16 CryptoBucket threads (``scripts/bench_scale.py``). On a fast link the halves only
+cost requests (16 readers on loopback: 0.89x -> 0.77x), so they are not made there.
 
 Read pattern per handle: a read that seeks (it does not continue the previous one, and is not
 the first read at offset 0) and is smaller than a block fetches only its own range, widened to
@@ -264,6 +270,8 @@ class BlockSource:
         start = max(last_needed + 1, self._prefetched_to + 1)
         stop = min(last_needed + self._window, self._last_block)
         chunk = min(self._fetch_blocks, self._window)
+        if self._window < 2 * chunk and self.cache.fetch_cost.slow_connection():
+            chunk = max(1, self._window // 2)   # two GETs under way, on two connections
         while start <= stop:
             n = min(chunk, stop - start + 1)
             if n < chunk and stop < self._last_block:

@@ -50,6 +50,42 @@ def test_sequential_reads_use_few_large_gets(store, rsa_key_path, tmp_path, monk
     trio.run(main)
 
 
+def test_a_small_share_over_slow_connections_keeps_two_gets_under_way(store, emulator, rsa_key_path,
+                                                                    tmp_path):
+    """16 readers share the read-ahead budget, so each one's window is one ``FETCH_SIZE``;
+    over slow connections each window goes out as two GETs, the second issued while the reader
+    is still in the first: no read-ahead GET starts at the block the reader has just reached
+    (with one GET per window every one did, and the reader waited for all of it)."""
+    data = payload(8 * MiB, seed=4)
+    objects = _objects(store, rsa_key_path)
+    issued: list[tuple[int, int]] = []          # (GET start, end of the reader's last read)
+
+    async def main():
+        cache = BlockCache(None, hot_bytes=2 * readahead.FETCH_SIZE)   # budget: one FETCH_SIZE
+        async with trio.open_nursery() as nursery:
+            src = await _source(store, objects, cache, nursery, "slow.bin", data)
+            real = src.reader.read_cipher
+
+            async def recording(offset: int, length: int) -> bytes:
+                issued.append((offset, src._last_end))
+                return await real(offset, length)
+            src.reader.read_cipher = recording
+            emulator.set_faults(bandwidth_mbps=100)            # 12.5 MB/s per connection
+            try:
+                got = bytearray()
+                for off in range(0, len(data), 128 * 1024):
+                    got += await src.read(off, 128 * 1024)
+                    await trio.sleep(0)                        # as between FUSE requests
+            finally:
+                emulator.set_faults(bandwidth_mbps=0)
+            assert bytes(got) == data
+            assert cache.fetch_cost.slow_connection()
+    trio.run(main)
+    ahead = [(start, pos) for start, pos in issued if start >= 2 * MiB]   # after the ramp
+    assert len(ahead) >= 3, issued
+    assert all(start - pos >= 256 * 1024 for start, pos in ahead), issued
+
+
 def test_random_small_reads_fetch_at_most_one_block(store, rsa_key_path, tmp_path):
     data = payload(6 * MiB, seed=2)
     objects = _objects(store, rsa_key_path)

@@ -58,3 +58,19 @@ def test_a_link_that_got_fast_is_seen_after_a_probe():
             break
     cost.record(BLOCK, 0.0055)                              # the probe, warm
     assert cost.whole_block_pays(BLOCK, FRAGMENT)
+
+
+def test_a_connection_is_slow_when_even_the_best_recent_large_get_was():
+    cost = FetchCost()
+    assert not cost.slow_connection()                       # nothing known: one GET per window
+    for _ in range(4):
+        cost.record(1 << 20, 0.170)                         # 1 MiB at 50 Mbit/s + 20 ms
+    assert cost.slow_connection()
+    cost.record(1 << 20, 0.004)                             # one fast GET: the link is fast,
+    assert not cost.slow_connection()                       # the slow ones queued (load)
+    cost.record(FRAGMENT, 0.500)                            # small GETs measure requests only
+    assert not cost.slow_connection()
+    fast = FetchCost()
+    for _ in range(4):
+        fast.record(1 << 20, 0.030)                         # loopback under load: ~35 MB/s
+    assert not fast.slow_connection()
