@@ -107,9 +107,8 @@ class Freshness:
 
     def _with_local(self, node: Node, entries: dict[str, Entry]) -> dict[str, Entry]:
         # things created here and not uploaded yet, or deleted remotely while open here
-        for child in self.ctx.inodes.under(node.path):
-            if child.parent_path == node.path and not child.unlinked and \
-                    (not child.exists_remote or child.dirty):
+        for child in self.ctx.inodes.children(node.path):
+            if not child.unlinked and (not child.exists_remote or child.dirty):
                 entries[child.name] = Entry(child.name, child.kind, child.size, child.etag,
                                             child.mtime)
         return entries

@@ -29,7 +29,7 @@ import itertools
 import stat
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterator, Mapping, Protocol
+from typing import TYPE_CHECKING, Mapping, Protocol
 
 import trio
 
@@ -194,6 +194,11 @@ class InodeTable:
         root.nlookup = 1
         self.nodes: dict[int, Node] = {ROOT_INO: root}
         self.by_path: dict[str, int] = {"": ROOT_INO}
+        #: path -> the paths one level below it that are known (``by_path`` keys, or directories
+        #: on the way to one), so that ``children``, ``under`` and ``move`` walk a subtree instead
+        #: of every known path: each directory listing scanned them all, and ``find`` over
+        #: 1,000,000 objects in 1,000 directories took 577 s against 83 s of listing requests
+        self._kids: dict[str, set[str]] = {}
         self.dirs: dict[str, DirListing] = {}
         self._fetches: dict[str, _Fetches] = {}
 
@@ -219,8 +224,32 @@ class InodeTable:
             self.detach(node)
         node = Node(self._number(path, kind), path, kind, meta)
         self.nodes[node.ino] = node
-        self.by_path[path] = node.ino
+        self._index(path, node.ino)
         return node
+
+    def _index(self, path: str, ino: int) -> None:
+        self.by_path[path] = ino
+        while path:
+            parent = path.rpartition("/")[0]
+            kids = self._kids.get(parent)
+            if kids is not None:
+                kids.add(path)
+                return
+            self._kids[parent] = {path}
+            path = parent               # a new set: its directory must be reachable too
+
+    def _unindex(self, path: str) -> None:
+        del self.by_path[path]
+        while path and path not in self.by_path and path not in self._kids:
+            parent = path.rpartition("/")[0]
+            kids = self._kids.get(parent)
+            if kids is None:
+                return
+            kids.discard(path)
+            if kids:
+                return
+            del self._kids[parent]
+            path = parent
 
     def _number(self, path: str, kind: int) -> int:
         """The number remembered for this object, else a new one (remembered from now on)."""
@@ -237,7 +266,7 @@ class InodeTable:
     def detach(self, node: Node) -> None:
         """Forget the name (unlink/replace); the inode lives on while the kernel knows it."""
         if self.by_path.get(node.path) == node.ino:
-            del self.by_path[node.path]
+            self._unindex(node.path)
             if self.numbers is not None and node.ino != ROOT_INO:
                 # another object may take the name: it gets a number of its own
                 self.numbers.forget_ino(self.key(node.path, node.kind), node.ino)
@@ -255,7 +284,7 @@ class InodeTable:
         if node.nlookup == 0 and not node.busy and node.ino != ROOT_INO:
             self.nodes.pop(node.ino, None)
             if self.by_path.get(node.path) == node.ino:
-                del self.by_path[node.path]
+                self._unindex(node.path)
 
     def release_check(self, node: Node) -> None:
         self._maybe_drop(node)
@@ -263,13 +292,12 @@ class InodeTable:
     def move(self, old: str, new: str) -> None:
         """Re-path ``old`` and everything below it (rename of a file or a directory); their
         inode numbers go with them."""
-        moved = [(p, ino) for p, ino in self.by_path.items()
-                 if p == old or p.startswith(old + "/")]
+        moved = [(p, self.by_path[p]) for p in [old, *self._below(old)] if p in self.by_path]
         for p, _ in moved:
-            del self.by_path[p]
+            self._unindex(p)
         for p, ino in moved:
             np = new + p[len(old):]
-            self.by_path[np] = ino
+            self._index(np, ino)
             self.nodes[ino].path = np
         if self.numbers is not None and old:
             self.numbers.move_inos(self.prefix + keymap.key_path(old),
@@ -279,11 +307,23 @@ class InodeTable:
         for p in [p for p in self._fetches if p == old or p.startswith(old + "/")]:
             self._fetches[p].log.append((None, None))       # gone: do not cache its listing
 
-    def under(self, path: str) -> Iterator[Node]:
-        prefix = path + "/" if path else ""
-        for p, ino in list(self.by_path.items()):
-            if p.startswith(prefix) and p != path:
-                yield self.nodes[ino]
+    def _below(self, path: str) -> list[str]:
+        """Every indexed path below ``path``, at any depth."""
+        out: list[str] = []
+        stack = [path]
+        while stack:
+            kids = self._kids.get(stack.pop(), ())
+            out.extend(kids)
+            stack.extend(kids)
+        return out
+
+    def under(self, path: str) -> list[Node]:
+        """The known nodes below ``path``, at any depth (a snapshot)."""
+        return [self.nodes[self.by_path[p]] for p in self._below(path) if p in self.by_path]
+
+    def children(self, path: str) -> list[Node]:
+        """The known nodes directly in directory ``path`` (a snapshot)."""
+        return [self.nodes[self.by_path[p]] for p in self._kids.get(path, ()) if p in self.by_path]
 
     # -- directory listings -----------------------------------------------------------------
     def listing(self, path: str) -> DirListing | None:

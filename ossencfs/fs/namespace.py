@@ -187,8 +187,8 @@ class Namespace:
         marker = self.ctx.dkey(node.path)
         if any(o.key != marker for o in page.objects) or page.prefixes:
             return False
-        return not any(c.parent_path == node.path and not c.unlinked and not c.exists_remote
-                       for c in self.ctx.inodes.under(node.path))
+        return not any(not c.unlinked and not c.exists_remote
+                       for c in self.ctx.inodes.children(node.path))
 
     async def rmdir(self, parent_ino: int, name: str) -> None:
         if self.ctx.read_only:

@@ -157,3 +157,47 @@ def test_overlapping_listings_each_get_the_changes_since_they_started():
     assert len(table._fetches["d"].log) == 1              # only what the third one needs
     assert set(table.end_listing("d", third, {}).entries) == {"b"}
     assert table._fetches == {}
+
+
+def test_children_and_subtrees_match_the_known_paths_through_every_change():
+    """``children``, ``under`` and ``move`` walk an index of the known paths (a listing used to
+    scan every known path); after each of many random binds, forgets, unlinks and renames the
+    index answers exactly what a scan of all known paths answers."""
+    import random
+    rnd = random.Random(17)
+    fmeta = posix.default_meta(is_dir=False, mtime=0, policy=posix.MountPolicy())
+    dmeta = posix.default_meta(is_dir=True, mtime=0, policy=posix.MountPolicy())
+    t = InodeTable(dmeta, 30)
+    names = ["a", "b", "c"]
+
+    def scan_under(path: str) -> set[int]:
+        prefix = path + "/" if path else ""
+        return {ino for p, ino in t.by_path.items() if p.startswith(prefix) and p != path}
+
+    for step in range(3000):
+        depth = rnd.randrange(1, 4)
+        path = "/".join(rnd.choice(names) for _ in range(depth))
+        op = rnd.random()
+        node = t.at(path)
+        if op < 0.45:
+            kind = stat.S_IFREG if rnd.random() < 0.4 else stat.S_IFDIR
+            n = t.bind(path, kind, fmeta if kind == stat.S_IFREG else dmeta)
+            n.nlookup += 1
+        elif op < 0.65 and node is not None:
+            t.forget(node.ino, node.nlookup)           # the kernel forgot it: dropped
+        elif op < 0.8 and node is not None:
+            t.detach(node)                             # unlinked
+        elif node is not None:
+            other = "/".join(rnd.choice(names) for _ in range(rnd.randrange(1, 4)))
+            if other != path and not other.startswith(path + "/") and t.at(other) is None:
+                t.move(path, other)
+        for p in ("", *{q.rpartition("/")[0] for q in t.by_path}, path):
+            assert {n.ino for n in t.under(p)} == scan_under(p), (step, p)
+            assert {n.ino for n in t.children(p)} == \
+                {ino for q, ino in t.by_path.items() if q and q.rpartition("/")[0] == p}, (step, p)
+        assert all(t.nodes[ino].path == p for p, ino in t.by_path.items())
+    assert len(t.by_path) > 5                          # the walk did build trees
+    for p in sorted(t.by_path, reverse=True):
+        if p:
+            t.detach(t.nodes[t.by_path[p]])
+    assert not t._kids                                 # the index keeps nothing of them
