@@ -330,9 +330,8 @@ class OpsBase:
         return e
 
     def _stream_body(self, ctx: Ctx, tmp: TempObject) -> None:
-        """Copy the request body into ``tmp``, verifying Content-MD5 and the size limit."""
-        if ctx.body.length is None and "chunked" not in ctx.headers.get("transfer-encoding", "").lower():
-            raise OssError(411, "MissingContentLength", "You must provide the Content-Length HTTP header.")
+        """Copy the request body into ``tmp``, verifying Content-MD5 and the size limit (an
+        unframed body was answered 411 before: ``oss_handler._unframed``)."""
         if ctx.body.length is not None and ctx.body.length > MAX_OBJECT:
             raise OssError(400, "EntityTooLarge", "Your proposed upload exceeds the maximum allowed object size.")
         md5_hdr = ctx.headers.get("content-md5")

@@ -252,13 +252,16 @@ def _injected_failure(faults: Faults) -> OssError | None:
 
 
 def _unframed(method: str, hdrs: dict[str, str]) -> OssError | None:
-    """A PUT or POST with neither Content-Length nor chunked encoding: 411 MissingContentLength
-    (0017-00000101; help.aliyun.com/en/oss/user-guide/http-status-code-411: "The request does
-    not use chunked encoding or does not contain a Content-Length header"). The page does not
-    say whether a request without a body (CopyObject, PutSymlink, InitiateMultipartUpload) is
-    spared; the stricter reading is modelled: every PUT and POST must frame its body, also an
-    empty one (``Content-Length: 0``, as oss2 and ``store.transport`` send)."""
+    """A PUT or POST with neither Content-Length nor chunked encoding: 411 MissingContentLength,
+    EC 0017-00000101 (help.aliyun.com/en/oss/user-guide/http-status-code-411: "The request does
+    not use chunked encoding or does not contain a Content-Length header"; the EC's page,
+    help.aliyun.com/zh/oss/support/0017-00000101, says it of any OSS API request lacking the
+    header). Neither page spares a request without a body (CopyObject, PutSymlink,
+    InitiateMultipartUpload), so the stricter reading is modelled: every PUT and POST frames
+    its body, also an empty one (``Content-Length: 0``, as oss2 and ``store.transport`` send).
+    The one place this is checked: the operations never see an unframed body."""
     if method not in ("PUT", "POST") or "content-length" in hdrs or \
             "chunked" in hdrs.get("transfer-encoding", "").lower():
         return None
-    return OssError(411, "MissingContentLength", "You must provide the Content-Length HTTP header.")
+    return OssError(411, "MissingContentLength", "You must provide the Content-Length HTTP header.",
+                    EC="0017-00000101")

@@ -69,7 +69,7 @@ class FetchCost:
             self._small.append(seconds)
             early, self._early = self._early, []
             for n, s in early:
-                self.record(n, s)
+                self._large.append(max(0.0, s - seconds) / n)
         elif nbytes >= LARGE:
             self._rates.append(nbytes / max(seconds, 1e-9))
             per_request = self.per_request

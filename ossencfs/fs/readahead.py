@@ -15,7 +15,7 @@ stream's share of the read-ahead budget, ``readbudget``, when many read at once)
 in halves: with one GET per window a reader waited for each GET in turn on one connection, and
 16 readers over the cloud profile's link (20 ms, 50 Mbit/s per connection) read at 0.67x the
 rate of 16 CryptoBucket threads (``scripts/bench_scale.py``). On a fast link the halves only
-cost requests (16 readers on loopback: 0.89x -> 0.77x), so they are not made there.
+cost requests (16 readers on loopback: 0.89x -> 0.73-0.80x), so they are not made there.
 
 Read pattern per handle: a read that seeks (it does not continue the previous one, and is not
 the first read at offset 0) and is smaller than a block fetches only its own range, widened to

@@ -127,7 +127,7 @@ def test_put_without_content_length_or_chunked_is_answered_411(emu, bucket, head
     bucket.put_object("src", b"source")
     head = _signed(emu, "PUT", "dst", {**headers, "Connection": "close"})
     status, got = _exchange(emu, head + b"\r\n")
-    assert status == 411 and b"<Code>MissingContentLength</Code>" in got
+    assert status == 411 and b"<Code>MissingContentLength</Code>" in got and b"<EC>0017-00000101</EC>" in got
     assert not bucket.object_exists("dst")
     head = _signed(emu, "PUT", "dst", {**headers, "Connection": "close", "Content-Length": "0"})
     status, got = _exchange(emu, head + b"\r\n")
