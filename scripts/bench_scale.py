@@ -23,11 +23,15 @@ pass smaller ones to run them at a reduced scale.
   not drive ossfs yet; the issue's ossfs figures were measured by hand).
 
 ``--scale-only big_dir,parallel`` runs a subset (the others are neither seeded nor run).
+Each selected run is repeated ``--runs`` times (the issue asks for medians of at least 3):
+every number in its record is the median over the repetitions, and ``<name>_runs`` beside it
+lists each repetition's value where they differ (``median_of_runs``).
 """
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import shutil
 import subprocess
 import time
@@ -226,14 +230,39 @@ def parallel(b: Any, m: ModuleType) -> dict[str, Any]:
     return out
 
 
+def median_of_runs(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """One record for several repetitions of a scale run (same shape as each): a number is
+    the median of its values (``statistics.median``: the mean of the middle two for an even
+    count), with ``<key>_runs`` listing them when they differ; a nested record is merged
+    the same way; anything else (names, flags) is taken from the first repetition. A ratio
+    is the median of the per-repetition ratios, each measured side by side in its run."""
+    first = records[0]
+    out: dict[str, Any] = {}
+    for key, value in first.items():
+        values: list[Any] = [r.get(key) for r in records]
+        if isinstance(value, dict) and all(isinstance(v, dict) for v in values):
+            out[key] = median_of_runs(values)
+        elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            out[key] = statistics.median(values)
+            if len(set(values)) > 1:
+                out[f"{key}_runs"] = values
+        else:
+            out[key] = value
+    return out
+
+
 def run(b: Any, m: ModuleType) -> dict[str, Any]:
-    res: dict[str, Any] = {"ossfs": shutil.which("ossfs") or "not on PATH: no ossfs column"}
+    res: dict[str, Any] = {"ossfs": shutil.which("ossfs") or "not on PATH: no ossfs column",
+                           "runs": b.args.runs}
     runs = {"big_dir": big_dir, "many_dirs": many_dirs, "huge_file": huge_file, "parallel": parallel}
     for name in selected(b.args):
         fn = runs[name]
-        m.log(f"scale: {name}")
-        res[name] = fn(b, m)
-        m.log(f"scale: {name}: {json.dumps(res[name])}")     # kept if a later one fails
+        records = []
+        for i in range(b.args.runs):
+            m.log(f"scale: {name}, run {i + 1} of {b.args.runs}")
+            records.append(fn(b, m))
+            m.log(f"scale: {name}: {json.dumps(records[-1])}")     # kept if a later one fails
+        res[name] = median_of_runs(records)
     return res
 
 
@@ -259,4 +288,4 @@ def print_summary(res: dict[str, Any]) -> None:
         print(f"  scale: 16 parallel streams of {par['size'] / 2**20:.0f} MiB: write "
               f"{par['mount']['write']['rate']:.1f} MB/s ({par['write_ratio_vs_crypto_bucket']:.2f}x 16 CryptoBucket "
               f"threads), read {par['mount']['read']['rate']:.1f} MB/s ({par['read_ratio_vs_crypto_bucket']:.2f}x)")
-    print(f"  ossfs: {res['ossfs']}")
+    print(f"  ({res['runs']} run(s) each; medians)  ossfs: {res['ossfs']}")

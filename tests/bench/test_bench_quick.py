@@ -111,11 +111,25 @@ def test_quick_bench_reports_every_workload_for_every_system(tmp_path: Path) -> 
     assert kms["plain_bucket"]["kms_calls_per_object_write"] == 0
 
 
+def test_scale_records_of_several_runs_merge_into_medians() -> None:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from bench_scale import median_of_runs
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    runs = [{"size": 8, "name": "x", "flag": True, "w": {"seconds": s, "requests": {"Put": 2}}}
+            for s in (3.0, 1.0, 2.0, 10.0)]
+    got = median_of_runs(runs)
+    assert got["size"] == 8 and "size_runs" not in got and got["name"] == "x" and got["flag"] is True
+    assert got["w"]["seconds"] == 2.5 and got["w"]["seconds_runs"] == [3.0, 1.0, 2.0, 10.0]
+    assert got["w"]["requests"] == {"Put": 2}
+
+
 @pytest.mark.mount
 @pytest.mark.timeout(150)
 def test_scale_only_runs_and_seeds_the_named_scale_runs(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    base = ["--only", "", "--runs", "1", "--scale", "--scale-entries", "30", "--scale-dirs", "3",
+    base = ["--only", "", "--runs", "3", "--scale", "--scale-entries", "30", "--scale-dirs", "3",
             "--scale-per-dir", "4"]
     r = _bench(tmp_path, *base, "--scale-only", "many_dirs,big_dir")
     assert r.returncode == 0, f"bench failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
@@ -124,6 +138,11 @@ def test_scale_only_runs_and_seeds_the_named_scale_runs(tmp_path: Path) -> None:
     assert scale["big_dir"]["ls_l_cold"]["lines"] == 31                  # "total" + 30 entries
     assert scale["big_dir"]["rss_bytes_per_known_inode"] > 0
     assert scale["many_dirs"]["lines"] == 1 + 3 * (1 + 4)
+    # three runs each, medians: the time of every run is kept (times differ; counts do not)
+    assert scale["runs"] == 3 and "lines_runs" not in scale["many_dirs"]
+    assert len(scale["many_dirs"]["seconds_runs"]) == 3
+    assert scale["many_dirs"]["seconds"] == sorted(scale["many_dirs"]["seconds_runs"])[1]
+    assert len(scale["big_dir"]["find"]["seconds_runs"]) == 3
     assert "directory of 30 objects" in r.stdout and "huge file" not in r.stdout
     bad = _bench(tmp_path, *base, "--scale-only", "big_dir,nope", timeout=60)
     assert bad.returncode != 0 and "unknown nope" in bad.stderr
