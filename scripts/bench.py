@@ -180,6 +180,29 @@ def check(ok: bool, what: str) -> None:
         raise RuntimeError(f"verification failed: {what}")
 
 
+def cpu_probe() -> dict[str, float]:
+    """How fast the CPU is *now*: seconds of a fixed pure-Python loop (2,000,000 additions) and
+    the AES-256-CTR rate of one core in MB/s (64 MiB). This development machine is a VM on a
+    shared host whose speed changes while its load average stays near 0 (2026-12-01, idle:
+    the loop took 0.17-0.27 s and AES ran at 338-483 MB/s within one minute), and the mount
+    spends more CPU than a CryptoBucket stream, so its ratios move with it (16 parallel
+    readers, cloud profile: 127 MB/s in one run, 82-88 MB/s in three runs hours later, while
+    16 CryptoBucket threads went from 97 to 91 MB/s). Taken before and after each profile's
+    runs and printed beside its table, so that figures are compared at like probe values."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    t0 = time.perf_counter()
+    total = 0
+    for i in range(2_000_000):
+        total += i
+    loop = time.perf_counter() - t0
+    data = bytes(64 << 20)
+    enc = Cipher(algorithms.AES(bytes(32)), modes.CTR(bytes(16))).encryptor()
+    t0 = time.perf_counter()
+    enc.update(data)
+    aes = len(data) / (time.perf_counter() - t0) / 1e6
+    return {"python_loop_seconds": round(loop, 3), "aes_ctr_mb_per_s": round(aes)}
+
+
 def machine_info() -> dict[str, Any]:
     cpu = ""
     try:
@@ -1223,6 +1246,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for profile in profiles:
             log(f"profile {profile}: starting emulator and seeding")
+            probe = {"before": cpu_probe()}
             bench.setup_profile(profile)
             try:
                 runs = [bench.run_once(r) for r in range(args.runs)] if args.only else []
@@ -1235,8 +1259,11 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 bench.teardown_profile()
             res = summarize(runs) if runs else {}
-            report["profiles"][profile] = {"faults": PROFILES[profile], "workloads": res}
+            probe["after"] = cpu_probe()
+            report["profiles"][profile] = {"faults": PROFILES[profile], "cpu_probe": probe, "workloads": res}
             print_table(profile, PROFILES[profile], res, args)
+            print("  CPU probe (python loop s / AES-CTR MB/s), before and after: " + ", ".join(
+                f"{x['python_loop_seconds']:.2f} / {x['aes_ctr_mb_per_s']}" for x in probe.values()))
             if scale is not None:
                 report["profiles"][profile]["scale"] = scale
                 bench_scale.print_summary(scale)

@@ -51,6 +51,10 @@ def test_quick_bench_reports_every_workload_for_every_system(tmp_path: Path) -> 
     machine = data["machine"]
     assert machine["nproc"] >= 1 and machine["memory_bytes"] > 0 and "cpu_model" in machine
     assert data["parameters"]["quick"] is True
+    probe = data["profiles"]["loopback"]["cpu_probe"]                # the CPU's speed around the runs
+    for when in ("before", "after"):
+        assert probe[when]["python_loop_seconds"] > 0 and probe[when]["aes_ctr_mb_per_s"] > 0, when
+    assert "CPU probe" in r.stdout
 
     workloads = data["profiles"]["loopback"]["workloads"]
     assert set(WORKLOADS) <= set(workloads)
