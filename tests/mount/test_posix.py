@@ -423,6 +423,51 @@ def test_directory_times_follow_their_entries(mount, oss2_bucket, crypto_bucket)
     assert os.stat(p / "implied").st_mtime_ns == t1
 
 
+def test_a_directory_being_filled_has_its_times_stored_once_it_is_left_alone(mount, emulator,
+                                                                            oss2_bucket):
+    """Entries added without pause for longer than META_DELAY: the directory's marker is
+    written once they stop, not once a second while they go on (``cp -a`` sent a HEAD and a
+    PUT per directory and second, issue 17); an explicit ``utime`` right after the burst
+    stores the times with it, and no other store follows."""
+    from ossencfs.fs.context import META_DELAY
+    p = mount.path
+    os.mkdir(p / "busy")
+    os.mkdir(p / "utimed")
+    start = time.time()
+    for i in range(12):                       # 2.2 s of changes, twice META_DELAY and more
+        (p / "busy" / f"f{i}").write_bytes(b"x")
+        (p / "utimed" / f"f{i}").write_bytes(b"x")
+        time.sleep(0.2)
+    os.utime(p / "utimed", (1_500_000_000, 1_500_000_000))
+    time.sleep(META_DELAY + 1.5)
+
+    def puts(key: str) -> int:
+        return sum(1 for e in emulator.request_log if e[1] == "PutObject" and e[4] == key)
+    assert puts("busy/") == 2                 # mkdir, then once after the last change
+    assert float(oss2_bucket.head_object("busy/").headers["x-oss-meta-mtime"]) > start + 2.0
+    assert puts("utimed/") == 2               # mkdir, then the utime (no store after it)
+    assert float(oss2_bucket.head_object("utimed/").headers["x-oss-meta-mtime"]) == 1_500_000_000
+
+
+def test_a_new_directory_takes_owner_mode_and_times_without_a_head_each(mount, emulator,
+                                                                      oss2_bucket):
+    """What ``cp -a`` does to each directory it made: chown, chmod, utime. Within the
+    attribute timeout of the marker's last write the mount knows its headers: one PUT each,
+    no HEAD before it (it was a HEAD and a PUT each), and nothing the marker held is lost."""
+    p = mount.path
+    os.mkdir(p / "d")
+    seen = len(emulator.request_log)
+    os.chown(p / "d", 1234, 2345)
+    os.chmod(p / "d", 0o710)
+    os.utime(p / "d", (1_400_000_000, 1_400_000_000))
+    ops = [(e[1], e[4]) for e in emulator.request_log[seen:] if e[4] == "d/"]
+    assert ops == [("PutObject", "d/")] * 3, ops
+    h = oss2_bucket.head_object("d/").headers
+    assert (int(h["x-oss-meta-uid"]), int(h["x-oss-meta-gid"])) == (1234, 2345)
+    assert stat.S_IMODE(int(h["x-oss-meta-mode"])) == 0o710 and stat.S_ISDIR(int(h["x-oss-meta-mode"]))
+    assert float(h["x-oss-meta-mtime"]) == 1_400_000_000
+
+
 def test_an_open_file_stays_readable_after_unlink(mount, crypto_bucket, oss2_bucket):
     data = os.urandom(6 << 20)
     crypto_bucket.put_object("gone.bin", data)
