@@ -87,11 +87,13 @@ class Metadata:
         that a burst of changes costs one upload), at the next close of a writer, at fsync,
         or at unmount."""
         extra = posix.to_headers(node.meta)
+        sent_mtime_ns = node.meta.mtime_ns      # a touch while the PUT is out changes node.meta
         if node.ino == ROOT_INO and not self.ctx.prefix:
             return                              # the bucket root has no object to carry it
         if node.is_dir:
             key = self.ctx.dkey(node.path)
-            if node.headers is not None and node.headers_expires_mono > time.monotonic():
+            if node.ino != ROOT_INO and node.headers is not None \
+                    and node.headers_expires_mono > time.monotonic():
                 # trusted for ttl like any HEAD's (``fs.freshness``), and they hold all that
                 # ``kept_headers`` keeps (``attrs.node_headers``): ``cp -a`` sets a new
                 # directory's owner, mode and times one after the other, a HEAD before each
@@ -104,7 +106,7 @@ class Metadata:
             node.marker = True
             node.headers = {**kept, **extra}
             node.headers_expires_mono = time.monotonic() + self.ctx.ttl
-            if self.ctx.dir_touched.get(node.path, 0) <= node.meta.mtime_ns:
+            if self.ctx.dir_touched.get(node.path, 0) <= sent_mtime_ns:
                 self.ctx.dir_touched.pop(node.path, None)   # its marker carries the times now
             return
         if not node.exists_remote:

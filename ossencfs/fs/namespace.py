@@ -194,23 +194,33 @@ class Namespace:
 
     async def store_dir_times(self, paths: list[str] | None = None) -> None:
         """Write the times of touched directories (``paths``; all pending: at unmount) to
-        their markers. One whose times were stored meanwhile (``persist_meta`` of an explicit
-        change took them along) is skipped."""
-        todo = list(self._dirs_to_store) if paths is None else paths
-        for path in todo:
-            self._dirs_to_store.pop(path, None)
-        for path in sorted(todo):
+        their markers. Each stays pending until its attempt ended (an unmount's call waits
+        on the directory's lock for a store of the runner that is under way, rather than
+        taking it for done) and is left pending if it was touched again meanwhile. One whose
+        marker carries its times already (an explicit change stored them) is skipped. A
+        failure is logged and not retried (the next change stores them again)."""
+        for path in sorted(self._dirs_to_store if paths is None else paths):
+            mark = self._dirs_to_store.get(path)
+            if mark is None:
+                continue                # stored meanwhile, or renamed (pending under its new name)
             node = self.ctx.inodes.at(path)
-            if node is None or not node.is_dir or not node.marker or node.unlinked \
-                    or path not in self.ctx.dir_touched:
-                continue
-            try:
-                async with node.lock:
-                    if node.unlinked or self.ctx.inodes.at(node.path) is not node:
-                        continue        # removed or replaced while waiting for the lock
-                    await self.meta.persist_meta(node)
-            except OssEncError as exc:
-                log.info("%s: directory times not stored: %s", self.ctx.where(node), exc)
+            if node is not None and node.is_dir and node.marker and not node.unlinked:
+                try:
+                    async with node.lock:
+                        if not node.unlinked and self.ctx.inodes.at(node.path) is node \
+                                and not self._times_stored(node):
+                            await self.meta.persist_meta(node)
+                except OssEncError as exc:
+                    log.info("%s: directory times not stored: %s", self.ctx.where(node), exc)
+            if self._dirs_to_store.get(path) == mark:
+                del self._dirs_to_store[path]
+
+    @staticmethod
+    def _times_stored(node: Node) -> bool:
+        """Whether ``node``'s marker carries its mtime: the headers it was last written (or
+        read) with say so (``Metadata.persist_meta`` keeps what it sent)."""
+        stored = posix.parse_mtime_ns((node.headers or {}).get(posix.META_MTIME))
+        return stored is not None and stored >= node.meta.mtime_ns
 
     async def dir_is_empty(self, node: Node) -> bool:
         page = await self.ctx.store.list_page(self.ctx.dkey(node.path), "/", None, 3)
