@@ -469,13 +469,19 @@ def test_a_new_directory_takes_owner_mode_and_times_without_a_head_each(mount, e
     attribute timeout of the marker's last write the mount knows its headers: one PUT each,
     no HEAD before it (it was a HEAD and a PUT each), and nothing the marker held is lost."""
     p = mount.path
+
+    def ops() -> list[tuple[str, str]]:
+        return [(e[1], e[4]) for e in emulator.request_log if e[4] == "d/"]
     os.mkdir(p / "d")
-    seen = len(emulator.request_log)
+    # the emulator logs a request once it has answered it: wait for the mkdir's PUT
+    eventually(lambda: ("PutObject", "d/") in ops(), timeout=10)
+    seen = len(ops())
     os.chown(p / "d", 1234, 2345)
     os.chmod(p / "d", 0o710)
     os.utime(p / "d", (1_400_000_000, 1_400_000_000))
-    ops = [(e[1], e[4]) for e in emulator.request_log[seen:] if e[4] == "d/"]
-    assert ops == [("PutObject", "d/")] * 3, ops
+    eventually(lambda: len(ops()) >= seen + 3, timeout=10)
+    time.sleep(0.2)
+    assert ops()[seen:] == [("PutObject", "d/")] * 3, ops()
     h = oss2_bucket.head_object("d/").headers
     assert (int(h["x-oss-meta-uid"]), int(h["x-oss-meta-gid"])) == (1234, 2345)
     assert stat.S_IMODE(int(h["x-oss-meta-mode"])) == 0o710 and stat.S_ISDIR(int(h["x-oss-meta-mode"]))
