@@ -337,6 +337,13 @@ class Mount:
         drain is left), and SIGUSR1: stop waiting; pending uploads stay journaled for the next
         mount. Every path ends in a clean exit with the journal intact."""
         terminated = False
+        # the receiver restores the handlers it found, and redelivers to them a signal it had
+        # not handed out when it closes (trio/_signals.py, _redeliver_remaining): found as
+        # SIG_DFL, a signal at the end of the drain killed the process before _clean_up.
+        # Ignoring them first (no checkpoint between) leaves no window: after this task, only
+        # the short cleanup is left, which ignores them too.
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
                                        signal.SIGUSR1) as sigs:
             async for signum in sigs:

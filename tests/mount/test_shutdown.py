@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import time
 
 import pytest
 
@@ -64,6 +65,24 @@ def test_signals_while_mounted_then_while_draining(make_mount, emulator, crypto_
     eventually(lambda: "signal received: unmounting" in m.log(), timeout=30)
     m.proc.send_signal(signal.SIGTERM)
     m.proc.send_signal(signal.SIGTERM)
+    _exited_cleanly(m)
+    _uploaded_by_next_mount(m, emulator, crypto_bucket, files)
+
+
+def test_a_stream_of_signals_until_the_process_ends_never_kills_it(make_mount, emulator,
+                                                                    crypto_bucket):
+    """A supervisor that keeps sending SIGTERM (or a user pressing Ctrl-C repeatedly): every
+    stage of shutdown must take it, including the moment the signal receiver closes (trio
+    redelivers a signal it had not handed out yet to the handler it found at start: the
+    default one would kill the process with its mount and journal half cleaned up)."""
+    m = make_mount("stream", extra=["--write-back", "60"])
+    files = _pending(m, emulator)
+    m.proc.send_signal(signal.SIGTERM)
+    eventually(lambda: "signal received: unmounting" in m.log(), timeout=30)
+    deadline = time.monotonic() + 30
+    while m.proc.poll() is None and time.monotonic() < deadline:
+        m.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.0005)
     _exited_cleanly(m)
     _uploaded_by_next_mount(m, emulator, crypto_bucket, files)
 
