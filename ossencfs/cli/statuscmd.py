@@ -115,7 +115,8 @@ def _print_state(s: StateDoc, out: TextIO) -> None:
               f"{'y' if o['entries'] == 1 else 'ies'} of {o.get('url', '?')} in {o['dir']}",
               file=out)
     c = s.get("cache") or {}
-    line = (f"  cache: {_size(c.get('block_bytes', 0))} blocks + "
+    line = (f"  cache: {_size(c.get('block_bytes', 0))} blocks on disk, "
+            f"{_size(c.get('memory_bytes', 0))} in memory, "
             f"{_size(c.get('staged_bytes', 0))} staged of {_size(c.get('limit', 0))} limit")
     disk = c.get("disk")
     if disk:

@@ -231,6 +231,16 @@ class BlockCache:
     def in_memory(self, key: str, etag: str, index: int) -> bool:
         return _name(key, etag, index) in self._hot
 
+    def release(self, key: str, etag: str, indices: range) -> None:
+        """Drop blocks a sequential reader has read past from memory (no await). The kernel's
+        page cache holds their plaintext, and the first ``readahead.STREAM_DISK_LIMIT`` bytes
+        of the run are on disk: kept here, they only took the memory of the blocks still
+        ahead of the reader (peak RSS of a 128 MiB read, cloud: 161 MiB, 59 of them at idle)."""
+        for index in indices:
+            data = self._hot.pop(_name(key, etag, index), None)
+            if data is not None:
+                self._hot_used -= len(data) + HOT_ENTRY_OVERHEAD
+
     def on_disk(self, key: str, etag: str, index: int) -> bool:
         return bool(self.directory) and _name(key, etag, index) in self._disk
 
@@ -334,3 +344,9 @@ class BlockCache:
     @property
     def disk_bytes(self) -> int:
         return self._disk_bytes
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes the in-memory blocks take, with ``HOT_ENTRY_OVERHEAD`` each (at most
+        ``hot_bytes``)."""
+        return self._hot_used

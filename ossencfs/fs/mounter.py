@@ -342,8 +342,8 @@ class Mount:
         # SIG_DFL, a signal at the end of the drain killed the process before _clean_up.
         # Ignoring them first (no checkpoint between) leaves no window: after this task, only
         # the short cleanup is left, which ignores them too.
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(signum, signal.SIG_IGN)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
                                        signal.SIGUSR1) as sigs:
             async for signum in sigs:

@@ -28,7 +28,8 @@ blocks and the growing window. Fetched blocks go to the on-disk cache in the bac
 (one worker-thread job per GET): a read never waits for the cache disk.
 
 Scan resistance: a long sequential run caches only its first ``STREAM_DISK_LIMIT`` bytes on
-disk; the rest is kept in memory until read. Creating a cache file per block was the largest
+disk; the rest is kept in memory until read, and every block leaves memory once the reader is
+past it (``_release``). Creating a cache file per block was the largest
 remaining cost of streaming, a re-read while mounted comes from the kernel page cache anyway,
 and a 1 GiB copy would otherwise evict the whole random-access working set from the cache.
 """
@@ -87,6 +88,7 @@ class BlockSource:
         # sequential reads open the read-ahead window again
         self._seeking = False
         self._fragments: list[tuple[int, bytes]] = []
+        self._released_to = 0         # blocks below this one are dropped from memory (``_release``)
 
     # ------------------------------------------------------------------ fetching
     async def _fetch_run(self, first: int, last: int) -> dict[int, bytes]:
@@ -203,12 +205,23 @@ class BlockSource:
             cipher = await self.cipher_range(off, end - off)
         note_read = getattr(self.reader, "note_read", None)
         if note_read is not None:   # GCM: a read reaching the end after one from 0 is checked
-            await note_read(off, cipher, self.cipher_range)
+            await note_read(off, cipher, self.cipher_range)     # (it may need earlier blocks)
+        elif self._window:
+            self._release(off)
         if not self.reader.encrypted:
             return bytes(cipher)
         if in_thread(len(cipher)):
             return await trio.to_thread.run_sync(self.reader.decrypt, off, cipher)
         return self.reader.decrypt(off, cipher)
+
+    def _release(self, off: int) -> None:
+        """A sequential reader at ``off`` will not come back to the blocks before the one it
+        reads (one block of slack: the kernel may have several reads of the stream under way
+        at once); the cache keeps them only as long as they are read (``BlockCache.release``)."""
+        below = off // self._bs - 1
+        if below > self._released_to:
+            self.cache.release(self.key, self.etag, range(self._released_to, below))
+            self._released_to = below
 
     # ------------------------------------------------------------------ random reads
     def _all_near(self, off: int, end: int) -> bool:
@@ -257,6 +270,7 @@ class BlockSource:
             self._sequential = 0
             self._prefetched_to = -1
             self._run_start = off
+            self._released_to = off // self._bs
             self._seeking = off != 0 or self._last_end != -1
         self._last_end = end
         if self._sequential < 3:

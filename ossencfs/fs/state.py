@@ -80,7 +80,8 @@ def snapshot(mount: Mount) -> dict[str, object]:
         "other_journals": mount.other_journals,
         "uploads_done": uploader.uploads,
         "cache": {"limit": model.staging.limit, "staged_bytes": model.staging.used,
-                  "block_bytes": model.cache.disk_bytes, "disk": disk},
+                  "block_bytes": model.cache.disk_bytes,
+                  "memory_bytes": model.cache.memory_bytes, "disk": disk},
     }
 
 

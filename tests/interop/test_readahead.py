@@ -50,6 +50,39 @@ def test_sequential_reads_use_few_large_gets(store, rsa_key_path, tmp_path, monk
     trio.run(main)
 
 
+def test_a_sequential_reader_holds_in_memory_only_the_blocks_ahead_of_it(store, rsa_key_path,
+                                                                         tmp_path):
+    """Blocks a sequential reader has passed leave the in-memory cache (the kernel's page cache
+    has their plaintext): memory stays near the read-ahead window, not the whole file. Before,
+    a 16 MiB read kept all 16 MiB (up to the 64 MiB hot set) in memory."""
+    data = payload(16 * MiB + 777, seed=5)
+    objects = _objects(store, rsa_key_path)
+    window = 4 * MiB
+
+    async def main():
+        cache = BlockCache(str(tmp_path / "blocks"))
+        async with trio.open_nursery() as nursery:
+            await objects.write("stream.bin", data, len(data))
+            reader = await objects.open_reader("stream.bin")
+            src = BlockSource(cache, reader, "stream.bin", reader.info.etag, reader.size,
+                              lambda fn: (nursery.start_soon(fn), True)[1], max_window=window)
+            peak = 0
+            for off in range(0, len(data), 128 * 1024):
+                assert await src.read(off, 128 * 1024) == data[off:off + 128 * 1024]
+                await trio.sleep(0)                            # as between FUSE requests
+                peak = max(peak, cache.memory_bytes)
+            # the window, a GET that completes it, and the block of slack behind the reader
+            assert peak <= window + readahead.FETCH_SIZE + 2 * cache.block_size, peak
+            last = (len(data) - 1) // cache.block_size
+            assert not any(cache.in_memory("stream.bin", reader.info.etag, i)
+                           for i in range(last - 2))
+            # a new handle reading it again gets the same bytes (disk, then GETs)
+            again = BlockSource(cache, reader, "stream.bin", reader.info.etag, reader.size,
+                                lambda fn: (nursery.start_soon(fn), True)[1])
+            assert await again.read(0, len(data)) == data
+    trio.run(main)
+
+
 def test_a_small_share_over_slow_connections_keeps_two_gets_under_way(store, emulator, rsa_key_path,
                                                                     tmp_path):
     """16 readers share the read-ahead budget, so each one's window is one ``FETCH_SIZE``;
