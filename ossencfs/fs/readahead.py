@@ -89,6 +89,7 @@ class BlockSource:
         self._seeking = False
         self._fragments: list[tuple[int, bytes]] = []
         self._released_to = 0         # blocks below this one are dropped from memory (``_release``)
+        self._reading: list[int] = []   # offsets of this handle's reads under way
 
     # ------------------------------------------------------------------ fetching
     async def _fetch_run(self, first: int, last: int) -> dict[int, bytes]:
@@ -198,27 +199,34 @@ class BlockSource:
         if started is not None:
             started(off)
         self._advance_window(off, end)
-        if self._seeking and end - off < self._bs and not self._all_near(off, end) \
-                and not self.cache.fetch_cost.whole_block_pays(self._bs, _fragment_size(off, end)):
-            cipher = await self._fragment(off, end)
-        else:
-            cipher = await self.cipher_range(off, end - off)
-        note_read = getattr(self.reader, "note_read", None)
-        if note_read is not None:   # GCM: a read reaching the end after one from 0 is checked
-            await note_read(off, cipher, self.cipher_range)     # (it may need earlier blocks)
-        elif self._window:
-            self._release(off)
+        self._reading.append(off)
+        try:
+            if self._seeking and end - off < self._bs and not self._all_near(off, end) and \
+                    not self.cache.fetch_cost.whole_block_pays(self._bs,
+                                                               _fragment_size(off, end)):
+                cipher = await self._fragment(off, end)
+            else:
+                cipher = await self.cipher_range(off, end - off)
+            note_read = getattr(self.reader, "note_read", None)
+            if note_read is not None:   # GCM: a read reaching the end after one from 0 is checked
+                await note_read(off, cipher, self.cipher_range)   # (it may need earlier blocks)
+            elif self._window:
+                self._release()
+        finally:
+            self._reading.remove(off)
         if not self.reader.encrypted:
             return bytes(cipher)
         if in_thread(len(cipher)):
             return await trio.to_thread.run_sync(self.reader.decrypt, off, cipher)
         return self.reader.decrypt(off, cipher)
 
-    def _release(self, off: int) -> None:
-        """A sequential reader at ``off`` will not come back to the blocks before the one it
-        reads (one block of slack: the kernel may have several reads of the stream under way
-        at once); the cache keeps them only as long as they are read (``BlockCache.release``)."""
-        below = off // self._bs - 1
+    def _release(self) -> None:
+        """A sequential reader does not come back to the blocks before those its reads under
+        way still take from the cache (the kernel sends several reads of a stream at once, and
+        each waits for its blocks in turn), with one block of slack for reads of the stream
+        arriving slightly out of order: the cache keeps blocks only as long as they are read
+        (``BlockCache.release``)."""
+        below = min(self._reading) // self._bs - 1
         if below > self._released_to:
             self.cache.release(self.key, self.etag, range(self._released_to, below))
             self._released_to = below

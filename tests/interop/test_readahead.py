@@ -83,6 +83,37 @@ def test_a_sequential_reader_holds_in_memory_only_the_blocks_ahead_of_it(store, 
     trio.run(main)
 
 
+def test_concurrent_reads_of_a_stream_keep_the_blocks_the_earlier_ones_wait_for(
+        store, rsa_key_path, tmp_path):
+    """The kernel keeps several reads of one stream under way, and each takes its blocks from
+    the cache in turn: a later read that finished first must not drop blocks an earlier one
+    has yet to take (it fetched them again: 40 MiB read as 42). Every byte is fetched once."""
+    data = payload(24 * MiB + 99, seed=6)
+    objects = _objects(store, rsa_key_path)
+    request = 1 * MiB
+
+    async def main():
+        cache = BlockCache(None)
+        async with trio.open_nursery() as nursery:
+            src = await _source(store, objects, cache, nursery, "concurrent.bin", data)
+            before = store.bytes_fetched
+            got: dict[int, bytes] = {}
+            limit = trio.Semaphore(4)                          # four reads under way
+
+            async def one(off: int) -> None:
+                try:
+                    got[off] = await src.read(off, request)
+                finally:
+                    limit.release()
+            async with trio.open_nursery() as readers:
+                for off in range(0, len(data), request):
+                    await limit.acquire()
+                    readers.start_soon(one, off)
+            assert b"".join(got[o] for o in sorted(got)) == data
+            assert store.bytes_fetched - before == len(data)
+    trio.run(main)
+
+
 def test_a_small_share_over_slow_connections_keeps_two_gets_under_way(store, emulator, rsa_key_path,
                                                                     tmp_path):
     """16 readers share the read-ahead budget, so each one's window is one ``FETCH_SIZE``;
