@@ -25,7 +25,7 @@ import logging
 import os
 import signal
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable
 
 import pyfuse3
 import trio
@@ -47,6 +47,10 @@ if TYPE_CHECKING:
     from .writeback import WriteBack
 
 log = logging.getLogger(__name__)
+
+
+#: what ends a mount (``_signals``)
+_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1)
 
 
 class _Spawner:
@@ -218,17 +222,26 @@ class Mount:
         spawn = _Spawner()
         ops = self._build(spawn)
         await self._replay()
-        self._mount(ops)
         from .state import state_path_for
         state_path = state_path_for(self.pidfile)
         failed = 0
-        signal.signal(signal.SIGUSR1, signal.SIG_IGN)   # until _signals takes over
-        try:
-            self._announce(state_path)
-            ready(None)
-            failed = await self._serve(spawn, state_path)
-        finally:
-            self._clean_up(state_path)
+        # From the mount on, a signal is received, never acted on by default (which left a
+        # dead FUSE mount and stale pid and state files when it came before ``_signals`` ran):
+        # the receiver opens before the mount, and ``_signals`` acts on what came meanwhile.
+        # When it closes it restores the handlers it found and redelivers to them a signal it
+        # had not handed out (trio/_signals.py, _redeliver_remaining): found as SIG_DFL, one
+        # at the end of the drain killed the process. Ignoring them first (no checkpoint
+        # between) leaves no window, and after it the process only exits.
+        for sig in _SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        with trio.open_signal_receiver(*_SIGNALS) as signals:
+            self._mount(ops)
+            try:
+                self._announce(state_path)
+                ready(None)
+                failed = await self._serve(spawn, state_path, signals)
+            finally:
+                self._clean_up(state_path)
         return 1 if failed and not self.no_wait else 0
 
     async def _check_bucket(self) -> None:
@@ -259,7 +272,8 @@ class Mount:
                     f" (write-back {self.write_back:g} s)" if self.write_back else "")
         write_state(state_path, snapshot(self))
 
-    async def _serve(self, spawn: _Spawner, state_path: str) -> int:
+    async def _serve(self, spawn: _Spawner, state_path: str,
+                     signals: AsyncIterator[int]) -> int:
         """Serve FUSE requests until unmounted, with the upload queue, the state file, signal
         handling and credential renewal beside it; then unmount and drain (``_drain``).
         Returns how many uploads are left."""
@@ -268,7 +282,7 @@ class Mount:
         assert wb is not None
         async with trio.open_nursery() as nursery:
             spawn.nursery = nursery
-            nursery.start_soon(self._signals)
+            nursery.start_soon(self._signals, signals)
             nursery.start_soon(wb.run)
             nursery.start_soon(publish, self, state_path)
             nursery.start_soon(self._renew_credentials)
@@ -305,9 +319,7 @@ class Mount:
     def _clean_up(self, state_path: str) -> None:
         """Whatever happened: the session closed, the attribute cache closed, the pid and
         state files removed."""
-        self._serving = False
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):   # cleanup is short:
-            signal.signal(signum, signal.SIG_IGN)                       # let it finish
+        self._serving = False              # (signals are received, not acted on, until exit)
         if not self._closed:
             pyfuse3.close(unmount=True)
         self.model.attr_cache.close()
@@ -331,36 +343,26 @@ class Mount:
             except OssEncError:
                 pass
 
-    async def _signals(self) -> None:
+    async def _signals(self, signals: AsyncIterator[int]) -> None:
         """SIGTERM/SIGINT/SIGHUP while mounted: unmount, then upload what is pending. Any later
         one, one after an external unmount (``fusermount3 -u``: the mount is gone, only the
         drain is left), and SIGUSR1: stop waiting; pending uploads stay journaled for the next
         mount. Every path ends in a clean exit with the journal intact."""
         terminated = False
-        # the receiver restores the handlers it found, and redelivers to them a signal it had
-        # not handed out when it closes (trio/_signals.py, _redeliver_remaining): found as
-        # SIG_DFL, a signal at the end of the drain killed the process before _clean_up.
-        # Ignoring them first (no checkpoint between) leaves no window: after this task, only
-        # the short cleanup is left, which ignores them too.
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
-                                       signal.SIGUSR1) as sigs:
-            async for signum in sigs:
-                # after `fusermount3 -u` the kernel mount is gone at once, but pyfuse3.main()
-                # returns only when it next reads /dev/fuse: the signal is then already one
-                # "while draining", not a request to unmount
-                if signum == signal.SIGUSR1 or terminated or not self._serving \
-                        or not self._still_mounted():
-                    log.warning("not waiting for pending uploads: they stay journaled")
-                    self.no_wait = True
-                    if self._drain_scope is not None:
-                        self._drain_scope.cancel()
-                    continue
-                log.info("signal received: unmounting %s", self.mountpoint)
-                terminated = True
-                pyfuse3.terminate()
-
+        async for signum in signals:
+            # after `fusermount3 -u` the kernel mount is gone at once, but pyfuse3.main()
+            # returns only when it next reads /dev/fuse: the signal is then already one
+            # "while draining", not a request to unmount
+            if signum == signal.SIGUSR1 or terminated or not self._serving \
+                    or not self._still_mounted():
+                log.warning("not waiting for pending uploads: they stay journaled")
+                self.no_wait = True
+                if self._drain_scope is not None:
+                    self._drain_scope.cancel()
+                continue
+            log.info("signal received: unmounting %s", self.mountpoint)
+            terminated = True
+            pyfuse3.terminate()
 
     def _still_mounted(self) -> bool:
         """Whether a FUSE file system is still mounted on the mount point (mountinfo)."""

@@ -1,6 +1,7 @@
 """Signals at every stage of shutdown end in a clean exit with the journal intact (issue 13 item 8)."""
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -85,6 +86,24 @@ def test_a_stream_of_signals_until_the_process_ends_never_kills_it(make_mount, e
         time.sleep(0.0005)
     _exited_cleanly(m)
     _uploaded_by_next_mount(m, emulator, crypto_bucket, files)
+
+
+def test_sigterm_the_moment_the_mount_appears_unmounts_cleanly(make_mount):
+    """A supervisor that stops the mount as soon as it sees it (or ``ossencfs mount`` followed
+    at once by a kill): the signal came before the mount had started listening for it, and
+    the default action killed the process with the file system still mounted (a dead FUSE
+    mount: "Transport endpoint is not connected") and its pid and state files left behind."""
+    for attempt in range(3):
+        m = make_mount(f"early{attempt}", start=False)
+        with open(m.log_path, "ab") as log:
+            m.proc = subprocess.Popen(m.argv(), stdout=log, stderr=log, env=m.env)
+        deadline = time.monotonic() + 30
+        while not _is_mounted(str(m.path)):                    # no sleep: the first moment
+            assert m.proc.poll() is None and time.monotonic() < deadline, m.log()
+        m.proc.send_signal(signal.SIGTERM)
+        _exited_cleanly(m, 0)
+        assert not _is_mounted(str(m.path))
+        assert not os.path.exists(m.state_path), "state file left behind"
 
 
 def test_sigterm_unmounts_a_mount_point_named_through_a_symlink(make_mount, tmp_path):
