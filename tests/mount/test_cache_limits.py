@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,8 @@ def test_cache_size_counts_staged_data_and_evicts_only_clean_blocks(make_mount, 
     assert (m.path / "remote.bin").read_bytes() == remote              # still readable
     r = m.cli("status", str(m.path))
     assert "staged of 2.0 MiB limit" in r.stdout, r.stdout
+    assert re.search(r"blocks on disk, [\d.]+ \w+ in memory", r.stdout), r.stdout
+    assert 0 <= m.state()["cache"]["memory_bytes"] <= 64 * MiB
     os.unlink(m.path / "second.bin")
     with open(m.path / "first.bin", "rb") as f:
         os.fsync(f.fileno())                            # uploaded: its staging is freed
