@@ -197,13 +197,15 @@ class Namespace:
         """Write the times of touched directories (``paths``; all pending: at unmount) to
         their markers. Each stays pending until its attempt ended (an unmount's call waits
         on the directory's lock for a store of the runner that is under way, rather than
-        taking it for done) and is left pending if it was touched again meanwhile. One whose
+        taking it for done) and is left pending if it was touched again meanwhile, its next
+        ``DIR_TIMES_MAX`` counted from this attempt. One whose
         marker carries its times already (an explicit change stored them) is skipped. A
         failure is logged and not retried (the next change stores them again)."""
         for path in sorted(self._dirs_to_store if paths is None else paths):
             mark = self._dirs_to_store.get(path)
             if mark is None:
                 continue                # stored meanwhile, or renamed (pending under its new name)
+            started = trio.current_time()
             node = self.ctx.inodes.at(path)
             if node is not None and node.is_dir and node.marker and not node.unlinked:
                 try:
@@ -213,8 +215,11 @@ class Namespace:
                             await self.meta.persist_meta(node)
                 except OssEncError as exc:
                     log.info("%s: directory times not stored: %s", self.ctx.where(node), exc)
-            if self._dirs_to_store.get(path) == mark:
+            now = self._dirs_to_store.get(path)
+            if now == mark:
                 del self._dirs_to_store[path]
+            elif now is not None:   # touched during the attempt: a new interval starts with it
+                self._dirs_to_store[path] = (started, now[1])
 
     @staticmethod
     def _times_stored(node: Node) -> bool:

@@ -451,6 +451,31 @@ def test_a_directory_being_filled_has_its_times_stored_once_it_is_left_alone(mou
     assert float(oss2_bucket.head_object("utimed/").headers["x-oss-meta-mtime"]) == 1_500_000_000
 
 
+def test_a_directory_filled_for_longer_than_dir_times_max_is_stored_every_interval(
+        mount, emulator):
+    """A directory that keeps changing has its times stored every ``DIR_TIMES_MAX`` seconds,
+    and at the end. Changes that came while a store was under way started the next interval:
+    they kept the first one's start, so from then on each store was followed at once by
+    another (one PUT per round trip, here 11 where 3 are due)."""
+    from ossencfs.fs.context import META_DELAY
+    from ossencfs.fs.namespace import DIR_TIMES_MAX
+    p = mount.path
+    os.mkdir(p / "filling")
+    emulator.set_faults(latency_ms=150)       # a change always lands during a store
+    try:
+        end = time.monotonic() + DIR_TIMES_MAX + 2.5
+        i = 0
+        while time.monotonic() < end:
+            (p / "filling" / f"f{i}").write_bytes(b"x")
+            i += 1
+            time.sleep(0.03)
+        time.sleep(META_DELAY + 1.5)
+    finally:
+        emulator.set_faults(latency_ms=0)
+    puts = sum(1 for e in emulator.request_log if e[1] == "PutObject" and e[4] == "filling/")
+    assert puts <= 4, puts                    # mkdir, after DIR_TIMES_MAX, at the end (+1 slack)
+
+
 def test_a_directory_renamed_before_its_times_were_stored_gets_them_under_its_new_name(
         mount, oss2_bucket):
     p = mount.path
