@@ -182,7 +182,13 @@ class Mount:
                                          delay=self.write_back,
                                          parallel=max(2, cfg.upload_parallelism),
                                          small_parallel=cfg.upload_small_files)
-        return Operations(self.model)
+        return Operations(self.model, after_init=self._raise_readahead)
+
+    def _raise_readahead(self) -> None:
+        """After FUSE_INIT's reply (``Operations.init``); never raises (a callback of trio's
+        run queue that raised would end the loop)."""
+        from .readahead import raise_kernel_readahead
+        raise_kernel_readahead(self.mountpoint)
 
     def _lock_cache_dir(self) -> None:
         """One live mount per cache/staging directory: a second one would see the first one's
@@ -259,8 +265,6 @@ class Mount:
         except RuntimeError as exc:
             raise OssEncError(f"cannot mount on {self.mountpoint}: {exc} "
                               f"(stale mount? try fusermount3 -u)") from None
-        from .readahead import raise_kernel_readahead
-        raise_kernel_readahead(self.mountpoint)
 
     def _announce(self, state_path: str) -> None:
         """Mounted: the pid file (``ossencfs umount`` waits for it), a log line, the first

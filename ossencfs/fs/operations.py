@@ -86,14 +86,23 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, model: FsModel) -> None:
+    def __init__(self, model: FsModel, after_init: Callable[[], None] | None = None) -> None:
         super().__init__()
         self.model = model
+        self._after_init = after_init
         self._dirs: dict[int, tuple[int, list[tuple[str, Entry]] | None]] = {}
         self._next_dh = 0
         # when each object's last failure was logged: a repeated one (``OssEncError.repeat``,
         # e.g. a remembered KMS outage) is named once per REPEAT_QUIET seconds per object
         self._repeats_mono: OrderedDict[str, float] = OrderedDict()
+
+    def init(self) -> None:
+        """FUSE_INIT, called by pyfuse3 in the trio loop *before* the reply goes out.
+        ``after_init`` must see the kernel's state after that reply (the kernel sets the
+        mount's read-ahead from it: ``readahead.raise_kernel_readahead``), so it runs once the
+        loop gets back to its queue, which is after this request has been answered."""
+        if self._after_init is not None:
+            trio.lowlevel.current_trio_token().run_sync_soon(self._after_init)
 
     # ``args``: a handler's positional arguments (inodes, handles, names, attributes, a
     # request context, ...): heterogeneous, so ``object``, narrowed by ``isinstance`` where read

@@ -356,13 +356,18 @@ def mountinfo(path: str) -> list[tuple[str, str]]:
 
 
 def raise_kernel_readahead(mountpoint: str, kb: int = KERNEL_READAHEAD_KB) -> bool:
-    """Let the kernel read ahead ``kb`` KiB on this mount (best effort; needs root).
+    """Let the kernel read ahead ``kb`` KiB on this mount (best effort; needs root). Returns
+    whether the bdi's ``read_ahead_kb`` was written; never raises.
 
     FUSE starts every mount with a 128 KiB read-ahead, and FUSE_INIT can only lower it, so a
     streaming reader arrives as 128 KiB requests: per-request overhead then caps throughput.
     With a larger window the kernel sends up to 1 MiB per request (libfuse's max_pages).
-    Call right after mounting; the mount is found through /proc/self/mountinfo, never by
-    touching the mount point (this very process serves it, so a stat would deadlock).
+    Call it only once FUSE_INIT has been *answered* (``Operations.init``): the kernel sets
+    the bdi's read-ahead from that reply (``process_init_reply`` in fs/fuse/inode.c lowers
+    it to the reply's ``max_readahead``, 128 KiB), so a value written right after mount(2)
+    is undone (measured on kernel 6.18: 128 after the mount, and reads of 128 KiB).
+    The mount is found through /proc/self/mountinfo, never by touching the mount point
+    (this very process serves it, so a stat would deadlock).
     """
     try:
         found = mountinfo(mountpoint)
@@ -372,6 +377,6 @@ def raise_kernel_readahead(mountpoint: str, kb: int = KERNEL_READAHEAD_KB) -> bo
         with open(f"/sys/class/bdi/{dev}/read_ahead_kb", "w") as f:
             f.write(str(kb))
         return True
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         log.debug("cannot raise the kernel read-ahead of %s: %s", mountpoint, exc)
         return False
