@@ -11,9 +11,10 @@ import errno
 import os
 import stat
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyfuse3
+import trio
 
 from ..errors import OssEncError
 from . import dirtystate, posix
@@ -39,6 +40,10 @@ class Handle:
     source_etag: str | None = None
     source_key: str | None = None       # the object the source reads (a rename moves it)
     epoch: int = 0                      # the node's epoch when this handle was opened
+    # the kernel sends several reads of a handle at once (4 MiB read-ahead: four 1 MiB
+    # requests): one of them makes the source, the others wait for it instead of making their
+    # own (a second source counted as a second stream and halved the window, readbudget)
+    source_lock: trio.Lock = field(default_factory=trio.Lock)
 
 
 class Files:
@@ -147,11 +152,18 @@ class Files:
                     return await node.staging.read(off, size)
         if not node.exists_remote:
             return b""
-        if h.source is None or h.source_etag != node.etag or \
+        source = h.source
+        if source is None or h.source_etag != node.etag or \
                 h.source_key != self.ctx.okey(node.path):
-            h.source = await self.fresh.source(node)
-            h.source_etag, h.source_key = node.etag, self.ctx.okey(node.path)
-        return await h.source.read(off, size)
+            async with h.source_lock:
+                source = h.source
+                if source is None or h.source_etag != node.etag or \
+                        h.source_key != self.ctx.okey(node.path):
+                    if source is not None:
+                        self.ctx.cache.streams.done(source)
+                    source = h.source = await self.fresh.source(node)
+                    h.source_etag, h.source_key = node.etag, self.ctx.okey(node.path)
+        return await source.read(off, size)
 
     def _check_epoch(self, h: Handle, what: str) -> None:
         """EIO for a writer whose local version was taken from it (it went to a conflict
@@ -206,6 +218,8 @@ class Files:
         h = self.handles.pop(fh, None)
         if h is None:
             return
+        if h.source is not None:             # its read-ahead share goes back to the others
+            self.ctx.cache.streams.done(h.source)
         node = h.node
         node.open_count -= 1
         try:

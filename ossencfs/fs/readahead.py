@@ -55,7 +55,9 @@ STREAM_DISK_LIMIT = 16 << 20  # a sequential run caches only its first 16 MiB on
 RANDOM_ALIGN = 4 << 10         # a read that seeks fetches whole 4 KiB pages ...
 RANDOM_MARGIN = 4 << 10        # ... and this much more (the kernel often asks for it next)
 SEQUENTIAL_GAP = 64 << 10      # a read this far past the previous one still continues it
+SEQUENTIAL_STEP = 128 << 10    # the window grows per this many bytes read in a row (one step)
 RANDOM_FRAGMENTS = 8           # fetched ranges a handle keeps for reads that follow
+KERNEL_READAHEAD_KB = 4096     # the kernel's read-ahead on the mount (raise_kernel_readahead)
 
 
 class CipherReader(Protocol):
@@ -270,22 +272,28 @@ class BlockSource:
 
     # ------------------------------------------------------------------ read-ahead
     def _advance_window(self, off: int, end: int) -> None:
-        """Sequential reads grow the window (after a few, since the kernel's own read-ahead
-        turns even a tiny random read into two or three sequential requests); a seek resets."""
+        """Sequential reads grow the window (after a few steps, since the kernel's own
+        read-ahead turns even a tiny random read into two or three sequential requests); a
+        seek resets. A step is a read, or ``SEQUENTIAL_STEP`` bytes of a larger one: the ramp
+        per byte read is then the same whether the kernel sends 128 KiB or 1 MiB requests
+        (with 1 MiB ones counted as one step each, a stream over a slow link waited for the
+        window eight times as long)."""
+        steps = max(1, (end - off) // SEQUENTIAL_STEP)
         if 0 <= self._last_end <= off <= self._last_end + SEQUENTIAL_GAP:
-            self._sequential += 1       # (the kernel skips pages it has cached)
+            self._sequential += steps   # (the kernel skips pages it has cached)
         else:
-            self._sequential = 0
+            self._sequential = steps - 1
             self._prefetched_to = -1
             self._run_start = off
             self._released_to = off // self._bs
             self._seeking = off != 0 or self._last_end != -1
+            self.cache.streams.note_ahead(self, 0)
         self._last_end = end
         if self._sequential < 3:
             self._window = 0
             return
-        cap = max(self._fetch_blocks,
-                  min(self._max_window, self.cache.streams.share(self) // self._bs))
+        streams = self.cache.streams
+        cap = max(self._fetch_blocks, min(self._max_window, streams.share(self) // self._bs))
         self._window = min(1 << min(self._sequential - 3, 30), cap)
         self._seeking = False
         last_needed = (end - 1) // self._bs
@@ -298,11 +306,13 @@ class BlockSource:
             n = min(chunk, stop - start + 1)
             if n < chunk and stop < self._last_block:
                 break               # wait until a whole chunk of the window is unfetched
+            ahead = (start - last_needed - 1) * self._bs
+            if ahead > 0 and not streams.may_fetch(self, ahead + n * self._bs):
+                break               # the others hold the budget: the next read tries again
             self._spawn(functools.partial(self._prefetch, start, start + n - 1))
             self._prefetched_to = start + n - 1
             start += n
-        if self._prefetched_to >= self._last_block:
-            self.cache.streams.done(self)
+        streams.note_ahead(self, max(0, self._prefetched_to - last_needed) * self._bs)
 
     async def _prefetch(self, first: int, last: int) -> None:
         todo = [i for i in range(first, last + 1)
@@ -332,9 +342,6 @@ def _runs(indices: list[int], longest: int) -> list[tuple[int, int]]:
         else:
             runs.append((i, i))
     return runs
-
-
-KERNEL_READAHEAD_KB = 4096
 
 
 def mountinfo(path: str) -> list[tuple[str, str]]:
@@ -377,6 +384,9 @@ def raise_kernel_readahead(mountpoint: str, kb: int = KERNEL_READAHEAD_KB) -> bo
         with open(f"/sys/class/bdi/{dev}/read_ahead_kb", "w") as f:
             f.write(str(kb))
         return True
-    except (OSError, ValueError) as exc:
+    except OSError as exc:              # not root, no sysfs: reads just come in smaller requests
         log.debug("cannot raise the kernel read-ahead of %s: %s", mountpoint, exc)
+        return False
+    except Exception:                   # (a caller in trio's run queue must not see it)
+        log.exception("raising the kernel read-ahead of %s: unexpected error", mountpoint)
         return False

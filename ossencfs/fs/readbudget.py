@@ -5,6 +5,12 @@ wait in the in-memory block cache (64 MiB) until they are read. Sixteen parallel
 for 512 MiB ahead; blocks evicted before their reader reached them were fetched again (23-48 %
 more bytes than the files held, 0.37x the rate of 16 CryptoBucket threads; the reduced scale
 run of ``scripts/bench_scale.py``). Readers active together now split one budget.
+
+A share is what a stream sees when it asks, and streams that start one after the other saw
+large ones (the first of eight readers of 24 MiB files fetched its whole file ahead before the
+others asked: 1.55x the bytes), so each stream also reports the bytes it has ahead of its
+reader (``note_ahead``) and fetches more only while all of them stay within the budget
+(``may_fetch``; a stream's first GET ahead is always allowed, so none starves).
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ class ReadAheadStreams:
     def __init__(self, budget: int) -> None:
         self.budget = budget
         self._seen: dict[int, float] = {}
+        self._ahead: dict[int, int] = {}     # bytes fetched ahead of each stream's reader
 
     def share(self, stream: object) -> int:
         """Bytes ``stream`` may have fetched ahead of its reader: the budget divided among
@@ -32,9 +39,23 @@ class ReadAheadStreams:
             for sid, seen in list(self._seen.items()):
                 if now - seen > ACTIVE:
                     del self._seen[sid]
+                    self._ahead.pop(sid, None)
         return self.budget // len(self._seen)
 
+    def note_ahead(self, stream: object, nbytes: int) -> None:
+        """``stream`` has ``nbytes`` fetched (or being fetched) ahead of its reader."""
+        self._ahead[id(stream)] = nbytes
+
+    def may_fetch(self, stream: object, nbytes: int) -> bool:
+        """Whether ``stream`` may have ``nbytes`` ahead of its reader while the other streams
+        keep theirs: all together within the budget."""
+        sid = id(stream)
+        return sum(n for s, n in self._ahead.items() if s != sid) + nbytes <= self.budget
+
     def done(self, stream: object) -> None:
-        """``stream`` has fetched ahead up to its end: it asks for nothing more, so the next
-        file of a copy does not find its window halved by the last one for ``ACTIVE`` s."""
+        """``stream``'s file was closed: it reads nothing more, so the next file of a copy does
+        not find its window halved by the last one for ``ACTIVE`` s. (Not when it has fetched
+        ahead up to its end: its blocks still wait in memory for its reader, and the others
+        then took shares as if they were not there.)"""
         self._seen.pop(id(stream), None)
+        self._ahead.pop(id(stream), None)

@@ -2,6 +2,7 @@
 and bytes, and what lands in the on-disk cache. Counts, never timings."""
 from __future__ import annotations
 
+import functools
 import random
 
 import trio
@@ -189,3 +190,73 @@ def test_concurrent_readers_share_gets(store, rsa_key_path, tmp_path):
             assert store.bytes_fetched - before == len(data)    # every block fetched once
             assert src.reader.decrypt(0, results[0]) == data
     trio.run(main)
+
+
+def test_the_window_opens_after_the_same_bytes_whatever_the_request_size(store, rsa_key_path,
+                                                                         tmp_path):
+    """With the kernel's read-ahead raised, a stream arrives as 1 MiB requests instead of
+    128 KiB ones. The window must open and grow per byte read in a row, not per request: counted
+    per request, two 1 MiB reads opened no window at all, and a stream over a slow link waited
+    for each GET in turn for its first megabytes."""
+    data = payload(12 * MiB, seed=11)
+    objects = _objects(store, rsa_key_path)
+
+    async def ahead_after(request: int, upto: int) -> int:
+        """Bytes asked to be fetched ahead once [0, upto) was read in ``request``-byte reads."""
+        cache = BlockCache(str(tmp_path / f"blocks-{request}"))
+        asked: list[tuple[int, int]] = []
+        async with trio.open_nursery() as nursery:
+            reader = await objects.open_reader("ramp.bin")
+
+            def spawn(fn) -> bool:
+                if isinstance(fn, functools.partial):    # a read-ahead: (first, last block)
+                    asked.append(fn.args)
+                nursery.start_soon(fn)
+                return True
+            src = BlockSource(cache, reader, "ramp.bin", reader.info.etag, reader.size, spawn)
+            for off in range(0, upto, request):
+                assert await src.read(off, request) == data[off:off + request]
+        return sum(last - first + 1 for first, last in asked) * cache.block_size
+
+    async def main():
+        await objects.write("ramp.bin", data, len(data))
+        small = await ahead_after(128 * 1024, 2 * MiB)
+        large = await ahead_after(MiB, 2 * MiB)
+        assert small >= 4 * MiB, small
+        assert large >= small - readahead.FETCH_SIZE, (large, small)   # within one GET
+    trio.run(main)
+
+
+def test_streams_that_start_later_keep_all_read_ahead_within_the_budget(store, rsa_key_path,
+                                                                       tmp_path):
+    """A stream alone may fetch its whole share (the budget) ahead; one that starts later gets
+    only what the first leaves of the budget until the first one reads on. Counted per
+    stream's share alone, the second asked for half the budget on top of the first's whole
+    one, and eight such readers overflowed the in-memory cache (1.55x the bytes fetched)."""
+    size = 24 * MiB
+    objects = _objects(store, rsa_key_path)
+
+    async def main():
+        cache = BlockCache(str(tmp_path / "blocks"))
+        budget = cache.streams.budget
+        asked: dict[str, int] = {"a.bin": 0, "b.bin": 0}
+        async with trio.open_nursery() as nursery:
+            sources = {}
+            for key in asked:
+                await objects.write(key, payload(size, seed=len(sources)), size)
+                reader = await objects.open_reader(key)
+
+                def spawn(fn, key=key) -> bool:
+                    if isinstance(fn, functools.partial):
+                        first, last = fn.args
+                        asked[key] += (last - first + 1) * cache.block_size
+                    nursery.start_soon(fn)
+                    return True
+                sources[key] = BlockSource(cache, reader, key, reader.info.etag, size, spawn)
+            for key in asked:                     # a reads 2 MiB, then b does
+                for off in range(0, 2 * MiB, MiB):
+                    await sources[key].read(off, MiB)
+        assert asked["a.bin"] >= 16 * MiB, asked            # alone: a large window
+        assert asked["a.bin"] + asked["b.bin"] <= budget + readahead.FETCH_SIZE + 2 * MiB, asked
+    trio.run(main)
+
