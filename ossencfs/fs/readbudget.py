@@ -43,8 +43,12 @@ class ReadAheadStreams:
         return self.budget // len(self._seen)
 
     def note_ahead(self, stream: object, nbytes: int) -> None:
-        """``stream`` has ``nbytes`` fetched (or being fetched) ahead of its reader."""
-        self._ahead[id(stream)] = nbytes
+        """``stream`` has ``nbytes`` fetched (or being fetched) ahead of its reader (0: none,
+        and it is not kept: a reader that only seeks leaves no entry behind)."""
+        if nbytes:
+            self._ahead[id(stream)] = nbytes
+        else:
+            self._ahead.pop(id(stream), None)
 
     def may_fetch(self, stream: object, nbytes: int) -> bool:
         """Whether ``stream`` may have ``nbytes`` ahead of its reader while the other streams
