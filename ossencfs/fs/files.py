@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 import pyfuse3
 import trio
 
-from ..errors import OssEncError
 from . import dirtystate, posix
 from .attrs import Attrs
 from .context import FsContext, fuse_err as _err
@@ -208,11 +207,7 @@ class Files:
             async with node.lock:
                 if not node.dirty:
                     return
-                try:
-                    await self.life.commit_locked(node, materialize=False, durable=False, seal=True)
-                except (OSError, OssEncError) as exc:
-                    log.warning("%s: cannot journal (%s)", self.ctx.where(node), exc)
-                await self.life.upload_or_queue(node)
+                await self.life.upload_now(node)
 
     async def release(self, fh: int) -> None:
         h = self.handles.pop(fh, None)

@@ -369,7 +369,23 @@ class Lifecycle:
                 return
             self.ctx.writeback.schedule(node)
             return
-        try:      # not fsynced: close is acknowledged only once the object is in the bucket
+        await self.upload_now(node)
+
+    async def upload_now(self, node: Node) -> None:
+        """close(2) without write-back, or fsync(2): returns once the object is in the bucket
+        (caller holds node.lock; raises what ``upload_or_queue`` raises).
+
+        The staging is journaled first (not fsynced), so that a crash during the upload
+        replays it -- except a small new file that is still all in memory: it goes straight
+        from memory, and only a failed upload journals it (``upload_or_queue``). Making its
+        data file and entry and removing them again cost more than its PUT on a fast link,
+        and a crash during that PUT loses only a file whose close or fsync had not returned,
+        which no mode promises to keep (README, "What each mode guarantees")."""
+        st = node.staging
+        if st is not None and st.in_memory and st.sealable:
+            await self.upload_or_queue(node)
+            return
+        try:
             await self.commit_locked(node, materialize=False, durable=False, seal=True)
         except (OSError, OssEncError) as exc:
             log.warning("%s: cannot journal (%s); uploading without it", self.ctx.where(node), exc)

@@ -294,6 +294,12 @@ class Staging:
         return self.extents.uncovered(0, min(self.base_len, self.size))
 
     @property
+    def in_memory(self) -> bool:
+        """All of it is in memory: no data file and no journal entry exist (a small new
+        file until something needs the file; see the module docstring)."""
+        return self._buf is not None and self._fd < 0 and not self.entry_written
+
+    @property
     def sealable(self) -> bool:
         """Small and complete: may be sealed at commit, ahead of its upload."""
         return self.size <= SEAL_AT_COMMIT and self.complete

@@ -174,6 +174,55 @@ def test_setattr_truncate_and_chmod(model_rig, crypto_bucket, oss2_bucket):
             assert _get(crypto_bucket, "t.bin") == b"0123"
     trio.run(main)
 
+async def _files_seen_while(rig, action) -> set[str]:
+    """The names that appear in the staging directory while ``action()`` runs (polled)."""
+    seen: set[str] = set()
+    done = trio.Event()
+
+    async def run() -> None:
+        try:
+            await action()
+        finally:
+            done.set()
+    rig.nursery.start_soon(run)
+    while not done.is_set():
+        seen |= set(os.listdir(rig.staging_dir))
+        await trio.sleep(0.01)
+    return seen
+
+
+@pytest.mark.parametrize("how", ["close", "fsync"])
+def test_a_small_new_file_goes_up_from_memory_and_a_large_one_is_journaled_first(
+        model_rig, emulator, crypto_bucket, how):
+    """Without write-back, close and fsync upload at once. A small new file (its ciphertext
+    still all in memory) is sent from memory: no data file and no journal entry is ever made,
+    since a crash during the PUT loses only a file whose close had not returned. A larger
+    one is journaled before its upload, so that a crash during it replays it."""
+    async def main():
+        async with model_rig() as rig:
+            small = os.urandom(4096)
+            large = os.urandom(200_000)
+            emulator.set_faults(latency_ms=300)      # each request takes a while: polled
+            try:
+                seen: dict[str, set[str]] = {}
+                for name, data in (("small.bin", small), ("large.bin", large)):
+                    fh = await rig.create(name, data)
+                    if how == "close":
+                        seen[name] = await _files_seen_while(rig, lambda fh=fh: rig.close(fh))
+                    else:
+                        seen[name] = await _files_seen_while(
+                            rig, lambda fh=fh: rig.model.fsync(fh))
+                        await rig.close(fh)
+            finally:
+                emulator.set_faults(latency_ms=0)
+            assert seen["small.bin"] == set()
+            assert any(n.endswith(".json") for n in seen["large.bin"]), seen
+            assert _get(crypto_bucket, "small.bin") == small
+            assert _get(crypto_bucket, "large.bin") == large
+            assert rig.journal_entries() == []
+    trio.run(main)
+
+
 
 def test_failed_upload_is_journaled_and_retried(model_rig, emulator, crypto_bucket):
     """Upload on close fails (every request 503): close reports the error, the content is
