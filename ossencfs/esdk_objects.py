@@ -231,11 +231,12 @@ class EsdkObjects:
 
     def may_be_python(self, size: int, headers: Mapping[str, str] | None) -> bool:
         """Whether a probe could find a Python-layout object of ``size`` stored bytes (large
-        enough, and no other encryption headers when the headers are known)."""
+        enough, and no other encryption headers when the headers are known). Any CSE header
+        counts, even a broken set (``fmt.is_encrypted``: the CSE reader reports what is wrong
+        with it); a presence test, since a first ``ls -l`` asks this three times per entry."""
         if not self.probe or size < esdk.MIN_PYTHON_SIZE:
             return False
-        if headers and (fmt.parse_headers(headers) is not None
-                        or esdk.has_java_headers(headers)):
+        if headers and (fmt.is_encrypted(headers) or esdk.has_java_headers(headers)):
             return False
         return True
 
