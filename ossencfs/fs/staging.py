@@ -29,9 +29,11 @@ Why this shape:
   so that creating a file costs no thread hop of its own; with a local master key (RSA) the
   fresh data key is made on the loop as well (CPU only, less than a hop costs). Until then,
   the ciphertext of a small file (up to ``BUFFER_FILE``, ``BUFFER_TOTAL`` for all) is kept in
-  memory: writing it costs no hop either, and it goes to disk with the close's commit (or
-  whatever needs the file first), fsynced before the entry that acknowledges it. Nothing of
-  it is on disk before that commit, so a crash before the close leaves nothing to keep aside.
+  memory: writing it costs no hop either, and it goes to disk with a write-back close's commit
+  (or whatever needs the file first), fsynced before the entry that acknowledges it. Without
+  write-back a close or fsync sends it from memory and writes it only if that upload fails
+  (``Lifecycle.upload_now``). Nothing of it is on disk before then, so a crash before the
+  close returned leaves nothing to keep aside.
 - Staged bytes count against the cache limit (``--cache-size``) and are never evicted: when
   a write would pass the limit, clean cache blocks are evicted first, and if the staged data
   alone would pass it the write fails with ENOSPC. The same on the cache file system: clean
