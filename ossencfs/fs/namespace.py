@@ -144,6 +144,11 @@ class Namespace:
             await self.meta.life.drop_local_locked(node, uncommitted_entry_too=True)
             self.ctx.inodes.drop_entry(parent.path, name)
             self.ctx.inodes.detach(node)
+            if node.open_count == 0:
+                # the last close came while this waited (the kernel's release of a file whose
+                # close was uploading): it found the node not unlinked yet, so the deferred
+                # delete is due now, not at unmount
+                await self.ctx.delete_deferred(node)
         self.touch_dir(parent)
         await self.ensure_marker(parent)
 

@@ -14,6 +14,7 @@ import oss2
 import pyfuse3
 import pytest
 import trio
+import trio.testing
 
 from ossencfs.fs.dirtystate import DirtyState, KeyState
 from ossencfs.fs.inodes import ROOT_INO
@@ -133,6 +134,32 @@ def test_unlink_while_open_keeps_data_until_release(model_rig, crypto_bucket, os
             assert oss2_bucket.object_exists("u.txt")            # deleted at the last close
             assert await rig.model.read(fi.fh, 0, 100) == b"still readable"
             await rig.model.release(fi.fh)
+            assert not oss2_bucket.object_exists("u.txt")
+    trio.run(main)
+
+
+def test_a_last_close_that_comes_while_unlink_is_under_way_deletes_the_object(
+        model_rig, oss2_bucket):
+    """``rm`` of a file whose close is uploading: the kernel's release can arrive while
+    unlink, which saw the file still open and so deferred the delete to the last close, waits
+    for a worker thread. That release saw the file not unlinked yet, the unlink then saw
+    nothing left to wait for, and the object stayed in the bucket until unmount (and came
+    back after a crash)."""
+    async def main():
+        async with model_rig() as rig:
+            fh = await rig.create("u.txt", b"about to go")
+            await rig.model.flush(fh)                     # close(2): uploaded, still open
+            assert oss2_bucket.object_exists("u.txt")
+            done = trio.Event()
+
+            async def unlink() -> None:
+                await rig.model.unlink(ROOT_INO, "u.txt")
+                done.set()
+            rig.nursery.start_soon(unlink)
+            await trio.testing.wait_all_tasks_blocked()   # the unlink waits for its thread
+            assert not done.is_set()
+            await rig.model.release(fh)                   # the kernel's RELEASE, meanwhile
+            await done.wait()
             assert not oss2_bucket.object_exists("u.txt")
     trio.run(main)
 
