@@ -191,11 +191,16 @@ def _umount(args: argparse.Namespace) -> int:
         return 0
     if args.lazy:
         state = before
-        n = len((state or {}).get("pending") or [])
+        pending = (state or {}).get("pending") or []
+        n = sum(1 for p in pending if p.get("journaled", True))
         if n:
             print(f"ossencfs: {n} pending upload(s) stay journaled in "
                   f"{(state or {}).get('cache_dir', 'the cache directory')}; they go up at the "
                   f"next mount with the same --cache-dir", file=sys.stderr)
+        if len(pending) > n:
+            print(f"ossencfs: {len(pending) - n} upload(s) at close or fsync still in flight "
+                  f"(not journaled: the mount process finishes them before those calls return)",
+                  file=sys.stderr)
         return 0
     return _wait_for_exit(pid, mountpoint, state_path, args.timeout)
 

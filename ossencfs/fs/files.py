@@ -220,7 +220,7 @@ class Files:
         try:
             if node.dirty and node.open_count == 0:
                 async with node.lock:
-                    await self.life.close_locked(node)
+                    await self.life.release_locked(node)
         finally:
             if node.open_count == 0 and not node.dirty and node.staging is not None:
                 old, node.staging = node.staging, None

@@ -391,6 +391,24 @@ class Lifecycle:
             log.warning("%s: cannot journal (%s); uploading without it", self.ctx.where(node), exc)
         await self.upload_or_queue(node)
 
+    async def release_locked(self, node: Node) -> None:
+        """The kernel's release of a file's last handle while it is still dirty (written
+        after its last flush, or its close failed); caller holds node.lock. As a close,
+        except for a file whose upload at close failed and is queued for retry (without
+        write-back): sending it again here would fail the same way and report to nobody
+        (release has no caller), and did so with the store's own retries. Its entry is
+        brought up to date instead (fsynced) and the queue retries it with backoff."""
+        wb = self.ctx.writeback
+        job = wb.job_for(node) if wb is not None else None
+        if self.ctx.write_back > 0 or job is None or not job.attempts:
+            await self.close_locked(node)
+            return
+        try:
+            await self.commit_locked(node, materialize=False, durable=True)
+        except (OSError, OssEncError) as exc:
+            log.warning("%s: cannot journal (%s); the retries send it from memory",
+                        self.ctx.where(node), exc)
+
     async def upload_job(self, node: Node) -> None:
         """The queue's worker: upload one pending file, then free its staging if closed."""
         async with node.lock:

@@ -57,12 +57,14 @@ def snapshot(mount: Mount) -> dict[str, object]:
             "attempts": job.attempts, "last_error": job.last_error,
             "due_in": max(0.0, job.due_trio - now_trio), "since": job.since_wall,
             "kind": "metadata" if st is not None and st.relay else "data",
+            "journaled": st is not None and st.committed,
         })
     for p in uploader.pending.values():          # uploads at close/fsync (not queued)
         if not any(e["key"] == p.key for e in pending):
             pending.append({"path": p.key[len(model.prefix):], "key": p.key, "size": p.size,
                             "sent": p.sent, "state": "uploading", "attempts": 0,
-                            "last_error": None, "due_in": 0.0, "since": p.started_wall})
+                            "last_error": None, "due_in": 0.0, "since": p.started_wall,
+                            "journaled": False})    # (a crash loses only an unreturned close)
     try:
         usage = shutil.disk_usage(mount.base_dir)
         disk = {"total": usage.total, "free": usage.free}

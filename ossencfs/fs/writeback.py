@@ -36,9 +36,11 @@ log = logging.getLogger(__name__)
 SMALL_FILE = 1 << 20
 
 
-class _Sized(Protocol):
+class _Staged(Protocol):
     @property
     def size(self) -> int: ...
+    @property
+    def committed(self) -> bool: ...
 
 
 class QueuedFile(Protocol):
@@ -48,7 +50,7 @@ class QueuedFile(Protocol):
     @property
     def size(self) -> int: ...
     @property
-    def staging(self) -> _Sized | None: ...
+    def staging(self) -> _Staged | None: ...
 
 
 N = TypeVar("N", bound=QueuedFile)
@@ -172,8 +174,11 @@ class WriteBack(Generic[N]):
             job.last_error = str(exc) or type(exc).__name__
             wait = self._backoff(job.attempts)
             job.due_trio = trio.current_time() + wait
-            log.warning("%s: upload attempt %d failed, retrying in %.0f s (data kept in the "
-                        "journal): %s", self.where(node), job.attempts, wait, job.last_error)
+            st = node.staging
+            kept = "in the journal" if st is None or st.committed else \
+                "in memory only: the journal could not be written"
+            log.warning("%s: upload attempt %d failed, retrying in %.0f s (data kept %s): %s",
+                        self.where(node), job.attempts, wait, kept, job.last_error)
         finally:
             job.running = False
             if self.jobs.get(id(node)) is job:

@@ -218,6 +218,33 @@ async def _files_seen_while(rig, action) -> set[str]:
     return seen
 
 
+def test_a_failed_close_is_retried_by_the_queue_not_again_at_release(model_rig, emulator,
+                                                                     crypto_bucket):
+    """close(2) fails (OSS answers 503 to everything): the file is queued for retry with
+    backoff. The kernel's release that follows sends nothing: it used to send the file again
+    at once (with the store's own retries), failing the same way and answering nobody."""
+    async def main():
+        async with model_rig() as rig:
+            fh = await rig.create("again.txt", b"later")
+            emulator.set_faults(fail_rate=1.0)
+            try:
+                with pytest.raises(Exception):            # (EIO through the kernel)
+                    await rig.model.flush(fh)
+
+                def puts() -> int:
+                    return sum(1 for e in emulator.request_log
+                               if e[1] == "PutObject" and e[4] == "again.txt")
+                sent = puts()
+                await rig.model.release(fh)
+                assert puts() == sent
+                assert len(rig.journal_entries()) == 1
+            finally:
+                emulator.set_faults(fail_rate=0.0)
+            assert await rig.model.flush_all() == 0
+            assert _get(crypto_bucket, "again.txt") == b"later"
+    trio.run(main)
+
+
 @pytest.mark.parametrize("how", ["close", "fsync"])
 def test_a_small_new_file_goes_up_from_memory_and_a_large_one_is_journaled_first(
         model_rig, emulator, crypto_bucket, how):

@@ -153,3 +153,31 @@ def test_close_on_a_full_cache_disk_uploads_at_once(small_tmpfs, make_mount, cry
         assert crypto_bucket.get_object("small.bin").read() == data
     finally:
         os.unlink(hog)
+
+
+@pytest.mark.log_allow(r"cannot journal|No space left|retrying|upload failed|503|flush|release",
+                       reason="OSS fails and the cache disk is full on purpose")
+def test_a_failed_close_on_a_full_cache_disk_says_its_file_is_kept_in_memory_only(
+        small_tmpfs, make_mount, crypto_bucket, emulator):
+    """Without write-back, a small file's failed upload at close is journaled; when the
+    cache disk is full it cannot be, and the retries must not claim the journal keeps it
+    (the log said "data kept in the journal", and ``umount -z`` counted it as journaled)."""
+    m = make_mount("memonly", extra=["--retries", "0"], start=False)
+    m.cache_dir = small_tmpfs / "cache"
+    m.start()
+    os.listdir(m.path)                                  # the listing: create needs no request
+    hog = small_tmpfs / "other-user.bin"
+    fill_disk(hog)
+    data = os.urandom(3000)
+    try:
+        emulator.set_faults(fail_rate=1.0)
+        assert _write(m.path / "kept.bin", data) == errno.EIO
+        eventually(lambda: "kept in memory only" in m.log(), 30)
+        [pending] = m.state()["pending"]
+        assert pending["key"].endswith("kept.bin") and pending["journaled"] is False, pending
+        assert "data kept in the journal" not in m.log()
+    finally:
+        emulator.set_faults(fail_rate=0.0)
+        os.unlink(hog)
+    m.wait_uploaded(timeout=60)
+    assert crypto_bucket.get_object("kept.bin").read() == data
