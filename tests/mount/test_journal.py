@@ -203,6 +203,32 @@ def test_umount_waits_for_pending_uploads_and_no_wait_keeps_them_journaled(
         r.stderr
 
 
+def test_umount_no_wait_does_not_count_a_close_in_flight_as_journaled(make_mount, crypto_bucket,
+                                                                       emulator):
+    """Without write-back a small file's close uploads from memory: nothing of it is in the
+    journal, and ``umount --no-wait`` said it "stays journaled". The mount finishes it before
+    the close returns."""
+    m = make_mount("umz")
+    os.listdir(m.path)
+    emulator.set_faults(latency_ms=1500)
+    try:
+        writer = subprocess.Popen([sys.executable, "-c",
+                                   "import sys; open(sys.argv[1], 'wb').write(b'in flight')",
+                                   str(m.path / "flying.txt")])
+        eventually(lambda: any(p["key"].endswith("flying.txt") for p in m.state()["pending"]),
+                   30)
+        r = m.cli("umount", "--no-wait", str(m.path))
+        assert r.returncode == 0, r.stderr
+        assert "stay journaled" not in r.stderr and "1 upload(s) at close" in r.stderr, r.stderr
+        assert writer.wait(timeout=60) == 0
+    finally:
+        emulator.set_faults(latency_ms=0)
+    m.proc.wait(timeout=60)
+    m.proc = None
+    assert crypto_bucket.get_object("flying.txt").read() == b"in flight"
+    assert not m.journal_files()
+
+
 def test_corrupt_and_foreign_entries_are_quarantined_and_reported(make_mount, crypto_bucket):
     other = make_mount("p1", prefix="p1/", extra=["--write-back", "3600"])
     (other.path / "theirs.txt").write_bytes(b"belongs to p1/")
