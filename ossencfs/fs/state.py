@@ -64,7 +64,7 @@ def snapshot(mount: Mount) -> dict[str, object]:
             pending.append({"path": p.key[len(model.prefix):], "key": p.key, "size": p.size,
                             "sent": p.sent, "state": "uploading", "attempts": 0,
                             "last_error": None, "due_in": 0.0, "since": p.started_wall,
-                            "journaled": False})    # (a crash loses only an unreturned close)
+                            "journaled": p.journaled})
     try:
         usage = shutil.disk_usage(mount.base_dir)
         disk = {"total": usage.total, "free": usage.free}

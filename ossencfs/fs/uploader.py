@@ -71,6 +71,7 @@ class Pending:
     key: str
     size: int
     started_wall: float            # time.time()
+    journaled: bool = False        # a crash meanwhile replays it (else its close/fsync waits)
     sent: int = 0
     watchdog: trio.CancelScope | None = None    # its deadline moves on with each progress
     stall: float = 0.0
@@ -146,7 +147,7 @@ class Uploader:
         """Upload ``staging`` under ``staging.key`` (or beside it on a conflict); seals it."""
         key = staging.key
         token = id(staging)
-        entry = Pending(key, staging.size, time.time())
+        entry = Pending(key, staging.size, time.time(), staging.committed)
         self.pending[token] = entry
         result: UploadResult
         sending = False
