@@ -414,7 +414,12 @@ class Lifecycle:
         async with node.lock:
             if node.dirty and not node.unlinked and node.staging is not None \
                     and not node.staging.committed:
-                await self.commit_locked(node, materialize=False, seal=True)
+                try:
+                    await self.commit_locked(node, materialize=False, seal=True)
+                except (OSError, OssEncError) as exc:
+                    # (a full cache disk): every retry failed here, never reaching OSS
+                    log.warning("%s: cannot journal (%s); uploading without it",
+                                self.ctx.where(node), exc)
             try:
                 await self.upload_locked(node)
             except BaseGoneError as exc:

@@ -157,11 +157,12 @@ def test_close_on_a_full_cache_disk_uploads_at_once(small_tmpfs, make_mount, cry
 
 @pytest.mark.log_allow(r"cannot journal|No space left|retrying|upload failed|503|flush|release",
                        reason="OSS fails and the cache disk is full on purpose")
-def test_a_failed_close_on_a_full_cache_disk_says_its_file_is_kept_in_memory_only(
+def test_a_failed_close_on_a_full_cache_disk_is_kept_in_memory_and_retried(
         small_tmpfs, make_mount, crypto_bucket, emulator):
     """Without write-back, a small file's failed upload at close is journaled; when the
-    cache disk is full it cannot be, and the retries must not claim the journal keeps it
-    (the log said "data kept in the journal", and ``umount -z`` counted it as journaled)."""
+    cache disk is full it cannot be. The retries must not claim the journal keeps it (the
+    log said "data kept in the journal", and ``umount -z`` counted it as journaled), and
+    they must still reach OSS (each failed at its journal write first, never sending)."""
     m = make_mount("memonly", extra=["--retries", "0"], start=False)
     m.cache_dir = small_tmpfs / "cache"
     m.start()
@@ -176,8 +177,9 @@ def test_a_failed_close_on_a_full_cache_disk_says_its_file_is_kept_in_memory_onl
         [pending] = m.state()["pending"]
         assert pending["key"].endswith("kept.bin") and pending["journaled"] is False, pending
         assert "data kept in the journal" not in m.log()
+        emulator.set_faults(fail_rate=0.0)      # OSS is back, the disk still full: the
+        m.wait_uploaded(timeout=60)             # retries send it without a journal entry
+        assert crypto_bucket.get_object("kept.bin").read() == data
     finally:
         emulator.set_faults(fail_rate=0.0)
         os.unlink(hog)
-    m.wait_uploaded(timeout=60)
-    assert crypto_bucket.get_object("kept.bin").read() == data
