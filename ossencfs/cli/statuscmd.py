@@ -95,6 +95,8 @@ def _print_state(s: StateDoc, out: TextIO) -> None:
             what = "uploading"
         if p.get("kind") == "metadata":
             what += " (metadata change: re-upload of the stored bytes)"
+        if p["state"] != "uploading" and p.get("journaled") is False:
+            what += " (in memory only: the journal could not be written)"
         print(f"    {p['path']}  {_size(p['size'])}  {pct:.0f}%  {what}", file=out)
     failures = s.get("failures") or []
     if failures:

@@ -176,6 +176,7 @@ def test_a_failed_close_on_a_full_cache_disk_is_kept_in_memory_and_retried(
         eventually(lambda: "kept in memory only" in m.log(), 30)
         [pending] = m.state()["pending"]
         assert pending["key"].endswith("kept.bin") and pending["journaled"] is False, pending
+        eventually(lambda: "in memory only" in m.cli("status", str(m.path)).stdout, 10)
         assert "data kept in the journal" not in m.log()
         emulator.set_faults(fail_rate=0.0)      # OSS is back, the disk still full: the
         m.wait_uploaded(timeout=60)             # retries send it without a journal entry
