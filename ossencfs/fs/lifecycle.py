@@ -169,6 +169,16 @@ class Lifecycle:
             raise
         st.changed = False
 
+    async def journal_if_possible(self, node: Node, otherwise: str, *, durable: bool = True,
+                                  seal: bool = False) -> None:
+        """``commit_locked`` (materialize=False) where the file goes on without its entry when
+        the journal cannot be written (a full cache disk): that is logged with what happens
+        ``otherwise``, not raised."""
+        try:
+            await self.commit_locked(node, materialize=False, durable=durable, seal=seal)
+        except (OSError, OssEncError) as exc:
+            log.warning("%s: cannot journal (%s); %s", self.ctx.where(node), exc, otherwise)
+
     async def upload_locked(self, node: Node) -> None:
         """Send a dirty node's staging to the bucket (caller holds node.lock)."""
         st = node.staging
@@ -264,10 +274,8 @@ class Lifecycle:
                 raise
             if node.dirty and not node.unlinked and node.staging is not None:
                 with trio.CancelScope(shield=True):
-                    try:
-                        await self.commit_locked(node, materialize=False, durable=True)
-                    except (OSError, OssEncError) as jexc:
-                        log.warning("%s: cannot journal (%s)", self.ctx.where(node), jexc)
+                    await self.journal_if_possible(node, "the retries send it from memory",
+                                                   durable=True)
                 if self.ctx.writeback is not None:
                     self.ctx.writeback.failed(node, exc)
             raise
@@ -284,11 +292,8 @@ class Lifecycle:
             return
         node.epoch += 1
         with trio.CancelScope(shield=True):
-            if not st.relay:
-                try:                         # its data and entry on disk before moving them
-                    await self.commit_locked(node, materialize=False, durable=True)
-                except (OSError, OssEncError) as jexc:
-                    log.warning("%s: cannot journal (%s)", self.ctx.where(node), jexc)
+            if not st.relay:                 # its data and entry on disk before moving them
+                await self.journal_if_possible(node, "quarantined as it is", durable=True)
             what = "metadata change" if st.relay else "upload"
             how = "refused by OSS" if isinstance(exc, (RejectedError, ArchivedError)) \
                 else "failed for good"
@@ -385,10 +390,7 @@ class Lifecycle:
         if st is not None and st.in_memory and st.sealable:
             await self.upload_or_queue(node)
             return
-        try:
-            await self.commit_locked(node, materialize=False, durable=False, seal=True)
-        except (OSError, OssEncError) as exc:
-            log.warning("%s: cannot journal (%s); uploading without it", self.ctx.where(node), exc)
+        await self.journal_if_possible(node, "uploading without it", durable=False, seal=True)
         await self.upload_or_queue(node)
 
     async def release_locked(self, node: Node) -> None:
@@ -403,23 +405,15 @@ class Lifecycle:
         if self.ctx.write_back > 0 or job is None or not job.attempts:
             await self.close_locked(node)
             return
-        try:
-            await self.commit_locked(node, materialize=False, durable=True)
-        except (OSError, OssEncError) as exc:
-            log.warning("%s: cannot journal (%s); the retries send it from memory",
-                        self.ctx.where(node), exc)
+        await self.journal_if_possible(node, "the retries send it from memory", durable=True)
 
     async def upload_job(self, node: Node) -> None:
         """The queue's worker: upload one pending file, then free its staging if closed."""
         async with node.lock:
             if node.dirty and not node.unlinked and node.staging is not None \
                     and not node.staging.committed:
-                try:
-                    await self.commit_locked(node, materialize=False, seal=True)
-                except (OSError, OssEncError) as exc:
-                    # (a full cache disk): every retry failed here, never reaching OSS
-                    log.warning("%s: cannot journal (%s); uploading without it",
-                                self.ctx.where(node), exc)
+                # (raising here, every retry failed before reaching OSS on a full disk)
+                await self.journal_if_possible(node, "uploading without it", seal=True)
             try:
                 await self.upload_locked(node)
             except BaseGoneError as exc:
