@@ -182,3 +182,27 @@ def test_other_algorithms_roundtrip_and_ranges(alg_id: int) -> None:
                                                           before=ct[-32:-16])) == len(ct) - len(plain)
     else:
         assert esdk.crypt_range(layout, key, 17, ct[17:300]) == plain[17:300]
+
+
+def test_only_objects_without_other_encryption_headers_may_be_probed():
+    """``EsdkObjects.may_be_python``: a probe (a GET of the object's first bytes) is for
+    objects that may be Python-layout messages: large enough, and carrying neither CSE
+    headers (the Go SDK's set from the vectors, any case, even a broken part of it) nor the
+    Java sample's. Headers not known yet (from a listing) may be probed."""
+    import json
+    from pathlib import Path
+
+    from ossencfs.esdk_objects import EsdkObjects
+    cse = json.loads((Path(__file__).parents[1] / "fixtures" / "sdk"
+                      / "encrypted_go_example_meta.json").read_text())
+    objects = EsdkObjects(None, None)                  # (it asks the store nothing here)
+    big = esdk.MIN_PYTHON_SIZE
+    assert objects.may_be_python(big, None)
+    assert objects.may_be_python(big, {"x-oss-meta-mode": "33188", "etag": "x"})
+    assert not objects.may_be_python(big - 1, None)
+    assert not objects.may_be_python(big, cse)
+    assert not objects.may_be_python(big, {k.upper(): v for k, v in cse.items()})
+    broken = {k: v for k, v in cse.items() if k.endswith("-key")}
+    assert not objects.may_be_python(big, broken)
+    assert not objects.may_be_python(big, {h: "x" for h in esdk.JAVA_HEADERS})
+    assert not EsdkObjects(None, None, probe=False).may_be_python(big, None)
