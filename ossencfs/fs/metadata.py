@@ -76,6 +76,23 @@ class Metadata:
                 await self.persist_meta(node)
         return self.attr.attrs(node)
 
+    async def store_forgotten_dir_times(self, path: str, mtime_ns: int) -> bool:
+        """Directory ``path``'s times (``mtime_ns``, also its ctime) onto its marker when the
+        kernel has forgotten its node (a ``touch_dir`` still pending: the times are kept by
+        path, ``FsContext.dir_touched``). The marker's other headers come from a HEAD.
+        Returns whether the marker carries them now (False: it has none any more)."""
+        key = self.ctx.dkey(path)
+        info = await self.ctx.store.head(key)
+        if info is None:
+            return False
+        meta = posix.from_headers(info.headers, is_dir=True, fallback_mtime=info.mtime,
+                                  policy=self.ctx.policy)
+        if (meta.mtime_ns or 0) < mtime_ns:
+            meta.mtime_ns = meta.ctime_ns = mtime_ns
+            await self.ctx.store.put(key, b"", {**kept_headers(info.headers),
+                                                **posix.to_headers(meta)})
+        return True
+
     async def persist_meta(self, node: Node) -> None:
         """A metadata-only change of a clean node (caller holds its lock).
 

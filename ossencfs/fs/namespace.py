@@ -212,14 +212,21 @@ class Namespace:
                 continue                # stored meanwhile, or renamed (pending under its new name)
             started = trio.current_time()
             node = self.ctx.inodes.at(path)
-            if node is not None and node.is_dir and node.marker and not node.unlinked:
-                try:
+            try:
+                if node is not None and node.is_dir and node.marker and not node.unlinked:
                     async with node.lock:
                         if not node.unlinked and self.ctx.inodes.at(node.path) is node \
                                 and not self._times_stored(node):
                             await self.meta.persist_meta(node)
-                except OssEncError as exc:
-                    log.info("%s: directory times not stored: %s", self.ctx.where(node), exc)
+                elif node is None and (touched := self.ctx.dir_touched.get(path)):
+                    # the kernel forgot it meanwhile (``drop_caches``, memory pressure): its
+                    # times were skipped, and the next lookup showed the stored, older ones
+                    if await self.meta.store_forgotten_dir_times(path, touched) and \
+                            self.ctx.dir_touched.get(path) == touched:
+                        self.ctx.dir_touched.pop(path, None)
+            except OssEncError as exc:
+                log.info("oss://%s/%s: directory times not stored: %s", self.ctx.store.name,
+                         self.ctx.dkey(path), exc)
             now = self._dirs_to_store.get(path)
             if now == mark:
                 del self._dirs_to_store[path]

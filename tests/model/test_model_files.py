@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import time
 
 import oss2
 import pyfuse3
@@ -161,6 +162,27 @@ def test_a_last_close_that_comes_while_unlink_is_under_way_deletes_the_object(
             await rig.model.release(fh)                   # the kernel's RELEASE, meanwhile
             await done.wait()
             assert not oss2_bucket.object_exists("u.txt")
+    trio.run(main)
+
+
+def test_a_directory_the_kernel_forgot_still_gets_its_times_stored(model_rig, oss2_bucket):
+    """A change inside a directory is stored on its marker about a second later
+    (``Namespace.touch_dir``). When the kernel forgot the directory's inode meanwhile
+    (``drop_caches``, memory pressure: a FORGET), that store was skipped and the marker kept
+    its old times (the flaky ``test_directory_times_follow_their_entries``)."""
+    async def main():
+        async with model_rig() as rig:
+            d = await rig.model.mkdir(ROOT_INO, "d", 0o755, rig.ctx)
+            made = float(oss2_bucket.head_object("d/").headers["x-oss-meta-mtime"])
+            await trio.sleep(1.1)
+            fh = await rig.create("f", b"x", parent=d.st_ino)     # the directory changes
+            await rig.close(fh)
+            touched = time.time() - 0.5
+            rig.model.forget(d.st_ino, 1)                        # the kernel's FORGET
+            assert rig.model.inodes.at("d") is None
+            await trio.sleep(2.0)                                # past META_DELAY
+            stored = float(oss2_bucket.head_object("d/").headers["x-oss-meta-mtime"])
+            assert stored > touched > made, (made, touched, stored)
     trio.run(main)
 
 
