@@ -320,13 +320,18 @@ class EncryptedObjects:
         copy OSS refuses, are copied another way (``_relay_copy``): a plain object by
         UploadPartCopy, server-side; a CSE or appendable one relayed through the client
         (``relay``: ciphertext only, nothing decrypted)."""
-        if info is not None and (info.object_type == "Appendable" or info.size > self.copy_limit):
+        if info is not None and not self.copies_in_one_request(info):
             return await self._relay_copy(src, dst)
         try:
             return await self.store.copy(src, dst)
         except RejectedError as exc:
             log.info("%s; copying through the client instead", exc)
             return await self._relay_copy(src, dst)
+
+    def copies_in_one_request(self, info: ObjectInfo) -> bool:
+        """Whether ``copy`` of ``info`` is one CopyObject (OSS copies it server-side: a
+        round trip, whatever its size) rather than parts or a relay through the client."""
+        return info.object_type != "Appendable" and info.size <= self.copy_limit
 
     async def _relay_copy(self, src: str, dst: str) -> str:
         """A copy CopyObject cannot make: a plain object by UploadPartCopy (nothing passes

@@ -28,6 +28,12 @@ returns once the journal is on disk; uploads happen in the background, several a
 as an extra row, ``variants.mount_write_back`` in the JSON. ``cp -a`` also reports the requests
 per file (``requests_per_file``: PutObject, CopyObject, GetObject, HeadObject and the rest).
 
+``mv_dir`` renames a directory of ``--mv-files`` 4 KiB files (default 200) that is already in
+the bucket (seeded untimed, CryptoBucket objects). OSS has no rename: (a) is ``mv`` on a fresh
+mount (it lists the prefix, copies every object, deletes the originals); (b) and (c) are what an
+SDK user scripts: list the prefix, ``copy_object`` each object (its metadata, the wrapped data
+key included, goes along), then ``batch_delete_objects``, single stream.
+
 ``chmod_large`` changes the mode of one ``--chmod-size`` file (default 256 MiB) that is already
 in the bucket. Real OSS lets no CopyObject change a client-side-encrypted object's metadata, so
 (a) re-uploads the unchanged ciphertext with new headers, relayed from the object itself; the
@@ -86,10 +92,10 @@ PROFILES: dict[str, dict[str, float]] = {
     "loopback": {"latency_ms": 0.0, "bandwidth_mbps": 0.0},
     "cloud": {"latency_ms": 20.0, "bandwidth_mbps": 50.0},
 }
-WORKLOADS = ("seq_write", "seq_read", "random_read_4k", "small_create", "small_read", "ls_l", "cp_a", "kms",
-             "chmod_large")
+WORKLOADS = ("seq_write", "seq_read", "random_read_4k", "small_create", "small_read", "ls_l", "cp_a", "mv_dir",
+             "kms", "chmod_large")
 UNITS = {"seq_write": "MB/s", "seq_read": "MB/s", "random_read_4k": "ops/s", "small_create": "files/s",
-         "small_read": "files/s", "ls_l": "entries/s", "cp_a": "files/s", "kms": "ops/s", "chmod_large": "ops/s"}
+         "small_read": "files/s", "ls_l": "entries/s", "cp_a": "files/s", "mv_dir": "files/s", "kms": "ops/s", "chmod_large": "ops/s"}
 CHUNK = 1 << 20
 SMALL = 4096
 CHMOD_POLL = 0.05          # seconds between HEADs while waiting for a new mode in the bucket
@@ -792,6 +798,45 @@ class Bench:
             r["requests_per_file"] = {op: c / n for op, c in r["requests"].items()}
         return out
 
+    # -- mv of a directory: copies and deletes --
+    def _seed_dir(self, bucket: Any, prefix: str, n: int) -> None:
+        def put(i: int) -> None:
+            bucket.put_object(f"{prefix}f{i:05d}", self._small(i))
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(put, range(n)))
+
+    def mv_dir(self, run: int) -> dict[str, dict[str, Any]]:
+        n = self.args.mv_files
+        out: dict[str, dict[str, Any]] = {}
+        src, dst = f"mv-a-{run}", f"mv-a-{run}-moved"
+        self._seed_dir(self.crypto, f"{src}/", n)
+
+        def mv(mnt: Path) -> None:
+            r = subprocess.run(["mv", str(mnt / src), str(mnt / dst)], capture_output=True, timeout=3600)
+            check(r.returncode == 0, f"mv failed: {r.stderr[-500:]!r}")
+        out["mount"] = self._mount_write("mv_dir", mv)
+        check(self._count(f"{dst}/") == n and self._count(f"{src}/") == 0, "mount: mv moved every object")
+        check(self.crypto.get_object(f"{dst}/f00000").read() == self._small(0), "mount: moved object decrypts")
+        for sysname, bucket in (("crypto_bucket", self.crypto), ("plain_bucket", self.plain)):
+            letter = "b" if sysname == "crypto_bucket" else "c"
+            old, new = f"mv-{letter}-{run}/", f"mv-{letter}-{run}-moved/"
+            self._seed_dir(bucket, old, n)
+
+            def loop(bucket: Any = bucket, old: str = old, new: str = new) -> None:
+                import oss2
+                keys = [o.key for o in oss2.ObjectIterator(bucket, prefix=old)]
+                for k in keys:
+                    bucket.copy_object(BUCKET, k, new + k[len(old):])
+                for i in range(0, len(keys), 1000):
+                    bucket.batch_delete_objects(keys[i:i + 1000])
+            s, d, _ = self.timed(loop)
+            out[sysname] = {"seconds": s, **d}
+            check(self._count(new) == n and self._count(old) == 0, f"{sysname}: moved every object")
+        for r in out.values():
+            r["files"] = n
+            r["rate"] = n / r["seconds"]
+        return out
+
     # -- chmod of a large file: a metadata change --
     def _mode_in_bucket(self, key: str) -> int | None:
         v = self.plain.head_object(key).headers.get("x-oss-meta-mode")
@@ -1006,6 +1051,9 @@ class Bench:
         if "cp_a" in want:
             log(f"run {run + 1}: cp_a")
             res["cp_a"] = self.cp_a(run)
+        if "mv_dir" in want:
+            log(f"run {run + 1}: mv_dir")
+            res["mv_dir"] = self.mv_dir(run)
         if "kms" in want:
             log(f"run {run + 1}: kms")
             res["kms"] = self.kms_workload(run)
@@ -1091,6 +1139,7 @@ def print_table(profile: str, faults: dict[str, float], res: dict[str, Any], arg
               "random_read_4k": f"4 KiB random reads x{args.random_reads}",
               "small_create": f"create {args.files} x 4 KiB", "small_read": f"read {args.files} x 4 KiB",
               "ls_l": f"ls -l {args.ls_entries} entries", "cp_a": f"cp -a {args.tree_files} files",
+              "mv_dir": f"mv dir of {args.mv_files} files",
               "kms": f"KMS: {args.kms_objects} put+get+get", "chmod_large": f"chmod of {human(args.chmod_size)}"}
     head = f"{'workload':<28}{'unit':<10}{'(a) mount':>12}{'(b) crypto':>12}{'(c) plain':>12}" \
            f"{'x(b)':>8}{'x(c)':>8}  {'requests a/b/c':<18}{'secs a/b/c'}"
@@ -1167,6 +1216,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--files", type=int, default=2000, help="number of 4 KiB files (default 2000)")
     p.add_argument("--ls-entries", type=int, default=10000, help="entries of the ls -l directory (default 10000)")
     p.add_argument("--tree-files", type=int, default=3000, help="files in the cp -a source tree (default 3000)")
+    p.add_argument("--mv-files", type=int, default=200, help="files in the directory mv_dir renames (default 200)")
     p.add_argument("--random-reads", type=int, default=500, help="number of 4 KiB random reads (default 500)")
     p.add_argument("--kms-objects", type=int, default=50, help="objects for the KMS call count (default 50)")
     p.add_argument("--chmod-size", type=parse_size, default=256 << 20,
@@ -1200,11 +1250,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         only |= {"small_create", "small_read", "ls_l"}
     args.only = [w for w in WORKLOADS if w in only]
     if args.quick:
-        args.size, args.files, args.ls_entries, args.tree_files = 3 << 20, 20, 300, 40
+        args.size, args.files, args.ls_entries, args.tree_files, args.mv_files = 3 << 20, 20, 300, 40, 20
         args.random_reads, args.kms_objects, args.runs, args.chmod_size = 20, 3, 1, 8 << 20
         args.scale_entries, args.scale_dirs, args.scale_per_dir = 300, 5, 20
         args.scale_file_size, args.scale_parallel_size = 16 << 20, 2 << 20
-    if args.runs < 1 or args.size < SMALL or args.chmod_size < 1 or args.files < 1 or args.ls_entries < 1 or args.tree_files < 1:
+    if args.runs < 1 or args.size < SMALL or args.chmod_size < 1 or args.files < 1 or args.ls_entries < 1 or args.tree_files < 1 \
+            or args.mv_files < 1:
         p.error("sizes and counts must be positive (size >= 4096)")
     return args
 
@@ -1224,7 +1275,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": started.isoformat(timespec="seconds"), "command": [os.path.basename(sys.argv[0]), *(argv or sys.argv[1:])],
         "machine": machine_info(),
         "parameters": {"size": args.size, "files": args.files, "ls_entries": args.ls_entries,
-                       "tree_files": args.tree_files, "random_reads": args.random_reads,
+                       "tree_files": args.tree_files, "mv_files": args.mv_files, "random_reads": args.random_reads,
                        "chmod_size": args.chmod_size,
                        "kms_objects": args.kms_objects, "runs": args.runs, "quick": args.quick,
                        "workloads": args.only, "write_back": args.write_back,

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-WORKLOADS = ("seq_write", "seq_read", "random_read_4k", "small_create", "small_read", "ls_l", "cp_a", "kms",
-             "chmod_large")
+WORKLOADS = ("seq_write", "seq_read", "random_read_4k", "small_create", "small_read", "ls_l", "cp_a", "mv_dir",
+             "kms", "chmod_large")
 SYSTEMS = ("mount", "crypto_bucket", "plain_bucket")
 _PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy")
 
@@ -84,6 +84,10 @@ def test_quick_bench_reports_every_workload_for_every_system(tmp_path: Path) -> 
         per = rec["requests_per_file"]
         assert per.get("PutObject", 0) >= 1, name
         assert abs(sum(per.values()) * rec["files"] - rec["total_requests"]) < 1e-6, name
+
+    for name, rec in workloads["mv_dir"]["systems"].items():         # one CopyObject per file, server-side
+        assert rec["requests"].get("CopyObject") == data["parameters"]["mv_files"] == rec["files"], name
+        assert rec["bytes_from_oss"] < rec["files"] * 4096, name
 
     chmod = workloads["chmod_large"]
     csize = data["parameters"]["chmod_size"]

@@ -102,3 +102,27 @@ def test_a_failed_relay_leaves_the_source_whole_and_no_upload_behind(
     assert not list(oss2.MultipartUploadIterator(oss2_bucket))
     assert (m.path / "big.bin").read_bytes() == data
     assert not (m.path / "moved.bin").exists()
+
+
+def test_mv_of_a_directory_sends_its_copies_many_at_once(make_mount, crypto_bucket, oss2_bucket, emulator):
+    """A CopyObject moves no data through the mount, only OSS's round trip: a directory's
+    copies go out as many at once as the store sends requests (``--connections``), not 8
+    (a 200-file ``mv`` waited on 25 rounds; issue 17). Each request takes ``latency``
+    here, so more than 8 copies finishing within less than ``latency`` of each other proves
+    more than 8 were in flight at once (read from the emulator's request log)."""
+    n, latency = 40, 0.4
+    for i in range(n):
+        crypto_bucket.put_object(f"dir/f{i:03d}", b"x" * (i + 1))
+    m = make_mount()
+    os.stat(m.path / "dir")
+    emulator.set_faults(latency_ms=latency * 1000)
+    try:
+        os.rename(m.path / "dir", m.path / "moved")
+    finally:
+        emulator.set_faults(latency_ms=0)
+    done = sorted(t for t, op, *_ in list(emulator._stats.log) if op == "CopyObject")
+    assert len(done) == n
+    most = max(sum(1 for t in done[i:] if t - done[i] < 0.9 * latency) for i in range(n))
+    assert most >= 20, f"at most {most} copies within {0.9 * latency} s: sent {most} at a time or fewer"
+    assert {o.key for o in oss2.ObjectIterator(oss2_bucket)} == {f"moved/f{i:03d}" for i in range(n)} | {"moved/"}
+    assert crypto_bucket.get_object("moved/f039").read() == b"x" * 40
