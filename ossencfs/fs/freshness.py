@@ -74,11 +74,9 @@ class Freshness:
         assert lst is not None
         self._with_local(node, lst.entries)
         prefix = self.ctx.dkey(node.path)
-        self.ctx.attr_cache.prune_dir(prefix, {prefix + name for name, e in lst.entries.items()
-                                           if e.kind != stat.S_IFDIR})
-        self.ctx.attr_cache.prune_inos(prefix, {prefix + name + ("/" if e.kind == stat.S_IFDIR
-                                                             else "")
-                                            for name, e in lst.entries.items()})
+        self.ctx.attr_cache.listed(
+            prefix, {prefix + name for name, e in lst.entries.items() if e.kind != stat.S_IFDIR},
+            {prefix + name + ("/" if e.kind == stat.S_IFDIR else "") for name, e in lst.entries.items()})
         return lst.entries
 
     async def _fetch_listing(self, node: Node) -> dict[str, Entry]:

@@ -27,9 +27,8 @@ def test_statements_run_after_the_pending_records(tmp_path):
     cache.remember_ino("d/g", 6, 0o100000)
     cache.forget("d/f")                       # a delete after the pending insert wins
     assert cache.lookup("d/f", "E1", 10, 1000.0) is None
-    cache.prune_dir("d/", {"d/h"})            # the listing no longer shows d/g
+    cache.listed("d/", {"d/h"}, {"d/h"})      # the listing no longer shows d/g
     assert cache.lookup("d/g", "E2", 10, 1000.0) is None
-    cache.prune_inos("d/", {"d/h"})
     assert cache.ino_of("d/g") is None
     cache.record("d/f", "E3", 11, HEADERS, lastmod=1001.0)    # again after the delete
     assert cache.lookup("d/f", "E3", 11, 1001.0) is not None
@@ -54,3 +53,44 @@ def test_records_survive_close_and_reopen(tmp_path):
     assert again.lookup("d/f2", "E2", 2, 1000.0) is not None
     assert again.ino_of("d/f1") == (101, 0o100000)
     assert again.ino_high_water() == 102
+
+
+def _statements(cache: AttrCache) -> list[str]:
+    """The SQL statements ``cache`` runs from now on (sqlite's trace callback)."""
+    seen: list[str] = []
+    cache.db.set_trace_callback(seen.append)
+    return seen
+
+
+def test_a_listed_directory_answers_its_entries_lookups_from_memory(tmp_path):
+    path = str(tmp_path / "a.sqlite")
+    cache = AttrCache(path)
+    for i, name in enumerate(("d/a", "d/b", "d/sub/x", "e/a")):
+        cache.record(name, f"E{i}", i, HEADERS, lastmod=1000.0)
+        cache.record_probe(name, f"E{i}", i, i + 100)
+        cache.remember_ino(name, 10 + i, 0o100000)
+    cache.remember_ino("d/sub/", 20, 0o040000)
+    cache.remember_ino("d/gone", 21, 0o100000)
+    cache.close()
+    cache = AttrCache(path)                                   # nothing pending: all on disk
+    cache.listed("d/", {"d/a", "d/b", "d/new"}, {"d/a", "d/b", "d/new", "d/sub/"})
+    sql = _statements(cache)
+    assert cache.lookup("d/a", "E0", 0, 1000.0) is not None
+    assert cache.probed_size("d/b", "E1", 1) == 101 and cache.ino_of("d/b") == (11, 0o100000)
+    assert cache.ino_of("d/sub/") == (20, 0o040000)
+    assert cache.lookup("d/new", "E9", 9, 1000.0) is None and cache.ino_of("d/new") is None
+    assert cache.ino_of("d/gone") is None                     # pruned: not in the listing
+    assert sql == []                                          # no query for any of them
+    cache.record("d/new", "E9", 9, HEADERS, lastmod=1000.0)   # recorded after the listing
+    cache.remember_ino("d/new", 30, 0o100000)
+    cache.commit()                                            # (executed: no longer pending)
+    del sql[:]
+    assert cache.lookup("d/new", "E9", 9, 1000.0) is not None and cache.ino_of("d/new") == (30, 0o100000)
+    assert sql == []                                          # all from memory
+    assert cache.lookup("e/a", "E3", 3, 1000.0) is not None   # another directory: a query
+    assert len(sql) == 1
+    cache.forget("d/a")                                       # any other statement: queries again
+    del sql[:]
+    assert cache.lookup("d/a", "E0", 0, 1000.0) is None
+    assert cache.lookup("d/b", "E1", 1, 1000.0) is not None and sql
+    assert cache.lookup("d/sub/x", "E2", 2, 1000.0) is not None   # below a listed child: kept
