@@ -244,29 +244,29 @@ class AttrCache:
         self._window_prefix = None
         if self.broken or not self._flush():
             return
-        end = prefix + "\U0010ffff"
+        # direct children only: rows below its subdirectories stay in the database
+        children = "key > ? AND key < ? AND instr(substr(key, ?), '/') = 0"
+        args = (prefix, prefix + "\U0010ffff", len(prefix) + 1)
+        queries = (("attrs", f"SELECT * FROM attrs WHERE {children}", args, files),
+                   ("sizes", f"SELECT * FROM sizes WHERE {children}", args, files),
+                   ("inos", "SELECT * FROM inos WHERE parent=?", (prefix,), names))
+        window: dict[str, dict[str, tuple[Any, ...]]] | None = {t: {} for t in _UPSERT}
+        gone: list[tuple[str, str]] = []
         try:
-            found = {
-                "attrs": self.db.execute("SELECT * FROM attrs WHERE key > ? AND key < ?",
-                                         (prefix, end)).fetchall(),
-                "sizes": self.db.execute("SELECT * FROM sizes WHERE key > ? AND key < ?",
-                                         (prefix, end)).fetchall(),
-                "inos": self.db.execute("SELECT * FROM inos WHERE parent=?", (prefix,)).fetchall()}
+            for table, sql, params, present in queries:
+                for row in self.db.execute(sql, params):     # row by row: a directory may be huge
+                    if row[0] not in present:
+                        gone.append((table, row[0]))
+                    elif window is not None:
+                        window[table][row[0]] = row
+                        if len(window[table]) > WINDOW_MAX:
+                            window = None
         except sqlite3.Error as exc:
             self._failed(exc)
             return
-        window: dict[str, dict[str, tuple[Any, ...]]] = {t: {} for t in _UPSERT}
-        for table, rows in found.items():
-            present = names if table == "inos" else files
-            for row in rows:
-                key = row[0]
-                if key in present:
-                    window[table][key] = row
-                elif table == "inos" or "/" not in key[len(prefix):]:
-                    self._write(f"DELETE FROM {table} WHERE key=?", (key,))
-                    if table == "attrs":
-                        self._write("DELETE FROM sizes WHERE key=?", (key,))
-        if all(len(rows) <= WINDOW_MAX for rows in window.values()):
+        for table, key in gone:
+            self._write(f"DELETE FROM {table} WHERE key=?", (key,))
+        if window is not None:
             self._window_prefix, self._window = prefix, window
 
     def _row(self, table: str, key: str) -> tuple[Any, ...] | None:

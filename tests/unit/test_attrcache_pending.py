@@ -94,3 +94,17 @@ def test_a_listed_directory_answers_its_entries_lookups_from_memory(tmp_path):
     assert cache.lookup("d/a", "E0", 0, 1000.0) is None
     assert cache.lookup("d/b", "E1", 1, 1000.0) is not None and sql
     assert cache.lookup("d/sub/x", "E2", 2, 1000.0) is not None   # below a listed child: kept
+
+
+def test_a_directory_above_the_window_size_is_read_by_queries(tmp_path, monkeypatch):
+    from ossencfs.fs import attrcache
+    monkeypatch.setattr(attrcache, "WINDOW_MAX", 3)
+    cache = AttrCache(str(tmp_path / "a.sqlite"))
+    keys = {f"d/f{i}" for i in range(5)}
+    for i, key in enumerate(sorted(keys)):
+        cache.record(key, f"E{i}", i, HEADERS, lastmod=1000.0)
+    cache.commit()
+    cache.listed("d/", keys, keys)
+    sql = _statements(cache)
+    assert all(cache.lookup(key, f"E{i}", i, 1000.0) is not None for i, key in enumerate(sorted(keys)))
+    assert len(sql) == 5                                      # not kept in memory, still found
