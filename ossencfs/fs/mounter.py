@@ -147,6 +147,7 @@ class Mount:
         from .attrcache import AttrCache
         from .cache import BlockCache
         from .journal import Journal, MountIdentity
+        from .keypool import KeyPool
         from .model import FsModel
         from .operations import Operations
         from .stagingarea import StagingArea
@@ -163,7 +164,8 @@ class Mount:
                                    copy_limit=cfg.copy_limit, esdk=self.esdk)
         self.journal = Journal(staging_dir, self.quarantine_dir,
                                MountIdentity(cfg.endpoint, self.bucket, self.prefix))
-        staging = StagingArea(staging_dir, self.keyring, self.journal, limit=self.cache_size)
+        staging = StagingArea(staging_dir, self.keyring, self.journal, limit=self.cache_size,
+                              keys=KeyPool(self.keyring, spawn))
         cache = BlockCache(os.path.join(self.base_dir, "blocks"), max_bytes=self.cache_size)
         cache.reserved = lambda: staging.used
         staging.make_room = cache.make_room

@@ -32,6 +32,7 @@ import trio
 from ..atomicfile import fsync_dir
 from . import dirtystate
 from .journal import Journal, JournalEntry, MountIdentity
+from .keypool import KeyPool
 from .staging import BUFFER_TOTAL, PlainSource, Staging
 
 if TYPE_CHECKING:
@@ -57,9 +58,10 @@ class StagingArea:
     """Creates stagings with fresh key material, in one directory per mounted bucket/prefix."""
 
     def __init__(self, directory: str, keyring: KeyRing, journal: Journal | None = None, *,
-                 limit: int = 1 << 62) -> None:
+                 limit: int = 1 << 62, keys: KeyPool | None = None) -> None:
         self.directory = directory
         self.keyring = keyring
+        self.keys = keys or KeyPool(keyring)     # fresh data keys (made ahead in bursts)
         self.journal = journal or Journal(directory, os.path.join(directory, "quarantine"),
                                           MountIdentity("", "", ""))
         self.limit = limit
@@ -131,17 +133,10 @@ class StagingArea:
         await self.make_room(self.limit - self.used - n)
         await self.make_disk_room(n)
 
-    async def _fresh(self) -> tuple[ContentMaterial, dict[str, str]]:
-        material, headers = await trio.to_thread.run_sync(lambda: self.keyring.new_object())
-        return material, headers
-
     async def new(self, key: str, size: int, base: PlainSource | None, base_len: int,
                   base_etag: str | None) -> Staging:
         """A staging with a fresh data key; its files are made when first needed."""
-        if getattr(self.keyring, "local_writer", False):
-            material, headers = self.keyring.new_object()      # CPU only: cheaper than a hop
-        else:
-            material, headers = await self._fresh()           # KMS: may call out
+        material, headers = await self.keys.take()
         st = Staging(self, uuid.uuid4().hex, key, material, headers, size, base, base_len,
                      base_etag)
         self.active.add(st)

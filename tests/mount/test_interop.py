@@ -145,3 +145,33 @@ def test_kms_master_key(make_mount, kms_server, emulator, crypto_bucket):
     assert kb.get_object("kms.bin").read() == data
     assert kb.get_object("kms-small.txt").read() == b"small kms object"
     assert (m.path / "rsa-written.bin").read_bytes() == b"rsa wrapped"
+
+
+def test_a_burst_of_new_files_on_a_kms_mount_takes_data_keys_made_ahead(make_mount, kms_server, emulator):
+    """Creating files one after another on a KMS mount: the data keys of the next ones are
+    made while the current one is written and uploaded (``fs.keypool``), several KMS calls at
+    once, where each create used to wait for its own two in turn (one in flight at a time).
+    Every object still has its own key, and oss2's AliKMSProvider reads each one."""
+    from tests.conftest import AK, BUCKET, KMS_REGION, SK
+    cmk = kms_server.create_key(description="burst")
+    m = make_mount("kmsburst", keys=["--kms-key", cmk, "--kms-region", KMS_REGION,
+                                  "--kms-endpoint", kms_server.endpoint])
+    (m.path / "first").write_bytes(b"a lone create")
+    assert kms_server.max_inflight == 1             # asked for nothing ahead
+    kms_server.set_faults(latency_ms=100)          # a KMS round trip takes a while
+    try:
+        for i in range(8):
+            (m.path / f"f{i}").write_bytes(b"burst %d" % i)
+    finally:
+        kms_server.set_faults(latency_ms=0)
+    assert kms_server.max_inflight >= 3
+    assert kms_server.calls["GenerateDataKey"] <= 1 + 8 + 8      # at most as many ahead as came
+    provider = oss2.AliKMSProvider(AK, SK, KMS_REGION, cmk)
+    provider.kms_client.add_endpoint(KMS_REGION, "kms", kms_server.endpoint)
+    provider.kms_client.proxy = {"http": None, "https": None}
+    kb = oss2.CryptoBucket(oss2.Auth(AK, SK), emulator.endpoint, BUCKET, crypto_provider=provider)
+    plain = oss2.Bucket(oss2.Auth(AK, SK), emulator.endpoint, BUCKET)
+    assert len({plain.head_object(f"f{i}").headers["x-oss-meta-client-side-encryption-key"]
+                for i in range(8)}) == 8
+    for i in range(8):
+        assert kb.get_object(f"f{i}").read() == b"burst %d" % i
