@@ -10,6 +10,8 @@ is built.
 from __future__ import annotations
 
 import base64
+import concurrent.futures
+import functools
 from typing import Mapping, TypedDict, Unpack, cast
 
 from aliyunsdkcore.request import RpcRequest
@@ -25,6 +27,14 @@ from ..errors import FormatError, KeyUnavailableError, WrongKeyError
 from .blobs import (FLAVOURS, b64decode_plaintext, blob_from_header, blob_key_id, context_string,
                     looks_oss2_flavour)
 from .calls import JsonObject, KmsCalls
+
+
+@functools.cache
+def _side_calls() -> concurrent.futures.ThreadPoolExecutor:
+    """Threads for the IV's call of a wrap or an unwrap (``KmsMasterKey.wrap_new``,
+    ``unwrap``), sent beside the key's; how many run at once is bounded by each key's own
+    ``max_concurrency`` (``KmsCalls``)."""
+    return concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="kms-iv")
 
 
 class KmsMasterKey(KmsCalls):
@@ -78,14 +88,19 @@ class KmsMasterKey(KmsCalls):
         return self.matdesc is None or h.matdesc is None or h.matdesc == self.matdesc
 
     def wrap_new(self) -> tuple[ContentMaterial, CryptoHeaders]:
-        """A fresh data key from GenerateDataKey and a fresh IV wrapped by Encrypt(b64(iv))."""
-        key_b64, key_blob = self._generate_data_key()
+        """A fresh data key from GenerateDataKey and a fresh IV wrapped by Encrypt(b64(iv)),
+        the two calls side by side (one round trip of waiting, not two)."""
+        iv = new_iv()
+        iv_call = _side_calls().submit(self._encrypt, base64.b64encode(iv).decode())
+        try:
+            key_b64, key_blob = self._generate_data_key()
+        finally:
+            concurrent.futures.wait([iv_call])        # no call of ours outlives this one
         key = b64decode_plaintext(key_b64, "data key", self.cmk_id)
         if len(key) != 32:
             raise KeyUnavailableError(f"CMK {self.cmk_id}: GenerateDataKey returned {len(key)} bytes, not 32")
-        iv = new_iv()
-        iv_blob = self._encrypt(base64.b64encode(iv).decode())
-        return ContentMaterial(key=key, counter0=iv_to_counter(iv)), self._headers(key_blob, iv_blob)
+        return (ContentMaterial(key=key, counter0=iv_to_counter(iv)),
+                self._headers(key_blob, iv_call.result()))
 
     def wrap(self, material: ContentMaterial) -> CryptoHeaders:
         """The header set for an *existing* data key (re-wrap); never for new content."""
@@ -142,19 +157,25 @@ class KmsMasterKey(KmsCalls):
         styles = (True, False) if oss2_style else (False, True)
         last: WrongKeyError | None = None
         for style in styles:
+            key_blob = blob_from_header(h.wrapped_key, style)
+            if key_blob is None:
+                continue
+            start_blob = blob_from_header(h.wrapped_start, style)
+            # the IV's Decrypt goes out beside the key's: a first open waits for one KMS
+            # round trip, not two in turn (the SDKs send them one after the other)
+            iv_call = _side_calls().submit(self._decrypt, start_blob) if start_blob else None
             try:
-                key_blob = blob_from_header(h.wrapped_key, style)
-                if key_blob is None:
-                    continue
                 key_b64 = self._decrypt(key_blob)
             except WrongKeyError as e:
                 last = e
                 continue
+            finally:
+                if iv_call is not None and not iv_call.cancel():
+                    concurrent.futures.wait([iv_call])    # no call of ours outlives the unwrap
             key = b64decode_plaintext(key_b64, "data key", self.cmk_id)
-            start_blob = blob_from_header(h.wrapped_start, style)
-            if start_blob is None:
+            if iv_call is None:
                 raise FormatError("the start header is not in the same form as the key header")
-            iv = b64decode_plaintext(self._decrypt(start_blob), "IV", self.cmk_id)
+            iv = b64decode_plaintext(iv_call.result(), "IV", self.cmk_id)
             return material_from_plaintext(h, key, iv)
         raise last or WrongKeyError("the key header is not a KMS ciphertext blob")
 

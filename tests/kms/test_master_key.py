@@ -175,8 +175,9 @@ def test_disabled_cmk_names_object_and_cmk(kms: KmsServer, cmk: str, make_master
 def test_throttling_and_5xx_retried(kms: KmsServer, make_master) -> None:
     master = make_master()
     kms.set_faults(throttle_next=3)
-    material, h = master.wrap_new()
-    assert kms.calls["GenerateDataKey"] == 4 and master.calls["GenerateDataKey"] == 4
+    material, h = master.wrap_new()         # its two calls go out at once: 3 answers throttled
+    sent = kms.calls["GenerateDataKey"] + kms.calls["Encrypt"]
+    assert sent == 5 and master.calls["GenerateDataKey"] + master.calls["Encrypt"] == 5
     kms.set_faults(fail_next=2)
     assert master.unwrap(h) == material
     kms.set_faults(throttle_next=100)
@@ -284,11 +285,12 @@ def test_kms_that_never_answers_costs_one_bounded_wait_and_is_eio(kms: KmsServer
         with pytest.raises(KeyServiceUnavailableError, match="unreachable") as ei:
             master.unwrap(h)
         assert ei.value.errno == errno.EIO
-        assert master.calls["Decrypt"] == 1                  # one attempt: its timeout used the budget
+        # one attempt each for the key and the IV, side by side: their timeout used the budget
+        assert master.calls["Decrypt"] == 2
         for _ in range(20):                                  # a burst of reads: no new attempt
             with pytest.raises(KeyServiceUnavailableError, match="not attempted"):
                 master.unwrap(h)
-        assert master.calls["Decrypt"] == 1
+        assert master.calls["Decrypt"] == 2
     finally:
         kms.set_faults(outage="")
     time.sleep(1.1)                                          # the remembered outage expires
@@ -332,3 +334,32 @@ def test_kms_still_throttling_after_retries_is_eio(kms: KmsServer, make_master) 
         make_master(retries=2).unwrap(h)
     assert ei.value.errno == errno.EIO
     kms.set_faults(throttle_next=0)
+
+
+def test_an_unwrap_sends_the_key_and_iv_decrypts_side_by_side(kms: KmsServer, make_master) -> None:
+    """A first open waits for one KMS round trip, not two in turn: the IV's Decrypt goes out
+    while the key's is in flight (``max_inflight`` counts requests served at once)."""
+    material, h = make_master().wrap_new()
+    master = make_master()
+    kms.set_faults(latency_ms=300)
+    kms.max_inflight = 0
+    try:
+        assert master.unwrap(h) == material
+    finally:
+        kms.set_faults(latency_ms=0)
+    assert kms.max_inflight == 2 and master.calls["Decrypt"] == 2
+
+
+def test_a_new_data_key_and_its_iv_are_wrapped_side_by_side(kms: KmsServer, make_master, cmk: str) -> None:
+    """GenerateDataKey and the IV's Encrypt go out at once; oss2's AliKMSProvider opens the
+    result (the headers are the same either way)."""
+    master = make_master()
+    kms.set_faults(latency_ms=300)
+    kms.max_inflight = 0
+    try:
+        material, h = master.wrap_new()
+    finally:
+        kms.set_faults(latency_ms=0)
+    assert kms.max_inflight == 2
+    assert master.calls["GenerateDataKey"] == 1 and master.calls["Encrypt"] == 1
+    assert oss2_decrypt(oss2_provider(kms, cmk), emit_headers(h), material.crypt_at(0, DATA)) == DATA
