@@ -158,6 +158,14 @@ class KeyRing:
             self._cache.clear()
             self._failed.clear()
 
+    def forget(self, headers: Mapping[str, str]) -> None:
+        """Drop the cached data key of the object these headers (``new_object``'s) would
+        carry: one made for an object that was never written (``fs.keypool``)."""
+        h = parse_headers(headers)
+        if h is not None:
+            with self._lock:
+                self._cache.pop(self.cache_key(h), None)
+
     @property
     def cache_size(self) -> int:
         with self._lock:

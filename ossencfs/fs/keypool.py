@@ -11,7 +11,8 @@ several at once (up to the KMS client's concurrency).
 What does not change: each key is made for one object and used once (nothing is reused or
 derived); a key is asked for ahead only after a second create within ``BURST_WINDOW``, never by
 an idle mount, and at most as many as creates came in that window; keys made ahead and not
-taken within ``KEEP`` seconds are dropped (they were never written anywhere). An RSA writer
+taken within ``KEEP`` seconds are dropped, also from the key ring's cache (they were never
+written anywhere). An RSA writer
 wraps locally in microseconds (``KeyRing.local_writer``): no pool, no thread.
 """
 from __future__ import annotations
@@ -109,7 +110,8 @@ class KeyPool:
 
     def _expire(self, now: float) -> None:
         while self._ready and self._ready[0][0] < now - KEEP:
-            self._ready.popleft()
+            _, _, headers = self._ready.popleft()
+            self.keyring.forget(headers)        # not kept as a readable object's key either
             self.dropped += 1
 
     async def _expire_later(self) -> None:

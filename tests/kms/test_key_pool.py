@@ -69,8 +69,10 @@ def test_keys_made_ahead_and_not_taken_are_dropped(kms, make_master, monkeypatch
             while pool._making:
                 await trio.sleep(0.05)
             assert pool.made_ahead >= 1
+            cached = pool.keyring.cache_size          # new_object caches every key it makes
             await trio.sleep(1.0)                     # no create comes: they go anyway
             assert pool.dropped >= 1 and not pool._ready
+            assert pool.keyring.cache_size == cached - pool.dropped   # from the key ring too
             nursery.cancel_scope.cancel()
 
     trio.run(main)
