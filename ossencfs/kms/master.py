@@ -37,6 +37,13 @@ def _side_calls() -> concurrent.futures.ThreadPoolExecutor:
     return concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="kms-iv")
 
 
+def _abandon(call: concurrent.futures.Future[str] | None) -> None:
+    """The other half of a wrap or unwrap failed: its side call is not sent if it has not
+    started, else waited for (no call of ours outlives the operation that made it)."""
+    if call is not None and not call.cancel():
+        concurrent.futures.wait([call])
+
+
 class KmsMasterKey(KmsCalls):
     """A KMS CMK as a ``MasterKey`` (see ``ossencfs.envelope.material``). Thread-safe; calls block."""
 
@@ -94,8 +101,9 @@ class KmsMasterKey(KmsCalls):
         iv_call = _side_calls().submit(self._encrypt, base64.b64encode(iv).decode())
         try:
             key_b64, key_blob = self._generate_data_key()
-        finally:
-            concurrent.futures.wait([iv_call])        # no call of ours outlives this one
+        except BaseException:
+            _abandon(iv_call)
+            raise
         key = b64decode_plaintext(key_b64, "data key", self.cmk_id)
         if len(key) != 32:
             raise KeyUnavailableError(f"CMK {self.cmk_id}: GenerateDataKey returned {len(key)} bytes, not 32")
@@ -166,12 +174,12 @@ class KmsMasterKey(KmsCalls):
             iv_call = _side_calls().submit(self._decrypt, start_blob) if start_blob else None
             try:
                 key_b64 = self._decrypt(key_blob)
-            except WrongKeyError as e:
-                last = e
+            except BaseException as exc:
+                _abandon(iv_call)
+                if not isinstance(exc, WrongKeyError):
+                    raise
+                last = exc
                 continue
-            finally:
-                if iv_call is not None and not iv_call.cancel():
-                    concurrent.futures.wait([iv_call])    # no call of ours outlives the unwrap
             key = b64decode_plaintext(key_b64, "data key", self.cmk_id)
             if iv_call is None:
                 raise FormatError("the start header is not in the same form as the key header")

@@ -363,3 +363,29 @@ def test_a_new_data_key_and_its_iv_are_wrapped_side_by_side(kms: KmsServer, make
     assert kms.max_inflight == 2
     assert master.calls["GenerateDataKey"] == 1 and master.calls["Encrypt"] == 1
     assert oss2_decrypt(oss2_provider(kms, cmk), emit_headers(h), material.crypt_at(0, DATA)) == DATA
+
+
+def test_many_unwraps_at_once_all_succeed(kms: KmsServer, make_master) -> None:
+    """More unwraps at once than there are threads for the IVs' Decrypts: each waits for its
+    own (one queued and not yet started was once cancelled: EACCES on a first open under
+    ``xargs -P16 cat``)."""
+    writer = make_master()
+    made = [writer.wrap_new() for _ in range(24)]
+    master = make_master(max_concurrency=24)
+    kms.set_faults(latency_ms=100)
+    got: list[object] = [None] * len(made)
+
+    def unwrap(i: int) -> None:
+        try:
+            got[i] = master.unwrap(made[i][1])
+        except Exception as exc:  # noqa: BLE001 - reported below
+            got[i] = exc
+    try:
+        threads = [threading.Thread(target=unwrap, args=(i,)) for i in range(len(made))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        kms.set_faults(latency_ms=0)
+    assert got == [m for m, _ in made]
