@@ -104,6 +104,9 @@ class Files:
         parent = self.ctx.node(parent_ino)
         path = join(parent.path, name)
         self.ctx.check_key_length(path)
+        # the data key first: a create that cannot have one (its KMS unreachable) leaves no
+        # name behind (the node was bound first: a 0-byte file showed until the next mount)
+        st = await self.ctx.staging.new(self.ctx.okey(path), 0, None, 0, None)
         existing = self.ctx.inodes.at(path)
         meta = posix.new_meta(stat.S_IFREG, mode, ctx.uid, ctx.gid)
         if existing is not None and existing.kind == stat.S_IFREG and not existing.unlinked:
@@ -120,8 +123,8 @@ class Files:
                 await self.ctx.staging.drop(old)
             if replaced is not None and not node.exists_remote:
                 node.exists_remote, node.etag = True, replaced   # the version it replaces
-            node.staging = await self.ctx.staging.new(
-                self.ctx.okey(path), 0, None, 0, node.etag if node.exists_remote else None)
+            st.base_etag = node.etag if node.exists_remote else None
+            node.staging = st
             dirtystate.mark_dirty(node)
             node.size = 0
         self.ctx.inodes.note_entry(parent.path, Entry(name, stat.S_IFREG, 0, None, time.time()))

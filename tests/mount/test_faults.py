@@ -117,3 +117,31 @@ def test_kms_outage_is_eio_once_per_read_and_reads_recover(make_mount, kms_serve
         except OSError:
             return False
     eventually(readable, timeout=30)
+
+
+def test_a_create_that_gets_no_data_key_leaves_no_file_behind(make_mount, kms_server):
+    """KMS down: creating a file fails with EIO and leaves no name behind (a 0-byte file was
+    listed and stat'ed until the next mount); once KMS is back the name can be created."""
+    from tests.conftest import KMS_REGION
+    cmk = kms_server.create_key(description="create outage")
+    m = make_mount("kmscreate", keys=["--kms-key", cmk, "--kms-region", KMS_REGION,
+                                      "--kms-endpoint", kms_server.endpoint])
+    os.listdir(m.path)
+    kms_server.stop()                               # connections refused
+    try:
+        with pytest.raises(OSError) as ei:
+            (m.path / "new.txt").write_bytes(b"no key for me")
+        assert ei.value.errno == errno.EIO
+        assert not (m.path / "new.txt").exists()
+        assert "new.txt" not in os.listdir(m.path)
+    finally:
+        kms_server.start()
+
+    def created() -> bool:
+        try:
+            (m.path / "new.txt").write_bytes(b"now with a key")
+            return True
+        except OSError:
+            return False
+    eventually(created, timeout=30)
+    assert os.listdir(m.path) == ["new.txt"]
