@@ -9,8 +9,10 @@ next ones are now made in worker threads while the current one is written and up
 several at once (up to the KMS client's concurrency).
 
 What does not change: each key is made for one object and used once (nothing is reused or
-derived); a key is asked for ahead only after a second create within ``BURST_WINDOW``, never by
-an idle mount, and at most as many as creates came in that window; keys made ahead and not
+derived); a key is asked for ahead only after keys for a second file within ``BURST_WINDOW``,
+never by an idle mount, and at most as many as files took keys in that window (``echo x > f``
+takes two for one file: bash closes a dup of the new file before it writes, the close uploads
+the empty file, and the write needs a fresh key; that is no burst); keys made ahead and not
 taken within ``KEEP`` seconds are dropped, also from the key ring's cache (they were never
 written anywhere). An RSA writer
 wraps locally in microseconds (``KeyRing.local_writer``): no pool, no thread.
@@ -54,21 +56,22 @@ class KeyPool:
         self.dropped = 0                  # of those, dropped unused after ``KEEP``
         self._ready: collections.deque[tuple[float, ContentMaterial, dict[str, str]]] = \
             collections.deque()
-        self._takes: collections.deque[float] = collections.deque()
+        self._takes: collections.deque[tuple[float, str]] = collections.deque()  # (when, key)
         self._making = 0
         self._arrived = trio.Event()
         self._paused_until = 0.0
         self._expiring = False
 
-    async def take(self) -> Fresh:
-        """A fresh data key and the CSE headers that carry it (``KeyRing.new_object``): one
-        made ahead if there is one (or is about to be), else made now. Raises what
-        ``new_object`` raises (``KeyUnavailableError``, ``KeyServiceUnavailableError``)."""
+    async def take(self, key: str) -> Fresh:
+        """A fresh data key for the object ``key`` and the CSE headers that carry it
+        (``KeyRing.new_object``): one made ahead if there is one (or is about to be), else
+        made now. Raises what ``new_object`` raises (``KeyUnavailableError``,
+        ``KeyServiceUnavailableError``)."""
         if self.keyring.local_writer:
             return self.keyring.new_object()          # CPU only: cheaper than a thread hop
         now = self.clock()
-        self._takes.append(now)
-        while self._takes[0] < now - BURST_WINDOW:
+        self._takes.append((now, key))
+        while self._takes[0][0] < now - BURST_WINDOW:
             self._takes.popleft()
         self._expire(now)
         while not self._ready and self._making:
@@ -81,11 +84,11 @@ class KeyPool:
         return material, headers
 
     def _top_up(self) -> None:
-        """Make keys ahead up to the number of creates in the last ``BURST_WINDOW`` (minus
-        the one just served): a lone create asks for nothing ahead."""
+        """Make keys ahead up to the number of files that took keys in the last
+        ``BURST_WINDOW`` (minus the one just served): a lone file asks for nothing ahead."""
         if self.spawn is None or self.clock() < self._paused_until:
             return
-        want = min(self.ahead_max, len(self._takes) - 1)
+        want = min(self.ahead_max, len({key for _, key in self._takes}) - 1)
         while len(self._ready) + self._making < want:
             if not self.spawn(self._make):
                 return

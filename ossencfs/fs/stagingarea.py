@@ -136,7 +136,7 @@ class StagingArea:
     async def new(self, key: str, size: int, base: PlainSource | None, base_len: int,
                   base_etag: str | None) -> Staging:
         """A staging with a fresh data key; its files are made when first needed."""
-        material, headers = await self.keys.take()
+        material, headers = await self.keys.take(key)
         st = Staging(self, uuid.uuid4().hex, key, material, headers, size, base, base_len,
                      base_etag)
         self.active.add(st)
