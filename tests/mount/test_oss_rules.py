@@ -104,6 +104,33 @@ def test_a_burst_of_metadata_changes_costs_one_reupload(make_mount, oss2_bucket,
         assert (h["x-oss-meta-mode"], h["x-oss-meta-uid"]) == (str(stat.S_IFREG | 0o640), "7")
 
 
+def test_chmod_chown_utimes_to_the_values_a_node_has_store_nothing(make_mount, oss2_bucket, emulator):
+    """``cp -a`` and ``tar x`` as root chown each directory they make to its owner, and
+    ``chmod -R``/``chown -R`` go over files that already have what they set: such a change
+    sent a directory marker PUT, or a re-upload of an encrypted file's whole ciphertext.
+    Now nothing is sent; a real change still is."""
+    m = make_mount()
+    (m.path / "d").mkdir()
+    (m.path / "d" / "f.bin").write_bytes(os.urandom(200_000))
+    m.wait_uploaded()
+    paths = (m.path / "d", m.path / "d" / "f.bin")
+    was = {p: os.stat(p) for p in paths}
+    before = _stats(emulator)["requests"]
+    for p, st in was.items():
+        os.chown(p, st.st_uid, st.st_gid)
+        os.chmod(p, stat.S_IMODE(st.st_mode))
+        os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    time.sleep(1.5)                                  # past the re-upload delay of a file
+    m.wait_uploaded()
+    assert _stats(emulator)["requests"] == before
+    os.chmod(m.path / "d", 0o700)                    # a change: its marker is written
+    os.chmod(m.path / "d" / "f.bin", 0o600)          # ... and the file re-uploaded
+    m.wait_uploaded()
+    eventually(lambda: oss2_bucket.head_object("d/f.bin").headers["x-oss-meta-mode"]
+               == str(stat.S_IFREG | 0o600), 30)
+    assert oss2_bucket.head_object("d/").headers["x-oss-meta-mode"] == str(stat.S_IFDIR | 0o700)
+
+
 @pytest.mark.parametrize("extra", MODES)
 def test_cp_a_costs_one_put_per_file(make_mount, crypto_bucket, emulator, tmp_path, extra):
     src = tmp_path / "src"
