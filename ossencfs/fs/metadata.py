@@ -7,6 +7,7 @@ A size change or a change of a dirty file is a transition of its ``lifecycle``.
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import stat
@@ -42,36 +43,26 @@ class Metadata:
                 if node.is_dir:
                     raise _err(errno.EISDIR)
                 await self.life.truncate_locked(node, attr.st_size)
-            # only what really changes counts: a chmod, chown or utimes to the values the
-            # node has (``cp -a`` and ``tar x`` as root chown every directory they make to
-            # its owner, ``chmod -R``/``chown -R`` over a tree that has them) stores nothing,
-            # where it cost a marker PUT, or a re-upload of an encrypted file's whole
-            # ciphertext; its ctime stays as it was (Linux would set it: not stored either).
-            # Only while the node's attributes are known to be OSS's: a chmod back to values
-            # another client has just changed must still be stored
-            meta = node.meta
+            shown = dataclasses.replace(node.meta)
             meta_changed = False
             if fields.update_mode:
-                mode = stat.S_IFMT(meta.mode) | stat.S_IMODE(attr.st_mode)
-                meta_changed |= mode != meta.mode
-                meta.mode = mode
+                node.meta.mode = stat.S_IFMT(node.meta.mode) | stat.S_IMODE(attr.st_mode)
+                meta_changed = True
             if fields.update_uid:
-                meta_changed |= attr.st_uid != meta.uid
-                meta.uid = attr.st_uid
+                node.meta.uid = attr.st_uid
+                meta_changed = True
             if fields.update_gid:
-                meta_changed |= attr.st_gid != meta.gid
-                meta.gid = attr.st_gid
-            if fields.update_mtime and attr.st_mtime_ns != meta.mtime_ns:
-                meta.mtime_ns = attr.st_mtime_ns
+                node.meta.gid = attr.st_gid
+                meta_changed = True
+            if fields.update_mtime:
+                node.meta.mtime_ns = attr.st_mtime_ns
                 meta_changed = True
                 self.ctx.dir_touched.pop(node.path, None)   # set explicitly: it wins
-            if fields.update_atime and attr.st_atime_ns != meta.atime_ns:
-                meta.atime_ns = attr.st_atime_ns    # (UTIME_OMIT leaves the other time alone)
+            if fields.update_atime:             # UTIME_OMIT leaves the other time alone
+                node.meta.atime_ns = attr.st_atime_ns
                 meta_changed = True
-            if not meta_changed and not fields.update_size and \
-                    (node.dirty or not node.exists_remote or self.life.fresh.meta_fresh(node)):
-                return self.attr.attrs(node)
-            node.meta.touch_ctime()
+            if meta_changed or fields.update_size:
+                node.meta.touch_ctime()
             st = node.staging
             if node.dirty and st is not None and st.relay:
                 st.changed = True                   # acknowledged: journal the change
@@ -84,7 +75,11 @@ class Metadata:
                 elif st is not None and st.committed:
                     st.changed = True
             elif meta_changed and not node.unlinked:
-                await self.persist_meta(node)
+                try:
+                    await self.persist_meta(node)
+                except BaseException:
+                    node.meta = shown       # not stored: not shown either (a retry stores it)
+                    raise
         return self.attr.attrs(node)
 
     async def store_forgotten_dir_times(self, path: str, mtime_ns: int) -> bool:
@@ -148,6 +143,12 @@ class Metadata:
             raise _err(errno.ENOENT)
         if fmt.parse_headers(info.headers) is not None or info.object_type == "Appendable" \
                 or info.size > self.ctx.objects.copy_limit:
+            if posix.stores(info.headers, extra):
+                # the object has these values already (``chmod -R``/``chown -R`` over files
+                # that have them): no re-upload of its whole ciphertext. Told by this HEAD,
+                # not by what the node shows: that may be another client's earlier state, or
+                # a change of ours that failed to be stored
+                return
             if info.storage_class in ARCHIVE_CLASSES:
                 # a re-upload needs its bytes (unreadable until restored) and would make a new
                 # archived object, unreadable again: refused now rather than undone later

@@ -187,6 +187,14 @@ def to_headers(meta: PosixMeta) -> dict[str, str]:
     return out
 
 
+def stores(headers: Mapping[str, str], wanted: Mapping[str, str]) -> bool:
+    """Whether an object's ``headers`` already carry every POSIX value of ``wanted``
+    (``to_headers``) but its ctime, which each change sets anew (it is not worth a
+    re-upload when nothing else changes)."""
+    have = {k.lower(): v for k, v in headers.items()}
+    return all(have.get(k) == v for k, v in wanted.items() if k != META_CTIME)
+
+
 def shown_mode(meta: PosixMeta, policy: MountPolicy) -> int:
     return meta.mode & ~(policy.umask & 0o7777)
 

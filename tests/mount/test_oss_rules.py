@@ -104,31 +104,37 @@ def test_a_burst_of_metadata_changes_costs_one_reupload(make_mount, oss2_bucket,
         assert (h["x-oss-meta-mode"], h["x-oss-meta-uid"]) == (str(stat.S_IFREG | 0o640), "7")
 
 
-def test_chmod_chown_utimes_to_the_values_a_node_has_store_nothing(make_mount, oss2_bucket, emulator):
-    """``cp -a`` and ``tar x`` as root chown each directory they make to its owner, and
-    ``chmod -R``/``chown -R`` go over files that already have what they set: such a change
-    sent a directory marker PUT, or a re-upload of an encrypted file's whole ciphertext.
-    Now nothing is sent; a real change still is."""
+def test_chmod_chown_utimes_to_the_values_an_encrypted_file_has_cost_no_reupload(
+        make_mount, crypto_bucket, oss2_bucket, emulator):
+    """``chmod -R``/``chown -R`` over files that already have the values re-uploaded each
+    encrypted file's whole ciphertext; now the HEAD that comes before a re-upload tells that
+    the object carries them, and nothing more is sent. The values are OSS's, not what the
+    mount shows: another client's change just before a chmod back is still overwritten."""
     m = make_mount()
-    (m.path / "d").mkdir()
-    (m.path / "d" / "f.bin").write_bytes(os.urandom(200_000))
+    (m.path / "f.bin").write_bytes(os.urandom(200_000))
     m.wait_uploaded()
-    paths = (m.path / "d", m.path / "d" / "f.bin")
-    was = {p: os.stat(p) for p in paths}
+    was = os.stat(m.path / "f.bin")
     before = _stats(emulator)["requests"]
-    for p, st in was.items():
-        os.chown(p, st.st_uid, st.st_gid)
-        os.chmod(p, stat.S_IMODE(st.st_mode))
-        os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
-    time.sleep(1.5)                                  # past the re-upload delay of a file
+    os.chown(m.path / "f.bin", was.st_uid, was.st_gid)
+    os.chmod(m.path / "f.bin", stat.S_IMODE(was.st_mode))
+    os.utime(m.path / "f.bin", ns=(was.st_atime_ns, was.st_mtime_ns))
+    time.sleep(1.5)                                  # past the re-upload delay
     m.wait_uploaded()
-    assert _stats(emulator)["requests"] == before
-    os.chmod(m.path / "d", 0o700)                    # a change: its marker is written
-    os.chmod(m.path / "d" / "f.bin", 0o600)          # ... and the file re-uploaded
+    after = _stats(emulator)["requests"]
+    sent = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+    assert set(sent) <= {"HeadObject"}, sent
+    # another client stores mode 600 (a new version) just after the mount checked the file:
+    # the mount still shows 644 for a moment, and a chmod 644 through it must be stored, not
+    # taken for a change that changes nothing
+    body = crypto_bucket.get_object("f.bin").read()
+    time.sleep(2.5)                                  # past attr_timeout: the next stat asks OSS
+    assert stat.S_IMODE(os.stat(m.path / "f.bin").st_mode) == 0o644
+    crypto_bucket.put_object("f.bin", body, headers={"x-oss-meta-mode": str(stat.S_IFREG | 0o600)})
+    os.chmod(m.path / "f.bin", 0o644)
     m.wait_uploaded()
-    eventually(lambda: oss2_bucket.head_object("d/f.bin").headers["x-oss-meta-mode"]
-               == str(stat.S_IFREG | 0o600), 30)
-    assert oss2_bucket.head_object("d/").headers["x-oss-meta-mode"] == str(stat.S_IFDIR | 0o700)
+    eventually(lambda: oss2_bucket.head_object("f.bin").headers["x-oss-meta-mode"]
+               == str(stat.S_IFREG | 0o644), 30)
+    assert crypto_bucket.get_object("f.bin").read() == body
 
 
 @pytest.mark.parametrize("extra", MODES)
@@ -468,3 +474,33 @@ def test_archived_objects_refuse_metadata_changes_and_failed_dir_moves_roll_back
     assert _keys(oss2_bucket) == {"adir/n1", "adir/cold.txt"}     # no half-filled new name
     assert (m.path / "adir" / "n1").read_bytes() == b"one"
     assert not (m.path / "adir2").exists()
+
+
+@pytest.mark.log_allow(r"setattr|503|ServiceUnavailable|retry", reason="the failed chmod this test provokes")
+def test_a_chmod_that_could_not_be_stored_is_not_shown_and_a_retry_stores_it(
+        make_mount, crypto_bucket, oss2_bucket, emulator):
+    """A chmod answered EIO (OSS failing) left the new mode on the node: ``stat`` showed a
+    mode OSS never got, and the same chmod again could be taken for no change. Now the node
+    keeps what was stored, and the retry stores it (directory marker and encrypted file)."""
+    m = make_mount(extra=["--retries", "1"])
+    (m.path / "d").mkdir()
+    (m.path / "f.bin").write_bytes(b"x" * 5000)
+    m.wait_uploaded()
+    time.sleep(2.5)                                  # past attr_timeout: a HEAD comes first
+    _faults(emulator, fail_rate=1.0)
+    try:
+        for name, mode in (("d", 0o700), ("f.bin", 0o600)):
+            with pytest.raises(OSError) as ei:
+                os.chmod(m.path / name, mode)
+            assert ei.value.errno == errno.EIO
+        time.sleep(2.5)                              # the kernel asks the mount again, which
+        assert stat.S_IMODE(os.stat(m.path / "d").st_mode) == 0o755     # serves what it has
+        assert stat.S_IMODE(os.stat(m.path / "f.bin").st_mode) == 0o644
+    finally:
+        _faults(emulator, fail_rate=0.0)
+    os.chmod(m.path / "d", 0o700)
+    os.chmod(m.path / "f.bin", 0o600)
+    m.wait_uploaded()
+    assert oss2_bucket.head_object("d/").headers["x-oss-meta-mode"] == str(stat.S_IFDIR | 0o700)
+    eventually(lambda: oss2_bucket.head_object("f.bin").headers["x-oss-meta-mode"]
+               == str(stat.S_IFREG | 0o600), 30)
