@@ -141,14 +141,14 @@ class Metadata:
         info = await self.ctx.store.head(key)
         if info is None:
             raise _err(errno.ENOENT)
+        if posix.stores(info.headers, extra):
+            # the object has these values already (``chmod -R``/``chown -R`` over files that
+            # have them): no re-upload of an encrypted file's whole ciphertext, no self-copy.
+            # Told by this HEAD, not by what the node shows: that may be another client's
+            # earlier state, or a change of ours that failed to be stored
+            return
         if fmt.parse_headers(info.headers) is not None or info.object_type == "Appendable" \
                 or info.size > self.ctx.objects.copy_limit:
-            if posix.stores(info.headers, extra):
-                # the object has these values already (``chmod -R``/``chown -R`` over files
-                # that have them): no re-upload of its whole ciphertext. Told by this HEAD,
-                # not by what the node shows: that may be another client's earlier state, or
-                # a change of ours that failed to be stored
-                return
             if info.storage_class in ARCHIVE_CLASSES:
                 # a re-upload needs its bytes (unreadable until restored) and would make a new
                 # archived object, unreadable again: refused now rather than undone later

@@ -284,6 +284,9 @@ def test_chmod_of_a_plain_object_is_a_copy_and_of_an_appendable_one_a_reupload(
     os.chmod(m.path / "plain.txt", 0o600)              # CopyObject onto itself, at once
     assert oss2_bucket.head_object("plain.txt").headers["x-oss-meta-mode"] == \
         str(stat.S_IFREG | 0o600)
+    copies = _stats(emulator)["requests"].get("CopyObject", 0)
+    os.chmod(m.path / "plain.txt", 0o600)              # the object has it: its HEAD tells
+    assert _stats(emulator)["requests"].get("CopyObject", 0) == copies
     os.chmod(m.path / "app.txt", 0o600)                # appendable: re-upload
     m.wait_uploaded()
     h = oss2_bucket.head_object("app.txt").headers
