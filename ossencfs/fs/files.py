@@ -117,16 +117,22 @@ class Files:
             node.exists_remote = False
             node.headers = {}
         replaced = self.ctx.undefer(self.ctx.okey(path))     # an unlinked-while-open object
-        async with node.lock:
-            if node.staging is not None:
-                old, node.staging = node.staging, None
-                await self.ctx.staging.drop(old)
-            if replaced is not None and not node.exists_remote:
-                node.exists_remote, node.etag = True, replaced   # the version it replaces
-            st.base_etag = node.etag if node.exists_remote else None
-            node.staging = st
-            dirtystate.mark_dirty(node)
-            node.size = 0
+        try:
+            async with node.lock:
+                if node.staging is not None:
+                    old, node.staging = node.staging, None
+                    await self.ctx.staging.drop(old)
+                if replaced is not None and not node.exists_remote:
+                    node.exists_remote, node.etag = True, replaced   # the version it replaces
+                st.base_etag = node.etag if node.exists_remote else None
+                node.staging = st
+                dirtystate.mark_dirty(node)
+                node.size = 0
+        except BaseException:
+            if node.staging is not st:               # (interrupted while waiting for the lock)
+                with trio.CancelScope(shield=True):
+                    await self.ctx.staging.drop(st)
+            raise
         self.ctx.inodes.note_entry(parent.path, Entry(name, stat.S_IFREG, 0, None, time.time()))
         self.names.touch_dir(parent)
         fh = self._next_fh
