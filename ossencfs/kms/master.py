@@ -104,11 +104,11 @@ class KmsMasterKey(KmsCalls):
         except BaseException:
             _abandon(iv_call)
             raise
+        iv_blob = iv_call.result()
         key = b64decode_plaintext(key_b64, "data key", self.cmk_id)
         if len(key) != 32:
             raise KeyUnavailableError(f"CMK {self.cmk_id}: GenerateDataKey returned {len(key)} bytes, not 32")
-        return (ContentMaterial(key=key, counter0=iv_to_counter(iv)),
-                self._headers(key_blob, iv_call.result()))
+        return ContentMaterial(key=key, counter0=iv_to_counter(iv)), self._headers(key_blob, iv_blob)
 
     def wrap(self, material: ContentMaterial) -> CryptoHeaders:
         """The header set for an *existing* data key (re-wrap); never for new content."""
