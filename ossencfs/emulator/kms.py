@@ -16,7 +16,8 @@ EncryptionContext; a blob from another installation is rejected), ``kms_errors.p
 Test hooks (Python API, not RPC): ``create_key(key_id=...)`` makes a key with a chosen id,
 ``add_recorded_blob(blob, plaintext)`` makes Decrypt of one exact foreign blob (e.g. the legacy
 KMS vector recorded from real KMS) answer a recorded plaintext, and ``set_faults`` injects
-``Throttling`` (400) and ``SerivceUnavailableTemporary`` (503) answers and outages: ``outage=
+``Throttling`` (400, and 429 ``Rejected.Throttling`` in turn) and
+``SerivceUnavailableTemporary`` (503) answers and outages: ``outage=
 "hang"`` reads each request and never answers (until the outage ends or the server stops),
 ``outage="reset"`` closes each connection without an answer. A KMS that is down (connections
 refused) is ``stop()``; ``start()`` brings it back on the same port.
@@ -60,6 +61,7 @@ class KmsServer:
         self._throttle_rate = 0.0
         self._fail_rate = 0.0
         self._throttle_next = 0
+        self._throttles = 0           # throttle answers given (they alternate: ``_maybe_fault``)
         self._fail_next = 0
         self._latency = 0.0
         self.outage = ""                  # "", "hang" or "reset" (see set_faults)
@@ -170,7 +172,8 @@ class KmsServer:
     def set_faults(self, *, throttle_rate: float | None = None, fail_rate: float | None = None,
                    throttle_next: int | None = None, fail_next: int | None = None,
                    latency_ms: float | None = None, seed: int | None = None, outage: str | None = None) -> None:
-        """Inject Throttling (400) / SerivceUnavailableTemporary (503) answers after authentication.
+        """Inject throttling (400 Throttling and 429 Rejected.Throttling in turn) /
+        SerivceUnavailableTemporary (503) answers after authentication.
 
         Rates apply to every request at random; ``*_next`` fail exactly the next N requests, which
         is what deterministic tests want. ``latency_ms`` delays every answer (to make concurrency
@@ -243,7 +246,13 @@ class KmsServer:
             else:
                 throttle = self._throttle_rate > 0 and self._rng.random() < self._throttle_rate
             if throttle:
-                raise KmsApiError(400, "Throttling", "Request was denied due to request throttling.")
+                # both answers real KMS gives, in turn: ``Throttling`` 400 (the public error
+                # codes, SPEC C.5) and, for the QPS quota, 429 ``Rejected.Throttling`` "QPS Limit
+                # Exceeded" (help.aliyun.com/knowledge_detail/444042.html)
+                self._throttles += 1
+                if self._throttles % 2:
+                    raise KmsApiError(400, "Throttling", "Request was denied due to request throttling.")
+                raise KmsApiError(429, "Rejected.Throttling", "QPS Limit Exceeded")
             if self._fail_next > 0:
                 self._fail_next -= 1
                 fail = True

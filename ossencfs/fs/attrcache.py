@@ -28,12 +28,13 @@ listings like the attributes.
 New and changed rows are kept in memory and written with the commit each second (a first-sight
 ``ls -l`` records three rows per entry; a statement each on the trio thread cost more than
 parsing the HEAD). Reads the same way: a complete listing of a directory loads the rows of its
-entries with one query per table (``listed``), and the lookups of those entries that follow
-are answered from memory. Each statement releases the GIL, and while 64 HEADs are parsed in
-worker threads, getting it back made a 5 µs SELECT cost 60–80 µs on the trio thread: three per
-entry were half of that thread's work in a first-sight ``ls -l`` (issue 17). This is a cache: it is written without fsync, a damaged database is
-discarded and started again, and an error while using it (a full disk) turns it off for the rest of the mount: all
-of which only costs HEADs, never a failed file operation.
+entries with one query per table (``listed``), and the lookups of those entries that follow are
+answered from memory. Each statement releases the GIL, and while 64 HEADs are parsed in worker
+threads, getting it back made a 5 µs SELECT cost 60–80 µs on the trio thread: three per entry
+were about a third of that thread's busy time in a first-sight ``ls -l`` (issue 17). This is a
+cache: it is written without fsync, a damaged database is discarded and started again, and an
+error while using it (a full disk) turns it off for the rest of the mount: all of which only
+costs HEADs, never a failed file operation.
 """
 from __future__ import annotations
 

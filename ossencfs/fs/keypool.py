@@ -14,8 +14,8 @@ never by an idle mount, and at most as many as files took keys in that window (`
 takes two for one file: bash closes a dup of the new file before it writes, the close uploads
 the empty file, and the write needs a fresh key; that is no burst); keys made ahead and not
 taken within ``KEEP`` seconds are dropped, also from the key ring's cache (they were never
-written anywhere). An RSA writer
-wraps locally in microseconds (``KeyRing.local_writer``): no pool, no thread.
+written anywhere). An RSA writer wraps locally in microseconds (``KeyRing.local_writer``): no
+pool, no thread.
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ class KeyPool:
         self.spawn = spawn
         self.ahead_max = ahead_max
         self.clock = clock
-        self.made_ahead = 0               # keys made ahead (tests, ``ossencfs status``)
+        self.made_ahead = 0               # keys made ahead (tests)
         self.dropped = 0                  # of those, dropped unused after ``KEEP``
         self._ready: collections.deque[tuple[float, ContentMaterial, dict[str, str]]] = \
             collections.deque()

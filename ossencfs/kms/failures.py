@@ -11,9 +11,9 @@ from aliyunsdkcore.acs_exception.exceptions import ClientException, ServerExcept
 
 from ..errors import KeyServiceUnavailableError, KeyUnavailableError, OssEncError, WrongKeyError
 
-_RETRYABLE_CODES = {"Throttling", "Throttling.User", "Throttling.Api", "ServiceUnavailable",
-                    "SerivceUnavailableTemporary", "ServiceUnavailableTemporary", "InternalFailure",
-                    "InternalError"}
+_RETRYABLE_CODES = {"Throttling", "Throttling.User", "Throttling.Api", "Rejected.Throttling",
+                    "ServiceUnavailable", "SerivceUnavailableTemporary",
+                    "ServiceUnavailableTemporary", "InternalFailure", "InternalError"}
 _CREDENTIAL_CODES_PREFIX = ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidAccessKeySecret",
                             "IncompleteSignature", "InvalidSecurityToken", "IllegalTimestamp",
                             "SignatureNonceUsed", "Forbidden.AccessKey")
@@ -44,7 +44,9 @@ def map_server_error(action: str, e: ServerException, target: str) -> OssEncErro
     rid = e.get_request_id()
     tail = f"({code}, HTTP {status}{', request ' + rid if rid else ''})"
     cmk = f"CMK {target}"
-    if code in _RETRYABLE_CODES or code.startswith("Throttling") or status >= 500:
+    # throttled: ``Throttling`` 400 (public error codes) or, for the QPS quota, 429
+    # ``Rejected.Throttling`` (help.aliyun.com/knowledge_detail/444042.html)
+    if code in _RETRYABLE_CODES or code.startswith("Throttling") or status == 429 or status >= 500:
         return Retryable(KeyServiceUnavailableError(f"{cmk}: KMS {action} kept failing {tail}"))
     if code in _DISABLED_CODES:
         return KeyUnavailableError(f"{cmk} is disabled {tail}")

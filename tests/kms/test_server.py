@@ -215,9 +215,11 @@ def test_recorded_blob_hook_and_faults(kms: KmsServer) -> None:
     kms.disable_key(owner)
     assert server_error(c, DecryptRequest.DecryptRequest(), CiphertextBlob=blob).get_error_code() == "Rejected.Disabled"
     kms.enable_key(owner)
-    kms.set_faults(throttle_next=1)
+    kms.set_faults(throttle_next=2)              # both of real KMS's throttle answers, in turn
     e = server_error(c, DecryptRequest.DecryptRequest(), CiphertextBlob=blob)
     assert (e.get_error_code(), e.get_http_status()) == ("Throttling", 400)
+    e = server_error(c, DecryptRequest.DecryptRequest(), CiphertextBlob=blob)
+    assert (e.get_error_code(), e.get_http_status()) == ("Rejected.Throttling", 429)
     kms.set_faults(fail_next=1)
     e = server_error(c, DecryptRequest.DecryptRequest(), CiphertextBlob=blob)
     assert e.get_http_status() == 503
