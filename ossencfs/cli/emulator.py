@@ -58,6 +58,10 @@ def register(subparsers: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     p.add_argument("--no-crc", action="store_true",
                    help="do not compute CRC-64 of new objects (faster PUT; responses then omit "
                         "x-oss-hash-crc64ecma, which SDKs accept)")
+    p.add_argument("--s3-compat", action="store_true",
+                   help="also accept Amazon S3 (AWS Signature V4) requests, as OSS does once its "
+                        "S3-compatible access is enabled for the account (for benchmarks of S3 "
+                        "tools: scripts/bench_mounts.py)")
     p.set_defaults(func=run)
 
 
@@ -79,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
                    fsync=not args.no_fsync, crc=not args.no_crc, region=args.region,
                    fail_code=args.fail_code, copy_limit=args.copy_limit, restore_seconds=args.restore_seconds,
                    max_connections=args.max_connections,
-                   sts_lifetime=args.sts_lifetime, credentials_port=args.credentials_port)
+                   sts_lifetime=args.sts_lifetime, credentials_port=args.credentials_port,
+                   s3_compat=args.s3_compat)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

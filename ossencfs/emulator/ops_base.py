@@ -191,12 +191,21 @@ def _cse_int(h: dict[str, str], name: str, missing_ec: str, bad_ec: str) -> int:
     return n
 
 
+_S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+
+
 def parse_xml_body(body: bytes, tag: str | None = None) -> ElementTree.Element:
-    """A request body's XML root (of ``tag`` when given), else 400 MalformedXML as OSS answers."""
+    """A request body's XML root (of ``tag`` when given), else 400 MalformedXML as OSS answers.
+    Elements in the S3 namespace (``xmlns="http://s3.amazonaws.com/doc/2006-03-01/"``, which S3
+    clients put on CompleteMultipartUpload and Delete) are read as without it: OSS's
+    S3-compatible access takes AWS SDK requests unchanged (``s3compat``)."""
     try:
         root = ElementTree.fromstring(body)
     except ElementTree.ParseError:
         raise OssError(400, "MalformedXML", "The XML you provided was not well-formed.") from None
+    for el in root.iter():
+        if el.tag.startswith(_S3_NS):
+            el.tag = el.tag[len(_S3_NS):]
     if tag is not None and root.tag != tag:
         raise OssError(400, "MalformedXML", "The XML you provided was not well-formed.")
     return root

@@ -27,6 +27,7 @@ from .ops import Ctx, Resp
 from .request_body import BodyReader, MalformedRequest, content_length
 from .response import head_block, response_length, write_bytes, write_file
 from .routing import address, route
+from . import s3compat
 from .xmlout import OssError, error_xml
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ class _Request:
     params: dict[str, str] = field(default_factory=dict)
     params_list: list[tuple[str, str]] = field(default_factory=list)
     fn: Callable[[Ctx], Resp] | None = None
+    s3: tuple[str, dict[str, str]] | None = None    # an S3 request: its raw path and headers
 
 
 class OssRequestHandler(BaseHTTPRequestHandler):
@@ -108,7 +110,9 @@ class OssRequestHandler(BaseHTTPRequestHandler):
             self._admin(raw_path, raw_query, body, rid)
             return
         faults = Faults(**asdict(emu._faults))
-        req, pre_error = self._resolve(raw_path, raw_query, hdrs)
+        s3 = s3compat.signed_for_s3(hdrs)
+        req, pre_error = self._resolve(raw_path, raw_query, s3compat.oss_headers(hdrs) if s3 else hdrs)
+        req.s3 = (raw_path, hdrs) if s3 else None
         pre_error = frame_error or pre_error or _unframed(req.method, hdrs)
         emu._stats.count(req.op)
         if faults.latency_ms > 0:
@@ -155,7 +159,12 @@ class OssRequestHandler(BaseHTTPRequestHandler):
         try:
             if emu.sts is not None:
                 emu.sts.check_oss(req.headers, req.params)
-            emu._verifier.verify(SignedRequest(req.method, req.bucket, req.key, req.params_list, req.headers))
+            if req.s3 is not None:
+                s3compat.verify(emu._verifier.credentials, emu.s3_compat, req.method, req.s3[0],
+                                req.params_list, req.s3[1])
+            else:
+                emu._verifier.verify(SignedRequest(req.method, req.bucket, req.key, req.params_list,
+                                                   req.headers))
             if faults.deny_writes and req.method not in ("GET", "HEAD"):
                 raise OssError(403, "AccessDenied", "You have no right to access this object "
                                "because of bucket acl.")
@@ -180,6 +189,8 @@ class OssRequestHandler(BaseHTTPRequestHandler):
                 self.close_connection = True
         except (ConnectionError, ValueError, OSError, OssError):
             self.close_connection = True
+        if req.s3 is not None:
+            resp.headers = s3compat.s3_headers(resp.headers)
         sent = 0
         try:
             sent = self._send(resp, rid, head=(req.method == "HEAD"), drop=drop)

@@ -53,7 +53,8 @@ class Emulator:
                  fail_code: str = "ServiceUnavailable", copy_limit: int = DEFAULT_COPY_LIMIT,
                  restore_seconds: float = DEFAULT_RESTORE_SECONDS, max_connections: int | None = None,
                  idle_timeout: float = IDLE_TIMEOUT, header_timeout: float = HEADER_TIMEOUT,
-                 sts_lifetime: float | None = None, credentials_port: int | None = None) -> None:
+                 sts_lifetime: float | None = None, credentials_port: int | None = None,
+                 s3_compat: bool = False) -> None:
         self.data_dir = os.path.abspath(str(data_dir))
         self.max_connections = max_connections or default_max_connections()
         self.idle_timeout = idle_timeout
@@ -67,6 +68,8 @@ class Emulator:
         self.fsync = fsync
         self.crc = crc
         self.region = region
+        #: accept AWS Signature V4 requests (OSS's S3-compatible access: ``s3compat``)
+        self.s3_compat = s3_compat
         self._faults = Faults(float(latency_ms), float(bandwidth_mbps), float(fail_rate), float(drop_rate))
         self.set_faults(fail_code=fail_code, copy_limit=copy_limit, restore_seconds=restore_seconds)
         self._stats = Stats()
