@@ -266,8 +266,8 @@ def is_mounted(path: str) -> bool:
 class EmulatorProc:
     """``python -m ossencfs emulator`` in a child process, driven through its admin endpoint."""
 
-    def __init__(self, data_dir: Path, log_path: Path) -> None:
-        self.data_dir, self.log_path = data_dir, log_path
+    def __init__(self, data_dir: Path, log_path: Path, extra_args: tuple[str, ...] = ()) -> None:
+        self.data_dir, self.log_path, self.extra_args = data_dir, log_path, extra_args
         self.proc: subprocess.Popen | None = None
         self.endpoint = ""
         self.admin_token = ""
@@ -275,7 +275,8 @@ class EmulatorProc:
 
     def start(self) -> "EmulatorProc":
         argv = [sys.executable, "-m", "ossencfs", "emulator", "--data", str(self.data_dir),
-                "--access-key-id", AK, "--access-key-secret", SK, "--bucket", BUCKET, "--no-fsync"]
+                "--access-key-id", AK, "--access-key-secret", SK, "--bucket", BUCKET, "--no-fsync",
+                *self.extra_args]
         logf = open(self.log_path, "ab")
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=logf, env=child_env(), cwd=str(ROOT))
         logf.close()
@@ -340,10 +341,13 @@ def stats_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]
 
 # ---- the mount (its own process) ---------------------------------------------------------------
 class MountProc:
-    """One ``python -m ossencfs mount ... -f`` process with a fresh cache dir; samples its RSS."""
+    """One ``python -m ossencfs mount ... -f`` process with a fresh cache dir; samples its RSS.
+    With ``argv`` (and ``env``), another mount program in the foreground instead
+    (``bench_mounts.py``: s3fs, rclone)."""
 
-    def __init__(self, bench: "Bench", name: str, key_args: list[str], cache_dir: Path | None = None,
-                 keep_cache: bool = False) -> None:
+    def __init__(self, bench: Any, name: str, key_args: list[str], cache_dir: Path | None = None,
+                 keep_cache: bool = False, argv: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.bench = bench
         self.path = bench.workdir / f"mnt-{name}"
         self.cache_dir = cache_dir or bench.workdir / f"cache-{name}"
@@ -357,16 +361,17 @@ class MountProc:
         self._stop_sampler = threading.Event()
         self._sampler: threading.Thread | None = None
         self.spy: subprocess.Popen | None = None
+        self.argv, self.env = argv, env
 
     def start(self) -> "MountProc":
         if self.fresh_cache:
             shutil.rmtree(self.cache_dir, ignore_errors=True)
         self.path.mkdir(exist_ok=True)
-        argv = [sys.executable, "-m", "ossencfs", "mount", f"oss://{BUCKET}", str(self.path),
-                "--endpoint", self.bench.emu.endpoint, "--cache-dir", str(self.cache_dir),
-                *self.key_args, *self.bench.args.mount_option, "-f"]
+        argv = self.argv or [sys.executable, "-m", "ossencfs", "mount", f"oss://{BUCKET}", str(self.path),
+                             "--endpoint", self.bench.emu.endpoint, "--cache-dir", str(self.cache_dir),
+                             *self.key_args, *self.bench.args.mount_option, "-f"]
         logf = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(argv, stdout=logf, stderr=logf, env=child_env(), cwd=str(ROOT))
+        self.proc = subprocess.Popen(argv, stdout=logf, stderr=logf, env=self.env or child_env(), cwd=str(ROOT))
         logf.close()
         deadline = time.monotonic() + 60
         while not is_mounted(str(self.path)):
@@ -378,7 +383,7 @@ class MountProc:
             time.sleep(0.02)
         self._sampler = threading.Thread(target=self._sample, daemon=True)
         self._sampler.start()
-        if self.bench.args.py_spy:
+        if self.bench.args.py_spy and self.argv is None:
             out = self.bench.profile_dir / f"{self.bench.profile}-{self.path.name[4:]}.txt"
             logf = open(self.log_path.with_suffix(".py-spy.log"), "ab")
             # py-spy stops by itself when the mount process exits; raw = collapsed stacks
