@@ -330,6 +330,22 @@ class EmulatorProc:
         self.proc = None
 
 
+def timed_write(emu: EmulatorProc, mountpoint: Path, action: Callable[[Path], Any],
+                prepare: Callable[[Path], Any] | None, unmount: Callable[[], Any]) -> dict[str, Any]:
+    """``prepare(mountpoint)`` (untimed), then the seconds of ``action(mountpoint)``
+    ("seconds_until_closed") and of it and ``unmount()`` ("seconds": until the mount has
+    uploaded everything and exited, the figure that counts), with the emulator's counters."""
+    if prepare is not None:
+        prepare(mountpoint)
+    before = emu.stats()
+    t0 = time.perf_counter()
+    action(mountpoint)
+    closed = time.perf_counter() - t0
+    unmount()
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "seconds_until_closed": closed, **stats_delta(before, emu.stats())}
+
+
 def stats_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     reqs = {k: after["requests"].get(k, 0) - before["requests"].get(k, 0)
             for k in set(after["requests"]) | set(before["requests"])}
@@ -659,16 +675,8 @@ class Bench:
         """Time ``action(mountpoint)`` until it returned ("closed") and until the mount process has
         uploaded everything and exited ("in the bucket", the figure that counts)."""
         m = self.mount(label, extra=extra)
-        if prepare is not None:
-            prepare(m.path)
-        before = self.emu.stats()
-        t0 = time.perf_counter()
-        action(m.path)
-        closed = time.perf_counter() - t0
-        self.unmount(m)
-        seconds = time.perf_counter() - t0
-        return {"seconds": seconds, "seconds_until_closed": closed, "peak_rss_bytes": m.peak,
-                **stats_delta(before, self.emu.stats())}
+        rec = timed_write(self.emu, m.path, action, prepare, lambda: self.unmount(m))
+        return {**rec, "peak_rss_bytes": m.peak}
 
     def _write_back_variant(self) -> list[tuple[str, str, list[str]]]:
         """(system name, object-name letter, mount args): the default mount, and with --write-back."""

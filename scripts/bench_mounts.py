@@ -136,23 +136,12 @@ class Runner:
         """Seconds of ``action(mountpoint)`` on a fresh mount of ``system`` (until its data is
         in the bucket for the workloads of ``UNTIL_IN_BUCKET``) and the emulator's request
         counts meanwhile."""
-        until_in_bucket = workload in UNTIL_IN_BUCKET
         proc = self.mount(system)
         try:
-            if prepare is not None:
-                prepare(proc.path)
-            before = self.emu.stats()
-            t0 = time.perf_counter()
-            action(proc.path)
-            closed = time.perf_counter() - t0
-            if until_in_bucket:
-                self.unmount(system, proc)
-            seconds = time.perf_counter() - t0
-            delta = m.stats_delta(before, self.emu.stats())
+            return m.timed_write(self.emu, proc.path, action, prepare,
+                                 lambda: self.unmount(system, proc) if workload in UNTIL_IN_BUCKET else None)
         finally:
             self.unmount(system, proc)
-        return {"seconds": seconds, "seconds_until_closed": closed, "requests": delta["requests"],
-                "total_requests": delta["total_requests"]}
 
     def seed(self, system: str, prefix: str, n: int, size: Callable[[int], int]) -> None:
         """``n`` objects under ``prefix`` as the SDK writes them: CryptoBucket objects for
