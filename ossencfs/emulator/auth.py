@@ -114,7 +114,9 @@ class Verifier:
         self.sts_tokens = dict(sts_tokens or {})
         self.region = region.removeprefix("oss-") if region else None
 
-    def _secret(self, ak: str, token: str | None) -> str:
+    def secret(self, ak: str, token: str | None) -> str:
+        """The secret of access key ``ak`` sent with STS ``token`` (None: none sent); OssError
+        403 InvalidAccessKeyId / InvalidSecurityToken as OSS answers otherwise."""
         sk = self.credentials.get(ak)
         if sk is None:
             raise OssError(403, "InvalidAccessKeyId", "The OSS Access Key Id you provided does not exist in our records.",
@@ -173,7 +175,7 @@ class Verifier:
         date = req.headers.get("x-oss-date") or req.headers.get("date", "")
         parsed = parsedate_tz(date) if date else None
         _check_skew(mktime_tz(parsed) if parsed else None, "Date")
-        sk = self._secret(ak, req.headers.get("x-oss-security-token"))
+        sk = self.secret(ak, req.headers.get("x-oss-security-token"))
         self._v1_check(req, ak, sig, date, sk)
         return ak
 
@@ -185,7 +187,7 @@ class Verifier:
             raise OssError(403, "AccessDenied", "Invalid Expires.") from None
         if exp < time.time():
             raise OssError(403, "AccessDenied", "Request has expired.", Expires=expires)
-        sk = self._secret(ak, q.get("security-token"))
+        sk = self.secret(ak, q.get("security-token"))
         self._v1_check(req, ak, q["Signature"], expires, sk)
         return ak
 
@@ -211,7 +213,7 @@ class Verifier:
         payload = req.headers.get("x-oss-content-sha256", "UNSIGNED-PAYLOAD")
         if payload != "UNSIGNED-PAYLOAD":
             raise OssError(400, "InvalidArgument", "x-oss-content-sha256 must be UNSIGNED-PAYLOAD.")
-        sk = self._secret(ak, req.headers.get("x-oss-security-token"))
+        sk = self.secret(ak, req.headers.get("x-oss-security-token"))
         self._v4_check(req, ak, sk, day, region, product, date_time, fields.get("AdditionalHeaders", ""),
                        payload, sig, req.params)
         return ak
@@ -233,7 +235,7 @@ class Verifier:
                            EC="0002-00000232")
         if ts + expires < time.time():
             raise OssError(403, "AccessDenied", "Request has expired.")
-        sk = self._secret(ak, q.get("x-oss-security-token"))
+        sk = self.secret(ak, q.get("x-oss-security-token"))
         params = [(k, v) for k, v in req.params if k != "x-oss-signature"]
         self._v4_check(req, ak, sk, day, region, product, date_time, q.get("x-oss-additional-headers", ""),
                        "UNSIGNED-PAYLOAD", q["x-oss-signature"], params)

@@ -155,13 +155,13 @@ class OssRequestHandler(BaseHTTPRequestHandler):
     def _answer(self, req: _Request, body: BodyReader, faults: Faults, rid: str) -> Resp | None:
         """Authenticate and run the operation; None when the connection broke (nothing to send)."""
         emu = self.server.emu
-        ctx = Ctx(req.method, req.bucket, req.key, req.params, req.headers, body, req.headers.get("host", ""))
         try:
             if emu.sts is not None:
                 emu.sts.check_oss(req.headers, req.params)
             if req.s3 is not None:
-                s3compat.verify(emu._verifier.credentials, emu.s3_compat, req.method, req.s3[0],
+                s3compat.verify(emu._verifier, emu.s3_compat, req.method, req.s3[0],
                                 req.params_list, req.s3[1])
+                body = s3compat.checked_body(body, req.s3[1])
             else:
                 emu._verifier.verify(SignedRequest(req.method, req.bucket, req.key, req.params_list,
                                                    req.headers))
@@ -169,7 +169,8 @@ class OssRequestHandler(BaseHTTPRequestHandler):
                 raise OssError(403, "AccessDenied", "You have no right to access this object "
                                "because of bucket acl.")
             assert req.fn is not None
-            return req.fn(ctx)
+            return req.fn(Ctx(req.method, req.bucket, req.key, req.params, req.headers, body,
+                              req.headers.get("host", "")))
         except OssError as e:
             if isinstance(e, MalformedRequest):
                 self.close_connection = True

@@ -24,14 +24,17 @@ def s3emu(tmp_path):
 
 
 def s3(emu: Emulator, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None,
-       secret: str = SK, after_signing: dict[str, str] | None = None) -> requests.Response:
+       secret: str = SK, after_signing: dict[str, str] | None = None, region: str = "us-east-1",
+       sent_body: bytes | None = None, token: str | None = None) -> requests.Response:
     """One path-style request signed as an S3 client signs it (region us-east-1, as s3fs and
-    rclone default to); ``after_signing`` headers are changed once the signature is made."""
+    rclone default to); ``after_signing`` headers are changed once the signature is made, and
+    ``sent_body`` is sent instead of the signed ``body``."""
     req = AWSRequest(method, emu.endpoint + path, data=body, headers=dict(headers or {}))
-    S3SigV4Auth(Credentials(AK, secret), "s3", "us-east-1").add_auth(req)
+    S3SigV4Auth(Credentials(AK, secret, token), "s3", region).add_auth(req)
     prepared = req.prepare()
     prepared.headers.update(after_signing or {})
-    return requests.request(method, prepared.url, data=body, headers=dict(prepared.headers))
+    return requests.request(method, prepared.url, data=body if sent_body is None else sent_body,
+                            headers=dict(prepared.headers))
 
 
 def test_objects_written_and_copied_by_an_s3_client_carry_their_metadata_for_oss_clients(s3emu):
@@ -97,3 +100,33 @@ def test_a_multipart_upload_completed_with_the_s3_namespace_is_assembled(s3emu):
     r = s3(s3emu, "POST", f"/{BUCKET}/big?uploadId={upload_id}", body)
     assert r.status_code == 200, r.text
     assert oss2.Bucket(oss2.Auth(AK, SK), s3emu.endpoint, BUCKET).get_object("big").read() == b"".join(parts)
+
+
+def test_what_was_not_signed_is_refused_and_changes_nothing(s3emu):
+    """A header added after signing (a copy source), a body other than the signed one, a
+    signature that is not even ASCII: refused before any effect, not a server error."""
+    plain = oss2.Bucket(oss2.Auth(AK, SK), s3emu.endpoint, BUCKET)
+    plain.put_object("secret", b"s3cr3t")
+    r = s3(s3emu, "PUT", f"/{BUCKET}/stolen", after_signing={"x-amz-copy-source": f"{BUCKET}/secret"})
+    assert r.status_code == 403 and b"x-amz-copy-source" in r.content, r.text
+    r = s3(s3emu, "PUT", f"/{BUCKET}/stolen", b"good", sent_body=b"EVIL")
+    assert r.status_code == 400 and b"XAmzContentSHA256Mismatch" in r.content, r.text
+    signed = s3(s3emu, "GET", f"/{BUCKET}/secret")
+    assert signed.status_code == 200
+    auth = AWSRequest("GET", s3emu.endpoint + f"/{BUCKET}/secret")
+    S3SigV4Auth(Credentials(AK, SK), "s3", "us-east-1").add_auth(auth)
+    bad = dict(auth.prepare().headers)
+    bad["Authorization"] = bad["Authorization"][:-1] + "\xe9"
+    assert requests.get(auth.url, headers=bad).status_code == 403
+    assert not plain.object_exists("stolen")
+
+
+def test_the_signing_region_and_the_sts_token_are_checked(tmp_path):
+    with Emulator(str(tmp_path / "emu"), credentials={AK: SK}, sts_tokens={AK: "tok"}, buckets=[BUCKET],
+                  fsync=False, s3_compat=True) as emu:
+        assert s3(emu, "PUT", f"/{BUCKET}/k", b"x").status_code == 403                  # no token
+        assert s3(emu, "PUT", f"/{BUCKET}/k", b"x", token="wrong").status_code == 403
+        r = s3(emu, "PUT", f"/{BUCKET}/k", b"x", token="tok", region="eu-west-1")
+        assert r.status_code == 400 and r.headers["x-oss-ec"] == "0002-00000226"
+        for region in ("cn-hangzhou", "us-east-1"):
+            assert s3(emu, "PUT", f"/{BUCKET}/k", b"x", token="tok", region=region).status_code == 200
