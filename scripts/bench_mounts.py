@@ -37,7 +37,7 @@ above); ``seconds_until_closed`` is when the writer was done:
   cp_a          ``cp -a`` of a source tree of ``--tree-files`` files, until in the bucket
   mv_dir        ``mv`` of a directory of ``--mv-files`` 4 KiB objects (seeded by the SDK)
 
-and each system's peak RSS over all its mounts. Ratio = the other's time / ossencfs's time
+and each system's peak RSS over all its mounts (and per workload in the JSON). Ratio = the other's time / ossencfs's time
 (> 1: ossencfs is faster). Profiles as in ``bench.py`` (loopback; cloud: 20 ms before the first
 response byte, 50 Mbit/s per connection).
 
@@ -143,11 +143,12 @@ class Runner:
         counts meanwhile."""
         proc = self.mount(system)
         try:
-            return m.timed_write(self.emu, proc.path, action, prepare,
-                                 lambda: self.unmount(system, proc, workload in NEW_FILES)
-                                 if workload in UNTIL_IN_BUCKET else None)
+            rec = m.timed_write(self.emu, proc.path, action, prepare,
+                                lambda: self.unmount(system, proc, workload in NEW_FILES)
+                                if workload in UNTIL_IN_BUCKET else None)
         finally:
             self.unmount(system, proc)
+        return {**rec, "peak_rss_bytes": proc.peak}
 
     def seed(self, system: str, prefix: str, n: int, size: Callable[[int], int]) -> None:
         """``n`` objects under ``prefix`` as the SDK writes them: CryptoBucket objects for

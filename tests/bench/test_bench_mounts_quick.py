@@ -43,7 +43,7 @@ def test_quick_mount_comparison_runs_every_workload_on_every_mount(tmp_path: Pat
                 assert s not in res[w]
                 continue
             rec = res[w][s]
-            assert rec["seconds"] > 0 and rec["total_requests"] > 0, (w, s)
+            assert rec["seconds"] > 0 and rec["total_requests"] > 0 and rec["peak_rss_bytes"] > 0, (w, s)
         assert res[w]["ratio_s3fs"] > 0 and res[w]["ratio_rclone"] > 0
         assert (w in WRITES) == ("ratio_rclone_vs_write_back" in res[w])
     assert res["random_read"]["ossencfs"]["requests"]["GetObject"] > 2     # 20 reads, not one
