@@ -64,6 +64,7 @@ class Ctx:
     headers: dict[str, str]
     body: Body
     host: str
+    s3: bool = False          # signed as an S3 request (``s3compat``)
 
 
 @dataclass
@@ -194,16 +195,18 @@ def _cse_int(h: dict[str, str], name: str, missing_ec: str, bad_ec: str) -> int:
 _S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 
 
-def parse_xml_body(body: bytes, tag: str | None = None) -> ElementTree.Element:
+def parse_xml_body(body: bytes, tag: str | None = None, s3: bool = False) -> ElementTree.Element:
     """A request body's XML root (of ``tag`` when given), else 400 MalformedXML as OSS answers.
-    Elements in the S3 namespace (``xmlns="http://s3.amazonaws.com/doc/2006-03-01/"``, which S3
-    clients put on CompleteMultipartUpload and Delete) are read as without it: OSS's
-    S3-compatible access takes AWS SDK requests unchanged (``s3compat``)."""
+    In an S3 request (``s3``), elements in the S3 namespace
+    (``xmlns="http://s3.amazonaws.com/doc/2006-03-01/"``, which S3 clients put on
+    CompleteMultipartUpload and Delete) are read as without it: OSS's S3-compatible access takes
+    AWS SDK requests unchanged (``s3compat``). OSS's own requests name no namespace, and no
+    page says OSS reads one there: they keep the plain names (the stricter reading)."""
     try:
         root = ElementTree.fromstring(body)
     except ElementTree.ParseError:
         raise OssError(400, "MalformedXML", "The XML you provided was not well-formed.") from None
-    for el in root.iter():
+    for el in root.iter() if s3 else ():
         if el.tag.startswith(_S3_NS):
             el.tag = el.tag[len(_S3_NS):]
     if tag is not None and root.tag != tag:

@@ -145,7 +145,7 @@ class MultipartOps(OpsBase):
         body = ctx.body.read(8 << 20)
         with b.lock:
             have = dict(up.parts)
-        chosen = _chosen_parts(ctx.headers, body, have)
+        chosen = _chosen_parts(ctx.headers, body, have, ctx.s3)
         if not chosen:
             raise OssError(400, "MalformedXML", "The XML you provided was not well-formed.")
         self._cse_check_complete(up.headers, [(num, have[num].size) for num in chosen])
@@ -295,7 +295,8 @@ class MultipartOps(OpsBase):
                                  "does not match the part size given at InitiateMultipartUpload.")
 
 
-def _chosen_parts(headers: dict[str, str], body: bytes, have: dict[int, Entry]) -> list[int]:
+def _chosen_parts(headers: dict[str, str], body: bytes, have: dict[int, Entry],
+                  s3: bool = False) -> list[int]:
     """The part numbers a CompleteMultipartUpload names: every uploaded part with
     ``x-oss-complete-all: yes`` (body must be empty), else the body's <Part> list, which must be
     in ascending order and name uploaded parts by their ETags."""
@@ -303,7 +304,7 @@ def _chosen_parts(headers: dict[str, str], body: bytes, have: dict[int, Entry]) 
         if body.strip():
             raise OssError(400, "InvalidArgument", "Body must be empty with x-oss-complete-all.")
         return sorted(have)
-    root = parse_xml_body(body)
+    root = parse_xml_body(body, s3=s3)
     chosen: list[int] = []
     prev = 0
     for p in root.findall("Part"):

@@ -172,7 +172,7 @@ class ObjectOps(OpsBase):
         body = ctx.body.read(64 << 10)
         days = 1
         if body.strip():
-            root = parse_xml_body(body, "RestoreRequest")
+            root = parse_xml_body(body, "RestoreRequest", ctx.s3)
             try:
                 days = int((root.findtext("Days") or "1").strip())
             except ValueError:
@@ -246,7 +246,7 @@ class ObjectOps(OpsBase):
             raise OssError(400, "InvalidDigest", "Content-MD5 is required for DeleteMultipleObjects.")
         if base64.b64encode(hashlib.md5(body).digest()).decode() != md5.strip():
             raise OssError(400, "InvalidDigest", "The Content-MD5 you specified did not match what we received.")
-        root = parse_xml_body(body, "Delete")
+        root = parse_xml_body(body, "Delete", ctx.s3)
         quiet = (root.findtext("Quiet") or "false").strip().lower() == "true"
         keys = [o.findtext("Key") or "" for o in root.findall("Object")]
         if not keys or len(keys) > 1000:

@@ -170,7 +170,7 @@ class OssRequestHandler(BaseHTTPRequestHandler):
                                "because of bucket acl.")
             assert req.fn is not None
             return req.fn(Ctx(req.method, req.bucket, req.key, req.params, req.headers, body,
-                              req.headers.get("host", "")))
+                              req.headers.get("host", ""), s3=req.s3 is not None))
         except OssError as e:
             if isinstance(e, MalformedRequest):
                 self.close_connection = True

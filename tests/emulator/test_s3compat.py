@@ -13,7 +13,7 @@ from botocore.credentials import Credentials
 
 from ossencfs.emulator.server import Emulator
 
-from .conftest import AK, SK, BUCKET
+from .conftest import AK, SK, BUCKET, raw
 
 
 @pytest.fixture
@@ -97,6 +97,9 @@ def test_a_multipart_upload_completed_with_the_s3_namespace_is_assembled(s3emu):
             + "".join(f"<Part><PartNumber>{i + 1}</PartNumber><ETag>{e}</ETag></Part>"
                       for i, e in enumerate(etags))
             + "</CompleteMultipartUpload>").encode()
+    # OSS's own requests keep the plain names (no page says OSS reads a namespace there)
+    oss = raw(s3emu, "POST", BUCKET, "big", params={"uploadId": upload_id}, data=body)
+    assert oss.status_code == 400 and b"MalformedXML" in oss.content, oss.text
     r = s3(s3emu, "POST", f"/{BUCKET}/big?uploadId={upload_id}", body)
     assert r.status_code == 200, r.text
     assert oss2.Bucket(oss2.Auth(AK, SK), s3emu.endpoint, BUCKET).get_object("big").read() == b"".join(parts)
