@@ -110,6 +110,15 @@ class ObjectReader:
             return b""
         return await self.store.get_range(self.key, offset, end, if_match=self.info.etag or None)
 
+    async def read_cipher_blocks(self, offset: int, length: int, block: int) -> list[bytes]:
+        """``read_cipher`` in one GET, as ``block``-byte pieces (the last may be shorter), each
+        read as it arrives: the block cache's blocks without a copy (``readahead``)."""
+        end = min(offset + length, self.size) - 1
+        if offset > end:
+            return []
+        return await self.store.get_range_pieces(self.key, offset, end, block,
+                                                 if_match=self.info.etag or None)
+
     def decrypt(self, offset: int, cipher: bytes | memoryview) -> bytes:
         """Plaintext of ``cipher`` that starts at object offset ``offset`` (any alignment)."""
         if self.material is None:

@@ -61,6 +61,13 @@ def disk_free(directory: str) -> int:
 #: tests/unit/test_block_cache.py checks the bound.
 HOT_ENTRY_OVERHEAD = 320
 
+#: bytes of the in-memory set that blocks fetched for reads that seek may take (``settle``
+#: with ``seeking``). They wait for no reader: they are kept for reads that land in them later,
+#: and an encrypted object's blocks are on disk as well. With the whole hot set theirs, 500
+#: random 4 KiB reads of a 256 MiB file on loopback (a block each) peaked at 128-133 MiB of
+#: RSS, the process's ~60 at idle plus 64 MiB of such blocks (issue 17: at most 100 MiB).
+SEEKING_HOT_BYTES = 16 << 20
+
 
 def _name(key: str, etag: str, index: int) -> bytes:
     """A block's name: SHA-256 of (key, ETag, index). Kept as the digest (65 bytes as a
@@ -90,6 +97,9 @@ class BlockCache:
         self._disk_bytes = 0
         self._hot: collections.OrderedDict[bytes, bytes] = collections.OrderedDict()
         self._hot_used = 0           # bytes of the blocks plus HOT_ENTRY_OVERHEAD each
+        self.seeking_bytes = min(hot_bytes, SEEKING_HOT_BYTES)
+        self._seeking_blocks: collections.OrderedDict[bytes, int] = collections.OrderedDict()
+        self._seeking_used = 0       # the part of _hot_used of blocks fetched for seeking reads
         self._inflight: dict[bytes, trio.Event] = {}
         self.hits = 0
         self.misses = 0
@@ -130,19 +140,30 @@ class BlockCache:
         _unlink_all(self._pop_for_free(self.disk_reserve))
 
     # -- memory -----------------------------------------------------------------------------
-    def _hot_put(self, name: bytes, data: bytes) -> None:
+    def _hot_put(self, name: bytes, data: bytes, seeking: bool = False) -> None:
         """Keep a block in memory; least recently used ones go while the blocks and what
-        keeping each costs (``HOT_ENTRY_OVERHEAD``) exceed ``hot_bytes``."""
-        if len(data) + HOT_ENTRY_OVERHEAD > self.hot_bytes:
+        keeping each costs (``HOT_ENTRY_OVERHEAD``) exceed ``hot_bytes``, and those of
+        ``seeking`` reads while theirs exceed ``seeking_bytes``."""
+        cost = len(data) + HOT_ENTRY_OVERHEAD
+        if cost > (self.seeking_bytes if seeking else self.hot_bytes):
             return
-        old = self._hot.pop(name, None)
-        if old is not None:
-            self._hot_used -= len(old) + HOT_ENTRY_OVERHEAD
+        self._hot_drop(name)
         self._hot[name] = data
-        self._hot_used += len(data) + HOT_ENTRY_OVERHEAD
+        self._hot_used += cost
+        if seeking:
+            self._seeking_blocks[name] = cost
+            self._seeking_used += cost
+            while self._seeking_used > self.seeking_bytes:
+                self._hot_drop(next(iter(self._seeking_blocks)))
         while self._hot_used > self.hot_bytes and self._hot:
-            _, dropped = self._hot.popitem(last=False)
-            self._hot_used -= len(dropped) + HOT_ENTRY_OVERHEAD
+            self._hot_drop(next(iter(self._hot)))
+
+    def _hot_drop(self, name: bytes) -> None:
+        """Forget a block kept in memory, if it is."""
+        data = self._hot.pop(name, None)
+        if data is not None:
+            self._hot_used -= len(data) + HOT_ENTRY_OVERHEAD
+            self._seeking_used -= self._seeking_blocks.pop(name, 0)
 
     # -- disk -------------------------------------------------------------------------------
     def _path(self, name: bytes) -> str:
@@ -225,6 +246,8 @@ class BlockCache:
         data = self._hot.get(name)
         if data is not None:
             self._hot.move_to_end(name)
+            if name in self._seeking_blocks:
+                self._seeking_blocks.move_to_end(name)
             self.hits += 1
         return data
 
@@ -237,9 +260,7 @@ class BlockCache:
         of the run are on disk: kept here, they only took the memory of the blocks still
         ahead of the reader (peak RSS of a 128 MiB read, cloud: 161 MiB, 59 of them at idle)."""
         for index in indices:
-            data = self._hot.pop(_name(key, etag, index), None)
-            if data is not None:
-                self._hot_used -= len(data) + HOT_ENTRY_OVERHEAD
+            self._hot_drop(_name(key, etag, index))
 
     def on_disk(self, key: str, etag: str, index: int) -> bool:
         return bool(self.directory) and _name(key, etag, index) in self._disk
@@ -256,11 +277,13 @@ class BlockCache:
         self._inflight[name] = trio.Event()
         self.misses += 1
 
-    def settle(self, key: str, etag: str, index: int, data: bytes | None) -> None:
-        """End a claim: keep the block in memory (if fetched) and wake the waiters."""
+    def settle(self, key: str, etag: str, index: int, data: bytes | None, *,
+               seeking: bool = False) -> None:
+        """End a claim: keep the block in memory (if fetched; within ``seeking_bytes`` when it
+        was fetched for a read that seeks, which no reader waits for) and wake the waiters."""
         name = _name(key, etag, index)
         if data is not None:
-            self._hot_put(name, data)
+            self._hot_put(name, data, seeking)
         event = self._inflight.pop(name, None)
         if event is not None:
             event.set()
@@ -319,8 +342,10 @@ class BlockCache:
             return
         log.warning("block cache: cannot store a block: %s", exc)
 
-    async def load_disk(self, key: str, etag: str, indices: list[int]) -> dict[int, bytes]:
-        """Blocks of ``indices`` found on disk, read in one worker-thread job."""
+    async def load_disk(self, key: str, etag: str, indices: list[int], *,
+                        seeking: bool = False) -> dict[int, bytes]:
+        """Blocks of ``indices`` found on disk, read in one worker-thread job, then kept in
+        memory as ``settle`` keeps them."""
         if not self.directory:
             return {}
         names = {i: _name(key, etag, i) for i in indices}
@@ -337,7 +362,7 @@ class BlockCache:
                 self._disk_bytes -= self._disk.pop(names[i], 0)
                 continue
             self.hits += 1
-            self._hot_put(names[i], data)
+            self._hot_put(names[i], data, seeking)
             out[i] = data
         return out
 

@@ -5,13 +5,22 @@ A read costs what it reads: only the blocks that cover the request are fetched (
 access doubles a read-ahead window (up to ``max_window`` bytes) which is fetched in the
 background, several GETs at once; a seek resets it.
 
+Every byte of the window may be in memory (GETs under way keep what has arrived), so it is as
+small as reads allow (issue 17: peak RSS at most 100 MiB). Where one connection is slow
+(``FetchCost.slow_connection``) a reader is fed by many GETs at once, and smaller GETs feed it
+sooner: over the cloud profile (20 ms, 50 Mbit/s per connection) a 256 MiB read with a 32 MiB
+window of 2 MiB GETs took 3.16 s and peaked at 103 MiB of RSS; with 1 MiB GETs
+(``SLOW_FETCH_SIZE``) 2.15-2.29 s and 101-104 MiB, and with a 24 MiB window of them
+(``MAX_WINDOW``) 2.31-2.45 s and 97-98 MiB. Where connections are fast a few 2 MiB GETs keep
+up (``FAST_WINDOW``; loopback: 1.02-1.09 s for 256 MiB, peak 86-89 MiB; 1 MiB GETs: 1.42-1.55 s).
+
 Missing blocks that are next to each other are fetched with *one* ranged GET of up to
 ``fetch_size`` bytes and split into cache blocks: per-request overhead (signing, HTTP, a
 thread hop) dominated streaming reads when every 256 KiB block was its own GET. Read-ahead
 issues its GETs only once a whole ``fetch_size`` of the window is unfetched, so that steady
 streaming keeps that size instead of degenerating into one block per GET. Where each
-connection is slow (``FetchCost.slow_connection``) a window smaller than two such GETs (a
-stream's share of the read-ahead budget, ``readbudget``, when many read at once) is fetched
+connection is slow, read-ahead GETs are ``SLOW_FETCH_SIZE``, and a window smaller than two
+of them (a stream's share of the read-ahead budget, ``readbudget``, when many read at once) is fetched
 in halves: with one GET per window a reader waited for each GET in turn on one connection, and
 16 readers over the cloud profile's link (20 ms, 50 Mbit/s per connection) read at 0.67x the
 rate of 16 CryptoBucket threads (``scripts/bench_scale.py``). On a fast link the halves only
@@ -50,7 +59,9 @@ log = logging.getLogger(__name__)
 
 FETCH_TIMEOUT = 120.0
 FETCH_SIZE = 2 << 20          # bytes per read-ahead GET (a multiple of the block size)
-MAX_WINDOW = 32 << 20        # read-ahead window: up to MAX_WINDOW / FETCH_SIZE GETs in flight
+MAX_WINDOW = 24 << 20        # read-ahead window where connections are slow ...
+FAST_WINDOW = 16 << 20       # ... and where they are fast (not ``slow_connection``)
+SLOW_FETCH_SIZE = 1 << 20    # bytes per read-ahead GET where connections are slow
 STREAM_DISK_LIMIT = 16 << 20  # a sequential run caches only its first 16 MiB on disk
 RANDOM_ALIGN = 4 << 10         # a read that seeks fetches whole 4 KiB pages ...
 RANDOM_MARGIN = 4 << 10        # ... and this much more (the kernel often asks for it next)
@@ -103,19 +114,15 @@ class BlockSource:
         end = min((last + 1) * self._bs, self.size) - 1
         got: dict[int, bytes] = {}
         try:
-            data = await self._timed_get(start, end + 1)
-            if len(data) != end - start + 1:
+            pieces = await self._timed_get(start, end + 1, in_blocks=first != last)
+            if sum(map(len, pieces)) != end - start + 1:
                 raise NetworkError(f"{self.key}: short ranged GET {start}-{end} "
-                                   f"({len(data)} bytes)")
-            if first == last:
-                got[first] = data
-            else:
-                for i in range(first, last + 1):
-                    rel = (i - first) * self._bs
-                    got[i] = data[rel:rel + self._bs]
+                                   f"({sum(map(len, pieces))} bytes)")
+            got = dict(zip(range(first, last + 1), pieces))
         finally:
+            seeking = self._seeking and not self._window     # no reader waits for the blocks
             for i in range(first, last + 1):
-                self.cache.settle(self.key, self.etag, i, got.get(i))
+                self.cache.settle(self.key, self.etag, i, got.get(i), seeking=seeking)
         if got and self.reader.encrypted and self.cache.directory \
                 and start - self._run_start < STREAM_DISK_LIMIT:
             blocks = sorted(got.items())
@@ -133,7 +140,8 @@ class BlockSource:
         on_disk = [i for i in indices
                    if i not in out and self.cache.on_disk(self.key, self.etag, i)]
         if on_disk:
-            out.update(await self.cache.load_disk(self.key, self.etag, on_disk))
+            out.update(await self.cache.load_disk(self.key, self.etag, on_disk,
+                                                  seeking=self._seeking and not self._window))
         waits: list[tuple[int, trio.Event]] = []
         mine: list[int] = []
         for i in indices:
@@ -250,7 +258,7 @@ class BlockSource:
                 return memoryview(data)[off - start:end - start]
         start = off - off % RANDOM_ALIGN
         stop = min(self.size, start + _fragment_size(off, end))
-        data = await self._timed_get(start, stop)
+        data, = await self._timed_get(start, stop)
         if len(data) != stop - start:
             raise NetworkError(f"{self.key}: short ranged GET {start}-{stop - 1} "
                                f"({len(data)} bytes)")
@@ -258,17 +266,25 @@ class BlockSource:
         del self._fragments[:-RANDOM_FRAGMENTS]
         return memoryview(data)[off - start:end - start]
 
-    async def _timed_get(self, start: int, stop: int) -> bytes:
-        """Ciphertext [start, stop) in one ranged GET, its time recorded (``fetchcost``);
-        NetworkError after ``FETCH_TIMEOUT`` seconds."""
+    async def _timed_get(self, start: int, stop: int, *, in_blocks: bool = False) -> list[bytes]:
+        """Ciphertext [start, stop) in one ranged GET, its time recorded (``fetchcost``), as
+        one piece, or ``in_blocks`` as cache blocks when ``start`` is a block's (each read as
+        it arrives, ``read_cipher_blocks``, where the reader has it); NetworkError after
+        ``FETCH_TIMEOUT`` seconds."""
         began = time.monotonic()
+        by_block = getattr(self.reader, "read_cipher_blocks", None) if in_blocks else None
         try:
             with trio.fail_after(FETCH_TIMEOUT):
-                data = await self.reader.read_cipher(start, stop - start)
+                if by_block is not None:
+                    blocks = await by_block(start, stop - start, self._bs)
+                else:
+                    data = await self.reader.read_cipher(start, stop - start)
+                    blocks = [data[i:i + self._bs] for i in range(0, len(data), self._bs)] \
+                        if in_blocks else [data]
         except trio.TooSlowError:
             raise NetworkError(f"{self.key}: ranged GET {start}-{stop - 1} timed out") from None
-        self.cache.fetch_cost.record(len(data), time.monotonic() - began)
-        return data
+        self.cache.fetch_cost.record(sum(map(len, blocks)), time.monotonic() - began)
+        return blocks
 
     # ------------------------------------------------------------------ read-ahead
     def _advance_window(self, off: int, end: int) -> None:
@@ -293,15 +309,21 @@ class BlockSource:
             self._window = 0
             return
         streams = self.cache.streams
-        cap = max(self._fetch_blocks, min(self._max_window, streams.share(self) // self._bs))
+        slow = self.cache.fetch_cost.slow_connection()
+        cap = min(self._max_window, streams.share(self) // self._bs)
+        if not slow:
+            cap = min(cap, FAST_WINDOW // self._bs)
+        cap = max(self._fetch_blocks, cap)
         self._window = min(1 << min(self._sequential - 3, 30), cap)
         self._seeking = False
         last_needed = (end - 1) // self._bs
         start = max(last_needed + 1, self._prefetched_to + 1)
         stop = min(last_needed + self._window, self._last_block)
         chunk = min(self._fetch_blocks, self._window)
-        if self._window < 2 * chunk and self.cache.fetch_cost.slow_connection():
-            chunk = max(1, self._window // 2)   # two GETs under way, on two connections
+        if slow:
+            chunk = min(chunk, max(1, SLOW_FETCH_SIZE // self._bs))
+            if self._window < 2 * chunk:
+                chunk = max(1, self._window // 2)   # two GETs under way, on two connections
         while start <= stop:
             n = min(chunk, stop - start + 1)
             if n < chunk and stop < self._last_block:

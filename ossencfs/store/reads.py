@@ -8,7 +8,7 @@ import re
 import oss2.exceptions
 
 from ..errors import ConflictError, NotFoundError, StoreError
-from .bodies import read_body
+from .bodies import read_body, read_body_pieces
 from .calls import StoreBase
 from .failures import Transient
 from .info import ObjectInfo, info_from_headers
@@ -51,6 +51,13 @@ class ObjectReads(StoreBase):
         a 206 whose Content-Range is the one we asked for, or a 200 carrying exactly the
         whole object when the whole object was asked for.
         """
+        return b"".join(await self.get_range_pieces(key, start, end, end - start + 1,
+                                                    if_match=if_match))
+
+    async def get_range_pieces(self, key: str, start: int, end: int, piece: int, *,
+                               if_match: str | None = None) -> list[bytes]:
+        """``get_range`` as pieces of ``piece`` bytes (the last may be shorter), each read from
+        the socket as it arrives (``bodies.read_body_pieces``): the block cache's blocks."""
         if start < 0 or end < start:
             raise ValueError(f"bad range {start}-{end}")
         want = end - start + 1
@@ -58,7 +65,7 @@ class ObjectReads(StoreBase):
         if if_match:
             headers["If-Match"] = f'"{if_match}"'
 
-        def run() -> bytes:
+        def run() -> list[bytes]:
             r = self.bucket.get_object(key, byte_range=(start, end), headers=headers)
             raw = r.resp.response
             try:
@@ -87,11 +94,11 @@ class ObjectReads(StoreBase):
             except BaseException:
                 raw.close()
                 raise
-            return read_body(raw, want, whole=start == 0 and total == want)
+            return read_body_pieces(raw, want, piece, whole=start == 0 and total == want)
 
-        data = await self._call("get", key, run)
-        self.bytes_fetched += len(data)
-        return data
+        pieces = await self._call("get", key, run)
+        self.bytes_fetched += want
+        return pieces
 
     async def get_head(self, key: str, length: int, *,
                        if_match: str | None = None) -> tuple[ObjectInfo, bytes] | None:

@@ -129,12 +129,17 @@ def test_a_small_share_over_slow_connections_keeps_two_gets_under_way(store, emu
         cache = BlockCache(None, hot_bytes=2 * readahead.FETCH_SIZE)   # budget: one FETCH_SIZE
         async with trio.open_nursery() as nursery:
             src = await _source(store, objects, cache, nursery, "slow.bin", data)
-            real = src.reader.read_cipher
+            real, real_blocks = src.reader.read_cipher, src.reader.read_cipher_blocks
 
             async def recording(offset: int, length: int) -> bytes:
                 issued.append((offset, src._last_end))
                 return await real(offset, length)
+
+            async def recording_blocks(offset: int, length: int, block: int) -> list[bytes]:
+                issued.append((offset, src._last_end))
+                return await real_blocks(offset, length, block)
             src.reader.read_cipher = recording
+            src.reader.read_cipher_blocks = recording_blocks
             emulator.set_faults(bandwidth_mbps=100)            # 12.5 MB/s per connection
             try:
                 got = bytearray()
@@ -260,3 +265,69 @@ def test_streams_that_start_later_keep_all_read_ahead_within_the_budget(store, r
         assert asked["a.bin"] + asked["b.bin"] <= budget + readahead.FETCH_SIZE + 2 * MiB, asked
     trio.run(main)
 
+
+
+def test_the_window_stays_smaller_where_connections_are_fast(store, rsa_key_path, tmp_path,
+                                                              monkeypatch):
+    """Where one connection is fast the window stops at ``FAST_WINDOW``: it reads as fast, and
+    every byte of the window may wait in memory; over slow connections it grows to
+    ``max_window``, in GETs of ``SLOW_FETCH_SIZE`` (many GETs at once keep a slow link busy,
+    and smaller ones reach the reader sooner)."""
+    from ossencfs.fs.fetchcost import FetchCost
+    monkeypatch.setattr(readahead, "FAST_WINDOW", 4 * MiB)
+    data = payload(24 * MiB + 99, seed=7)
+    objects = _objects(store, rsa_key_path)
+
+    async def read_all(slow: bool) -> tuple[int, int, int]:
+        monkeypatch.setattr(FetchCost, "slow_connection", lambda self: slow)
+        cache = BlockCache(None)
+        gets = store.requests["get"]
+        async with trio.open_nursery() as nursery:
+            reader = await objects.open_reader("fast.bin")
+            src = BlockSource(cache, reader, "fast.bin", reader.info.etag, reader.size,
+                              lambda fn: (nursery.start_soon(fn), True)[1], max_window=12 * MiB)
+            window = peak = 0
+            for off in range(0, len(data), 128 * 1024):
+                assert await src.read(off, 128 * 1024) == data[off:off + 128 * 1024]
+                await trio.sleep(0)                            # as between FUSE requests
+                window, peak = max(window, src._window), max(peak, cache.memory_bytes)
+        return window * cache.block_size, peak, store.requests["get"] - gets
+
+    async def main():
+        await objects.write("fast.bin", data, len(data))
+        fast_window, fast_peak, fast_gets = await read_all(slow=False)
+        slow_window, _, slow_gets = await read_all(slow=True)
+        assert fast_window == 4 * MiB and slow_window == 12 * MiB
+        assert fast_peak <= 4 * MiB + readahead.FETCH_SIZE + 2 * 256 * 1024, fast_peak
+        # GETs of FETCH_SIZE where connections are fast, of SLOW_FETCH_SIZE where slow
+        assert fast_gets <= len(data) // readahead.FETCH_SIZE + 6, fast_gets
+        assert slow_gets >= len(data) // readahead.SLOW_FETCH_SIZE, slow_gets
+    trio.run(main)
+
+
+def test_blocks_of_random_reads_stay_within_their_share_of_memory(store, rsa_key_path,
+                                                                   tmp_path, monkeypatch):
+    """Where whole blocks pay for reads that seek (loopback), the blocks they fetch are kept
+    in memory only within ``BlockCache.seeking_bytes``; later reads that land in one come from
+    memory or the disk cache, not from another GET."""
+    from ossencfs.fs.fetchcost import FetchCost
+    monkeypatch.setattr(FetchCost, "whole_block_pays", lambda self, block, fragment: True)
+    data = payload(16 * MiB, seed=8)
+    objects = _objects(store, rsa_key_path)
+    rnd = random.Random(3)
+    offsets = [rnd.randrange(0, len(data) - 4096) for _ in range(60)]
+
+    async def main():
+        cache = BlockCache(str(tmp_path / "blocks"))
+        cache.seeking_bytes = MiB
+        async with trio.open_nursery() as nursery:
+            src = await _source(store, objects, cache, nursery, "rand.bin", data)
+            for off in offsets:
+                assert await src.read(off, 4096) == data[off:off + 4096]
+                await trio.sleep(0)
+                assert 0 < cache.memory_bytes <= MiB
+            gets = store.requests["get"]
+            for off in offsets:                          # again: memory, else disk
+                assert await src.read(off, 4096) == data[off:off + 4096]
+            assert store.requests["get"] == gets
+    trio.run(main)

@@ -136,3 +136,34 @@ def test_retries_ride_through_injected_faults(emulator, oss2_bucket):
         emulator.set_faults(fail_rate=0.0, drop_rate=0.0)
     assert sum(store.retried.values()) > 0
     assert all(oss2_bucket.get_object(f"w{i}").read() == data[:1000] for i in range(12))
+
+
+def test_a_ranged_get_in_pieces_is_exact_even_when_bodies_are_cut(emulator, oss2_bucket):
+    """``get_range_pieces`` (read-ahead's GETs, each block read as it arrives): pieces of the
+    asked size, the last shorter, exactly the object's bytes; a body cut off half-way is
+    retried whole, never returned in part or pieced together from two attempts; the CRC-64
+    is checked when the whole object is read."""
+    store = ObjectStore.connect(emulator.endpoint, BUCKET, AK, "SK", retries=30,
+                                backoff_base=0.005, backoff_max=0.05)
+    data = payload(3 * (1 << 20) + 12345, seed=9)
+    oss2_bucket.put_object("p", data)
+    piece = 256 * 1024
+
+    async def main():
+        whole = await store.get_range_pieces("p", 0, len(data) - 1, piece)
+        assert [len(p) for p in whole] == [piece] * 12 + [12345]
+        assert b"".join(whole) == data
+        start, end = piece, len(data) - 2
+        part = await store.get_range_pieces("p", start, end, piece)
+        assert b"".join(part) == data[start:end + 1]
+        assert all(len(p) == piece for p in part[:-1]) and 0 < len(part[-1]) <= piece
+        emulator.set_faults(drop_rate=0.3)          # cut connections and bodies
+        try:
+            for i in range(6):
+                s = i * 100_003
+                got = await store.get_range_pieces("p", s, len(data) - 1, piece)
+                assert b"".join(got) == data[s:]
+        finally:
+            emulator.set_faults(drop_rate=0.0)
+    trio.run(main)
+    assert store.retried["get"] > 0
