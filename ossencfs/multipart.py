@@ -24,7 +24,14 @@ log = logging.getLogger(__name__)
 MIN_PART_SIZE = 100 * 1024          # oss2 CryptoBucket minimum (SPEC A.4)
 MAX_PARTS = 10000
 BLOCK = 16
-STREAMED_PARTS = 16                 # parts sent at once when read from a file as they go
+#: parts sent at once when read from a file as they go (each holds ``PartBody.PIECE`` in
+#: memory). Over slow connections each part takes a connection's bandwidth, so the upload
+#: goes in waves of this many: 256 MiB over the cloud profile (32 parts of 8 MiB, 50 Mbit/s
+#: per connection) was in the bucket 5.8-6.1 s after its first byte with 16 (and 1 MiB
+#: pieces: peak RSS 89-90 MiB), 4.3-4.4 s with 32 (75 MiB); loopback alike (issue 17; ossfs
+#: 2.0 sends 64). They take the data connections (``--connections``, 32) in turn with reads:
+#: a GET asked for meanwhile waits for the next part to end, not for the whole upload.
+STREAMED_PARTS = 32
 #: Buffered parts in flight hold at most ``upload_parallelism`` x this many bytes: small parts
 #: go more at once (up to ``STREAMED_PARTS``), so a 100 KiB part size is not 80 times slower
 #: than the default 8 MiB one (each part costs a round trip).
@@ -90,7 +97,7 @@ class MultipartSender:
     ``read_cipher(offset, n)`` is awaited in increasing offset order, once per part, and
     its part is buffered while it is sent (``parts_at_once`` of them). ``read_cipher_sync``
     (blocking, any order; a file on disk): each part is read while it is sent
-    (``store.PartBody``: 1 MiB in memory per part), so ``STREAMED_PARTS`` go at once."""
+    (``store.PartBody``: 256 KiB in memory per part), so ``STREAMED_PARTS`` go at once."""
 
     def __init__(self, store: ObjectStore, key: str, size: int, part_size: int,
                  parallelism: int) -> None:

@@ -285,7 +285,7 @@ def _add_upload_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--upload-parallelism", type=int, default=4, metavar="N",
                    help="files of 1 MiB or more uploaded at once by the background queue "
                         "(default 4; a file's parts are read from its staging file as they "
-                        "are sent, up to 16 at once)")
+                        "are sent, up to 32 at once)")
     p.add_argument("--upload-small-files", type=int, default=16, metavar="N",
                    help="files under 1 MiB uploaded at once by the background queue "
                         "(default 16)")

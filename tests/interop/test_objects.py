@@ -176,3 +176,44 @@ def test_multipart_from_a_file_sends_many_parts_at_once(store, oss2_bucket, emul
     assert oss2_bucket.get_object("w/streamed").read() == data
     assert store.requests["upload_part"] == 21 and state["done"] == 21
     assert state["peak"] > 2, state
+
+
+def test_streamed_parts_go_up_to_thirty_two_at_once(emulator, oss2_bucket):
+    """Over slow connections an upload goes in waves of the parts sent at once: 32 of them
+    (``multipart.STREAMED_PARTS``; 16 before: a 256 MiB file over the cloud profile took
+    two waves of 8 MiB parts instead of one), never more, each holding a ``PartBody.PIECE``."""
+    import threading
+
+    from ossencfs import multipart
+    from ossencfs.store import ObjectStore
+    from tests.conftest import AK, BUCKET, SK
+    store = ObjectStore.connect(emulator.endpoint, BUCKET, AK, SK, concurrency=48,
+                                backoff_base=0.01)
+    objs = objects_with(store, part_size=PART, multipart_threshold=2 * PART,
+                        upload_parallelism=4)
+    data = payload(40 * PART + 3, seed=32)
+    lock = threading.Lock()
+    state = {"open": 0, "peak": 0}
+
+    def read_sync(off: int, n: int) -> bytes:
+        if off % PART == 0:                   # a part's first piece: it is being sent
+            with lock:
+                state["open"] += 1
+                state["peak"] = max(state["peak"], state["open"])
+        return data[off:off + n]
+
+    def progress(n: int) -> None:
+        with lock:
+            state["open"] -= 1
+
+    async def read_async(off: int, n: int) -> bytes:
+        raise AssertionError("a buffered part was read")
+
+    emulator.set_faults(latency_ms=300)
+    try:
+        trio.run(lambda: objs.upload("w/wide", len(data), read_async, {}, progress=progress,
+                                     read_cipher_sync=read_sync))
+    finally:
+        emulator.set_faults(latency_ms=0)
+    assert oss2_bucket.get_object("w/wide").read() == data
+    assert 16 < state["peak"] <= multipart.STREAMED_PARTS == 32, state
