@@ -113,6 +113,7 @@ class BlockSource:
         start = first * self._bs
         end = min((last + 1) * self._bs, self.size) - 1
         got: dict[int, bytes] = {}
+        seeking = self._seeking and not self._window     # no reader waits for the blocks
         try:
             pieces = await self._timed_get(start, end + 1, in_blocks=first != last)
             if sum(map(len, pieces)) != end - start + 1:
@@ -120,7 +121,6 @@ class BlockSource:
                                    f"({sum(map(len, pieces))} bytes)")
             got = dict(zip(range(first, last + 1), pieces))
         finally:
-            seeking = self._seeking and not self._window     # no reader waits for the blocks
             for i in range(first, last + 1):
                 self.cache.settle(self.key, self.etag, i, got.get(i), seeking=seeking)
         if got and self.reader.encrypted and self.cache.directory \
