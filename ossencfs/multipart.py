@@ -29,8 +29,9 @@ BLOCK = 16
 #: goes in waves of this many: 256 MiB over the cloud profile (32 parts of 8 MiB, 50 Mbit/s
 #: per connection), ``dd`` from /dev/urandom until unmounted, took 5.8-6.1 s with 16 (and
 #: 1 MiB pieces: peak RSS 89-90 MiB), 4.3-4.4 s with 32 (75 MiB); ``bench_mounts.py``'s
-#: write, medians of 3: 3.80 -> 3.57 s (issue 17; ossfs 2.0 sends 64). They take the data connections (``--connections``, 32) in turn with reads:
-#: a GET asked for meanwhile waits for the next part to end, not for the whole upload.
+#: write, medians of 3: 3.80 -> 3.57 s (issue 17; ossfs 2.0 sends 64). They take the data
+#: connections (``--connections``, 32) in turn with reads: a GET asked for meanwhile waits
+#: for the next part to end, not for the whole upload.
 STREAMED_PARTS = 32
 #: Buffered parts in flight hold at most ``upload_parallelism`` x this many bytes: small parts
 #: go more at once (up to ``STREAMED_PARTS``), so a 100 KiB part size is not 80 times slower
